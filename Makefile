@@ -1,0 +1,33 @@
+# One entry point for installing, testing and running the demo.
+# CPU torch is installed BEFORE the project: otherwise pip resolves `torch` to a
+# multi-GB CUDA build. Users with GPUs install their own torch first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.installed
+
+.PHONY: install test lint demo clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy --strict ray_pipeline
+
+test: lint
+	$(BIN)/pytest
+
+demo: install
+	$(BIN)/ray-pipeline run --config config/experiment/demo.yaml
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,101 @@
+"""The ``ray-pipeline`` command (also ``python -m ray_pipeline``): parse, load, dispatch.
+
+Exit codes: 0 success, 1 runtime failure, 2 bad config or input, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import yaml
+
+from ray_pipeline import pipeline
+from ray_pipeline.errors import EXIT_INTERRUPTED, EXIT_OK, NotBuiltError, PipelineError
+from ray_pipeline.loading import default_config_path, load_config
+from ray_pipeline.status import collect_status, format_status
+
+_STAGE_COMMANDS = {"hpo": "hpo", "benchmark": "benchmark", "select": "select", "train": "final"}
+
+
+def _add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="experiment YAML (default: the embedded demo, config/experiment/demo.yaml)",
+    )
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="override config keys, e.g. hpo.num_samples=8",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ray-pipeline",
+        description="Tune, benchmark, select and train Hugging Face classifiers on Ray.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = sub.add_parser("run", help="run the pipeline's stages in order")
+    _add_config_args(run)
+    run.add_argument(
+        "--stages", default=",".join(pipeline.STAGE_ORDER), help="comma-separated subset of stages"
+    )
+    for name, stage in _STAGE_COMMANDS.items():
+        _add_config_args(sub.add_parser(name, help=f"run only the {stage} stage"))
+    validate = sub.add_parser("validate", help="check a config; exit 0 valid, 2 invalid")
+    _add_config_args(validate)
+    validate.add_argument("--show", action="store_true", help="print the resolved configuration")
+    status = sub.add_parser("status", help="variants, their status and hashes")
+    _add_config_args(status)
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    data = sub.add_parser("data", help="dataset tools")
+    data_sub = data.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
+    _add_config_args(data_sub.add_parser("inspect", help="rows, labels, token lengths, folds"))
+    _add_config_args(sub.add_parser("report", help="leaderboard and plots"))
+    return parser
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    config_path: Path = args.config or default_config_path()
+    config = load_config(config_path, args.overrides)
+    if args.command == "validate":
+        names = ", ".join(b.name for b in config.model.backbones)
+        print(f"valid: {config_path} (experiment {config.experiment.name}; backbones {names})")
+        if args.show:
+            print(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), end="")
+        return EXIT_OK
+    if args.command == "status":
+        report = collect_status(config)
+        print(report.model_dump_json(indent=2) if args.json else format_status(report))
+        return EXIT_OK
+    if args.command == "run":
+        pipeline.run(config, pipeline.parse_stages(args.stages))
+        return EXIT_OK
+    if args.command in _STAGE_COMMANDS:
+        pipeline.run(config, [_STAGE_COMMANDS[args.command]])
+        return EXIT_OK
+    what = "data inspect" if args.command == "data" else args.command
+    raise NotBuiltError(f"`ray-pipeline {what}` is not built yet in this version of ray_pipeline")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the process exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""Identity of studies and trials: the one place hashes are computed.
+
+``study_key_hash`` covers what defines a study (data, backbone, search space, fixed
+training settings, CV, seed, objective); ``num_samples`` and the scheduler are left out
+so a study can grow or be scheduled differently and still be the same study.
+``trial_key_hash`` adds one trial's hyperparameters. Hashes are SHA-256 over canonical
+JSON, stable across processes, machines and Python versions (never ``hash()``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from ray_pipeline.schema import BackboneConfig, PipelineConfig
+
+_CHUNK = 1 << 20
+
+
+def canonical_json(value: Any) -> str:
+    """JSON with sorted keys and no whitespace: equal values give equal text."""
+    return json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
+    )
+
+
+def stable_hash(value: Any) -> str:
+    """SHA-256 hex digest of ``canonical_json(value)``."""
+    return hashlib.sha256(canonical_json(value).encode("ascii")).hexdigest()
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 hex digest of a file's bytes."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _data_identity(config: PipelineConfig) -> dict[str, Any]:
+    # Files are identified by content, not location, so moving a checkout or running on
+    # another node keeps the same study; a file not present yet is identified by its name.
+    data = config.data.model_dump(mode="json")
+    for key in ("train_file", "validation_file", "test_file"):
+        path = getattr(config.data, key)
+        if path is not None:
+            data[key] = {"name": path.name, "sha256": file_digest(path) if path.is_file() else None}
+    return data
+
+
+def _backbone_identity(backbone: BackboneConfig) -> dict[str, Any]:
+    ident = backbone.model_dump(mode="json", exclude={"path"})
+    if backbone.path is not None:
+        ident["path"] = backbone.path.name
+    return ident
+
+
+def study_key(config: PipelineConfig, backbone: BackboneConfig) -> dict[str, Any]:
+    """The canonical description of one backbone's study, keyed like the config."""
+    hpo = config.hpo
+    return {
+        "data": _data_identity(config),
+        "backbone": _backbone_identity(backbone),
+        "hpo": {
+            "search_space": {k: v.model_dump(mode="json") for k, v in hpo.search_space.items()},
+            "training": hpo.training.model_dump(mode="json"),
+            "k_folds": hpo.k_folds,
+            "seed": hpo.seed,
+            "sampler": hpo.sampler,
+            "objective": hpo.objective.model_dump(mode="json"),
+        },
+    }
+
+
+def study_key_hash(key: dict[str, Any]) -> str:
+    """Hash of a study key built by ``study_key``."""
+    return stable_hash(key)
+
+
+def trial_key_hash(study_hash: str, params: dict[str, Any]) -> str:
+    """Hash of a study hash plus one trial's hyperparameters."""
+    return stable_hash({"study_key_hash": study_hash, "params": params})
+
+
+def changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted paths at which two JSON-like values differ, with old and new values."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out: list[str] = []
+        for key in sorted(set(old) | set(new), key=str):
+            where = f"{prefix}.{key}" if prefix else str(key)
+            if key not in old:
+                out.append(f"{where} (added: {canonical_json(new[key])})")
+            elif key not in new:
+                out.append(f"{where} (removed, was {canonical_json(old[key])})")
+            else:
+                out.extend(changed_keys(old[key], new[key], where))
+        return out
+    if canonical_json(old) == canonical_json(new):
+        return []
+    return [f"{prefix or '(root)'} ({canonical_json(old)} -> {canonical_json(new)})"]

@@ -1,0 +1,91 @@
+"""``ray-pipeline status``: what exists on disk for an experiment, per stage and backbone."""
+
+from __future__ import annotations
+
+from typing import get_args
+
+from pydantic import BaseModel, ConfigDict
+
+from ray_pipeline.identity import stable_hash, study_key
+from ray_pipeline.naming import VariantStage
+from ray_pipeline.paths import OutputsLayout
+from ray_pipeline.schema import PipelineConfig
+from ray_pipeline.variants import base_name_for, list_variants
+
+_HASH_SHOWN = 12
+
+
+class VariantStatusRow(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    stage: VariantStage
+    backbone: str
+    variant: str
+    status: str
+    study_key_hash: str
+    matches_config: bool
+    created_at: str
+    path: str
+    has_benchmark: bool
+
+
+class StatusReport(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    experiment: str
+    outputs: str
+    variants: list[VariantStatusRow]
+    selection: str | None
+
+
+def collect_status(config: PipelineConfig) -> StatusReport:
+    """Read every variant of every backbone and stage; writes nothing."""
+    layout = OutputsLayout(config.outputs_root, config.experiment.name)
+    benchmark_file = config.benchmark.output.filename
+    rows = []
+    for backbone in config.model.backbones:
+        current = stable_hash(study_key(config, backbone))
+        for stage in get_args(VariantStage):
+            base = base_name_for(config, stage, backbone.name)
+            for variant in list_variants(layout.stage_dir(stage, backbone.name), base):
+                rec = variant.record
+                rows.append(
+                    VariantStatusRow(
+                        stage=stage, backbone=backbone.name, variant=rec.name, status=rec.status,
+                        study_key_hash=rec.study_key_hash,
+                        matches_config=stage != "hpo" or rec.study_key_hash == current,
+                        created_at=rec.created_at, path=str(variant.path),
+                        has_benchmark=(variant.path / benchmark_file).is_file(),
+                    )
+                )  # fmt: skip
+    selection = layout.selection_file
+    return StatusReport(
+        experiment=config.experiment.name,
+        outputs=str(layout.root),
+        variants=rows,
+        selection=str(selection) if selection.is_file() else None,
+    )
+
+
+def format_status(report: StatusReport) -> str:
+    """A terminal table of the report."""
+    lines = [f"experiment {report.experiment}  ({report.outputs})"]
+    if not report.variants:
+        lines.append("no variants yet: run `ray-pipeline hpo --config ...` to start one")
+    else:
+        header = ("stage", "backbone", "variant", "status", "study_key_hash", "benchmark")
+        table = [header] + [
+            (
+                r.stage, r.backbone, r.variant, r.status,
+                r.study_key_hash[:_HASH_SHOWN] + ("" if r.matches_config else " (config changed)"),
+                "yes" if r.has_benchmark else "-",
+            )
+            for r in report.variants
+        ]  # fmt: skip
+        widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+        lines += [
+            "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+            for row in table
+        ]
+    lines.append(f"selection: {report.selection or '-'}")
+    return "\n".join(lines)

@@ -1,0 +1,192 @@
+"""The variant manager: (stage, backbone, run.mode) -> a variant directory.
+
+A variant is one numbered attempt of a stage for one backbone (``hpo_minilm``,
+``hpo_minilm_v2``, ...), with its state in ``variant.json``. Creation is atomic:
+the directory is assembled under a temporary name and renamed into place, so two
+processes asking for ``force_new`` at once get two different variants and no reader
+ever sees a variant without its ``variant.json``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from ray_pipeline.artifacts import read_json, write_json
+from ray_pipeline.errors import ConfigError, PipelineError, Problem
+from ray_pipeline.identity import changed_keys, stable_hash
+from ray_pipeline.naming import VariantStage, variant_base_name, variant_name, variant_number
+from ray_pipeline.run_mode import RunMode
+from ray_pipeline.schema import PipelineConfig
+
+VARIANT_FILE = "variant.json"
+VariantStatus = Literal["running", "complete", "failed"]
+Action = Literal["create", "reuse", "resume"]
+_MAX_CREATE_ATTEMPTS = 1000
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class VariantRecord(BaseModel):
+    """Contents of ``variant.json``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    number: int
+    stage: VariantStage
+    backbone: str
+    status: VariantStatus
+    study_key_hash: str
+    study_key: dict[str, Any]
+    created_at: str
+    updated_at: str
+    host: str
+    pid: int
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A variant directory and its record."""
+
+    path: Path
+    record: VariantRecord
+
+    @property
+    def name(self) -> str:
+        return self.record.name
+
+    @property
+    def complete(self) -> bool:
+        return self.record.status == "complete"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What a stage should do: create a new variant, reuse a complete one, or resume one."""
+
+    action: Action
+    variant: Variant
+
+
+def base_name_for(config: PipelineConfig, stage: VariantStage, backbone: str) -> str:
+    """The first variant's name for ``stage`` and ``backbone`` (HPO honours ``study_name``)."""
+    template = config.hpo.checkpoint.study_name if stage == "hpo" else None
+    return variant_base_name(stage, backbone, template)
+
+
+def list_variants(stage_dir: Path, base: str) -> list[Variant]:
+    """The variants of ``base`` under ``stage_dir``, oldest first."""
+    if not stage_dir.is_dir():
+        return []
+    found = []
+    for child in stage_dir.iterdir():
+        number = variant_number(base, child.name)
+        if number is None or not (child / VARIANT_FILE).is_file():
+            continue
+        found.append((number, Variant(child, read_json(child / VARIANT_FILE, VariantRecord))))
+    return [v for _, v in sorted(found, key=lambda item: item[0])]
+
+
+def _highest_number(stage_dir: Path, base: str) -> int:
+    numbers = (
+        [variant_number(base, c.name) for c in stage_dir.iterdir()] if stage_dir.is_dir() else []
+    )
+    return max((n for n in numbers if n is not None), default=0)
+
+
+def create_variant(
+    stage_dir: Path, base: str, stage: VariantStage, backbone: str, key: dict[str, Any]
+) -> Variant:
+    """Atomically create the next variant of ``base`` (status ``running``)."""
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    number = _highest_number(stage_dir, base) + 1
+    for _ in range(_MAX_CREATE_ATTEMPTS):
+        name = variant_name(base, number)
+        now = _now()
+        record = VariantRecord(
+            name=name, number=number, stage=stage, backbone=backbone, status="running",
+            study_key_hash=stable_hash(key), study_key=key, created_at=now, updated_at=now,
+            host=socket.gethostname(), pid=os.getpid(),
+        )  # fmt: skip
+        staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=stage_dir))
+        write_json(staging / VARIANT_FILE, record)
+        try:
+            # rename(2) onto an existing non-empty directory fails: the name is taken.
+            os.rename(staging, stage_dir / name)
+        except OSError:
+            shutil.rmtree(staging, ignore_errors=True)
+            number = max(number + 1, _highest_number(stage_dir, base) + 1)
+            continue
+        return Variant(stage_dir / name, record)
+    raise PipelineError(f"could not create a variant of {base} in {stage_dir}: too many collisions")
+
+
+def set_status(variant: Variant, status: VariantStatus) -> Variant:
+    """Record a new status in ``variant.json`` (atomically) and return the updated variant."""
+    record = variant.record.model_copy(update={"status": status, "updated_at": _now()})
+    write_json(variant.path / VARIANT_FILE, record)
+    return Variant(variant.path, record)
+
+
+def _check_same_study(variant: Variant, key: dict[str, Any], mode: RunMode) -> None:
+    if variant.record.study_key_hash == stable_hash(key):
+        return
+    stage = variant.record.stage
+    verb = "reuse" if variant.complete else "resume"
+    changes = "; ".join(changed_keys(variant.record.study_key, key)) or "unknown"
+    message = (
+        f"{mode} would {verb} {variant.name}, which was made for a different configuration. "
+        f"Changed: {changes}. Set {stage}.run.mode=force_new to start a new variant, "
+        "or restore the old values."
+    )
+    raise ConfigError([Problem(where=f"{stage}.run.mode", message=message)])
+
+
+def resolve_variant(
+    stage_dir: Path,
+    base: str,
+    stage: VariantStage,
+    backbone: str,
+    key: dict[str, Any],
+    mode: RunMode,
+    *,
+    auto_resume: bool = True,
+) -> Decision:
+    """Apply ``mode`` to the existing variants and return what the stage should do.
+
+    reuse_if_exists: the latest variant (resumed if incomplete), or the first if none.
+    force_new: always the next variant. resume_if_incomplete: the latest variant if it is
+    incomplete, else the next. Reusing or resuming a variant made for another study key
+    raises ConfigError naming the changed keys.
+    """
+
+    def create() -> Decision:
+        return Decision("create", create_variant(stage_dir, base, stage, backbone, key))
+
+    existing = list_variants(stage_dir, base)
+    latest = existing[-1] if existing else None
+    if mode == "force_new" or latest is None:
+        return create()
+    if mode == "resume_if_incomplete" and latest.complete:
+        return create()
+    _check_same_study(latest, key, mode)
+    if latest.complete:
+        return Decision("reuse", latest)
+    if mode == "reuse_if_exists" and not auto_resume:
+        raise ConfigError(
+            [Problem(f"{stage}.checkpoint.auto_resume", f"{latest.name} is incomplete "
+                     f"({latest.record.status}) and auto_resume is false; set "
+                     f"{stage}.run.mode=resume_if_incomplete to continue it or force_new")]
+        )  # fmt: skip
+    return Decision("resume", set_status(latest, "running"))
