@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy --strict ray_pipeline
+	$(BIN)/mypy --strict ray_pipeline tests
 
 test: lint
 	$(BIN)/pytest

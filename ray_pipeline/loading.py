@@ -8,6 +8,9 @@ including file) and may override any of their keys inline::
     hpo:
       num_samples: 2          # deep-merged over the included file
 
+Mappings merge key by key; a mapping whose ``type`` differs from the one it overrides
+(``{type: categorical, ...}`` over ``{type: float, ...}``) replaces it instead.
+
 Every value remembers the file it came from, so errors name file and dotted path, and
 relative paths resolve against the directory of the file that set them. All problems are
 collected and raised together as one ConfigError.
@@ -52,7 +55,7 @@ class _Composer:
                 self.origins[loc] = source
             for key, item in value.items():
                 key_loc = (*loc, str(key))
-                if isinstance(item, dict) and isinstance(node.get(str(key)), dict):
+                if _mergeable(node.get(str(key)), item):
                     self.merge(key_loc, item, source)
                 else:
                     node[str(key)] = item
@@ -79,6 +82,13 @@ class _Composer:
             if loc[:end] in self.origins:
                 return self.origins[loc[:end]]
         return None
+
+
+def _mergeable(old: Any, new: Any) -> bool:
+    """Mappings merge key by key, unless both name a different ``type`` (then new replaces)."""
+    if not (isinstance(old, dict) and isinstance(new, dict)):
+        return False
+    return "type" not in old or "type" not in new or old["type"] == new["type"]
 
 
 def _node_at(doc: dict[str, Any], loc: Loc, *, create: bool) -> dict[str, Any]:
@@ -260,18 +270,19 @@ def _allowed_keys(loc: Loc) -> set[str]:
         nxt: list[type[BaseModel]] = []
         for cls in classes:
             field = cls.model_fields.get(str(key))
-            nxt.extend(_models_in(field.annotation) if field else [])
+            nxt.extend(nested_models(field.annotation) if field else [])
         if not nxt:  # a dict key or list index: the value's models are one level down
             fields = [f for cls in classes for f in cls.model_fields.values()]
-            nxt = [m for f in fields for m in _models_in(f.annotation)]
+            nxt = [m for f in fields for m in nested_models(f.annotation)]
         classes = nxt
     return {name for cls in classes for name in cls.model_fields}
 
 
-def _models_in(annotation: Any) -> list[type[BaseModel]]:
+def nested_models(annotation: Any) -> list[type[BaseModel]]:
+    """The pydantic model classes an annotation refers to (through unions, lists, dicts)."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return [annotation]
-    return [m for arg in typing.get_args(annotation) for m in _models_in(arg)]
+    return [m for arg in typing.get_args(annotation) for m in nested_models(arg)]
 
 
 # --------------------------------------------------------------------------- path resolution

@@ -160,6 +160,7 @@ class TrainingParams(Section):
 
 class FloatParam(Section):
     type: Literal["float"]
+    """Parameter kind: float, int or categorical."""
     low: float
     """Lower bound (inclusive)."""
     high: float
@@ -177,6 +178,7 @@ class FloatParam(Section):
 
 class IntParam(Section):
     type: Literal["int"]
+    """Parameter kind: float, int or categorical."""
     low: int
     """Lower bound (inclusive)."""
     high: int
@@ -194,6 +196,7 @@ class IntParam(Section):
 
 class CategoricalParam(Section):
     type: Literal["categorical"]
+    """Parameter kind: float, int or categorical."""
     choices: list[str | int | float | bool] = Field(min_length=1)
     """The values to choose from."""
 

@@ -51,13 +51,17 @@ def collect_status(config: PipelineConfig) -> StatusReport:
                 rec = variant.record
                 rows.append(
                     VariantStatusRow(
-                        stage=stage, backbone=backbone.name, variant=rec.name, status=rec.status,
+                        stage=stage,
+                        backbone=backbone.name,
+                        variant=rec.name,
+                        status=rec.status,
                         study_key_hash=rec.study_key_hash,
                         matches_config=stage != "hpo" or rec.study_key_hash == current,
-                        created_at=rec.created_at, path=str(variant.path),
+                        created_at=rec.created_at,
+                        path=str(variant.path),
                         has_benchmark=(variant.path / benchmark_file).is_file(),
                     )
-                )  # fmt: skip
+                )
     selection = layout.selection_file
     return StatusReport(
         experiment=config.experiment.name,
@@ -76,12 +80,15 @@ def format_status(report: StatusReport) -> str:
         header = ("stage", "backbone", "variant", "status", "study_key_hash", "benchmark")
         table = [header] + [
             (
-                r.stage, r.backbone, r.variant, r.status,
+                r.stage,
+                r.backbone,
+                r.variant,
+                r.status,
                 r.study_key_hash[:_HASH_SHOWN] + ("" if r.matches_config else " (config changed)"),
                 "yes" if r.has_benchmark else "-",
             )
             for r in report.variants
-        ]  # fmt: skip
+        ]
         widths = [max(len(row[i]) for row in table) for i in range(len(header))]
         lines += [
             "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()

@@ -115,10 +115,18 @@ def create_variant(
         name = variant_name(base, number)
         now = _now()
         record = VariantRecord(
-            name=name, number=number, stage=stage, backbone=backbone, status="running",
-            study_key_hash=stable_hash(key), study_key=key, created_at=now, updated_at=now,
-            host=socket.gethostname(), pid=os.getpid(),
-        )  # fmt: skip
+            name=name,
+            number=number,
+            stage=stage,
+            backbone=backbone,
+            status="running",
+            study_key_hash=stable_hash(key),
+            study_key=key,
+            created_at=now,
+            updated_at=now,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+        )
         staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=stage_dir))
         write_json(staging / VARIANT_FILE, record)
         try:
@@ -185,8 +193,13 @@ def resolve_variant(
         return Decision("reuse", latest)
     if mode == "reuse_if_exists" and not auto_resume:
         raise ConfigError(
-            [Problem(f"{stage}.checkpoint.auto_resume", f"{latest.name} is incomplete "
-                     f"({latest.record.status}) and auto_resume is false; set "
-                     f"{stage}.run.mode=resume_if_incomplete to continue it or force_new")]
-        )  # fmt: skip
+            [
+                Problem(
+                    f"{stage}.checkpoint.auto_resume",
+                    f"{latest.name} is incomplete "
+                    f"({latest.record.status}) and auto_resume is false; set "
+                    f"{stage}.run.mode=resume_if_incomplete to continue it or force_new",
+                )
+            ]
+        )
     return Decision("resume", set_status(latest, "running"))

@@ -1,0 +1,158 @@
+"""What a user sees: exit codes, messages, and that bad input writes nothing."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from ray_pipeline.cli import build_parser, main
+from ray_pipeline.identity import study_key
+from ray_pipeline.loading import load_config
+from ray_pipeline.paths import OutputsLayout
+from ray_pipeline.variants import resolve_variant, set_status
+from tests.conftest import CONFIG_DIR
+
+MakeExp = Callable[..., Path]
+DEMO = CONFIG_DIR / "experiment" / "demo.yaml"
+
+
+def test_validate_demo(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["validate", "--config", str(DEMO)]) == 0
+    assert "valid:" in capsys.readouterr().out
+
+
+def test_validate_without_config_uses_the_embedded_demo(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["validate"]) == 0
+    assert "experiment demo" in capsys.readouterr().out
+
+
+def test_validate_show_prints_resolved_config(
+    smoke_experiment: MakeExp, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["validate", "--config", str(smoke_experiment()), "--show", "hpo.seed=7"]) == 0
+    out = capsys.readouterr().out
+    assert "seed: 7" in out and "train_file: /" in out
+
+
+def test_three_problems_exit_2_and_write_nothing(
+    smoke_experiment: MakeExp, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = smoke_experiment(hpo={"num_sample": 3, "k_folds": "two", "run": {"mode": "newest"}})
+    for command in ("validate", "run", "hpo", "status"):
+        assert main([command, "--config", str(path)]) == 2
+        err = capsys.readouterr().err
+        for where in ("hpo.num_sample", "hpo.k_folds", "hpo.run.mode"):
+            assert where in err, (command, err)
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_unbuilt_stages_exit_1_and_write_nothing(
+    smoke_experiment: MakeExp, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = str(smoke_experiment())
+    for argv in (
+        ["run"],
+        ["hpo"],
+        ["benchmark"],
+        ["select"],
+        ["train"],
+        ["report"],
+        ["data", "inspect"],
+        ["run", "--stages", "final"],
+    ):
+        assert main([*argv, "--config", path]) == 1, argv
+        assert "not built yet" in capsys.readouterr().err
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_unknown_stage_exits_2(
+    smoke_experiment: MakeExp, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["run", "--config", str(smoke_experiment()), "--stages", "hpo,deploy"]) == 2
+    assert "unknown stage(s) deploy" in capsys.readouterr().err
+
+
+def test_bad_arguments_exit_2() -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["frobnicate"])
+    assert exc.value.code == 2
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["run"],
+        ["hpo"],
+        ["benchmark"],
+        ["select"],
+        ["train"],
+        ["validate"],
+        ["status"],
+        ["data"],
+        ["data", "inspect"],
+        ["report"],
+    ],
+)
+def test_help_everywhere(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args([*argv, "--help"])
+    assert exc.value.code == 0
+    assert "usage: ray-pipeline" in capsys.readouterr().out
+
+
+def test_interrupt_exits_130(monkeypatch: pytest.MonkeyPatch) -> None:
+    def interrupted(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("ray_pipeline.cli.load_config", interrupted)
+    assert main(["validate"]) == 130
+
+
+def test_status_lists_variants(
+    smoke_experiment: MakeExp, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = smoke_experiment()
+    assert main(["status", "--config", str(path)]) == 0
+    assert "no variants yet" in capsys.readouterr().out
+    cfg = load_config(path)
+    backbone = cfg.model.backbones[0]
+    stage_dir = OutputsLayout(cfg.outputs_root, cfg.experiment.name).stage_dir("hpo", backbone.name)
+    base = f"hpo_{backbone.name}"
+    first = resolve_variant(
+        stage_dir, base, "hpo", backbone.name, study_key(cfg, backbone), "force_new"
+    )
+    set_status(first.variant, "complete")
+    changed = load_config(path, ["hpo.seed=1"])
+    resolve_variant(
+        stage_dir, base, "hpo", backbone.name, study_key(changed, backbone), "force_new"
+    )
+
+    assert main(["status", "--config", str(path), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    rows = [(r["variant"], r["status"], r["matches_config"]) for r in report["variants"]]
+    assert rows == [("hpo_tiny-bert", "complete", True), ("hpo_tiny-bert_v2", "running", False)]
+    assert main(["status", "--config", str(path)]) == 0
+    table = capsys.readouterr().out
+    assert "hpo_tiny-bert_v2" in table and "(config changed)" in table
+
+
+@pytest.mark.slow
+def test_console_script_and_module_are_the_same_cli(smoke_experiment: MakeExp) -> None:
+    path = str(smoke_experiment(hpo={"k_folds": 1}))
+    script = shutil.which("ray-pipeline", path=str(Path(sys.executable).parent))
+    assert script is not None
+    for argv in ([script], [sys.executable, "-m", "ray_pipeline"]):
+        ok = subprocess.run(
+            [*argv, "validate", "--config", str(DEMO)], capture_output=True, text=True
+        )
+        assert ok.returncode == 0, ok.stderr
+        bad = subprocess.run([*argv, "validate", "--config", path], capture_output=True, text=True)
+        assert bad.returncode == 2
+        assert "hpo.k_folds" in bad.stderr and "greater than or equal to 2" in bad.stderr

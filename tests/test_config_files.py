@@ -1,0 +1,87 @@
+"""Every shipped config file validates, and every schema field is documented."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel
+
+from ray_pipeline import schema
+from ray_pipeline.loading import default_config_path, load_config, nested_models, read_yaml
+from tests.conftest import CONFIG_DIR
+
+# Which schema section each stand-alone stage file holds.
+SECTION_OF = {
+    "hpo": "hpo",
+    "data": "data",
+    "model": "model",
+    "benchmark.yaml": "benchmark",
+    "best_model_selection.yaml": "selection",
+    "final_training.yaml": "final_training",
+}
+
+
+def _all_yaml() -> list[Path]:
+    return sorted(CONFIG_DIR.rglob("*.yaml"))
+
+
+def test_config_tree_is_not_empty() -> None:
+    names = {p.relative_to(CONFIG_DIR).as_posix() for p in _all_yaml()}
+    required = {
+        "hpo/smoke.yaml",
+        "hpo/prod.yaml",
+        "benchmark.yaml",
+        "best_model_selection.yaml",
+        "final_training.yaml",
+        "experiment/demo.yaml",
+        "experiment/smoke.yaml",
+    }
+    assert required <= names
+
+
+@pytest.mark.parametrize("path", _all_yaml(), ids=lambda p: p.relative_to(CONFIG_DIR).as_posix())
+def test_every_config_file_validates(path: Path) -> None:
+    rel = path.relative_to(CONFIG_DIR)
+    if rel.parts[0] == "experiment":
+        cfg = load_config(path)
+        assert cfg.experiment.name == path.stem
+        return
+    key = SECTION_OF.get(rel.parts[0]) or SECTION_OF[rel.name]
+    section = schema.SECTIONS[key].model_validate(read_yaml(path))
+    assert isinstance(section, BaseModel)
+
+
+def test_stage_files_have_a_run_section() -> None:
+    for rel in (
+        "hpo/smoke.yaml",
+        "hpo/prod.yaml",
+        "benchmark.yaml",
+        "best_model_selection.yaml",
+        "final_training.yaml",
+    ):
+        doc = read_yaml(CONFIG_DIR / rel)
+        assert "mode" in doc["run"], rel
+
+
+def test_default_config_is_the_demo() -> None:
+    assert default_config_path().resolve() == (CONFIG_DIR / "experiment" / "demo.yaml").resolve()
+
+
+def _models(cls: type[BaseModel], seen: set[type[BaseModel]]) -> set[type[BaseModel]]:
+    if cls not in seen:
+        seen.add(cls)
+        for field in cls.model_fields.values():
+            for model in nested_models(field.annotation):
+                _models(model, seen)
+    return seen
+
+
+def test_every_schema_field_is_documented() -> None:
+    undocumented = [
+        f"{cls.__name__}.{name}"
+        for cls in _models(schema.PipelineConfig, set())
+        for name, field in cls.model_fields.items()
+        if not field.description
+    ]
+    assert undocumented == []

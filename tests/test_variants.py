@@ -1,0 +1,141 @@
+"""The variant manager: run.mode -> variant directory, atomic creation, study-key checks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ray_pipeline.errors import ConfigError, PipelineError
+from ray_pipeline.run_mode import RunMode
+from ray_pipeline.variants import (
+    VARIANT_FILE,
+    Decision,
+    list_variants,
+    resolve_variant,
+    set_status,
+)
+
+KEY: dict[str, Any] = {"hpo": {"search_space": {"lr": {"low": 1e-5, "high": 1e-4}}, "seed": 1}}
+OTHER_KEY: dict[str, Any] = {
+    "hpo": {"search_space": {"lr": {"low": 1e-5, "high": 5e-4}}, "seed": 1}
+}
+
+
+def _resolve(stage_dir: Path, mode: RunMode, key: dict[str, Any] = KEY, **kw: Any) -> Decision:
+    return resolve_variant(stage_dir, "hpo_b", "hpo", "b", key, mode, **kw)
+
+
+def _names(stage_dir: Path) -> list[str]:
+    return [v.name for v in list_variants(stage_dir, "hpo_b")]
+
+
+def test_force_new_three_times(tmp_path: Path) -> None:
+    made = [_resolve(tmp_path, "force_new") for _ in range(3)]
+    assert [d.action for d in made] == ["create"] * 3
+    assert [d.variant.name for d in made] == ["hpo_b", "hpo_b_v2", "hpo_b_v3"]
+    assert _names(tmp_path) == ["hpo_b", "hpo_b_v2", "hpo_b_v3"]
+    record = json.loads((tmp_path / "hpo_b_v3" / VARIANT_FILE).read_text())
+    assert record["number"] == 3 and record["status"] == "running"
+    assert record["study_key"] == KEY and len(record["study_key_hash"]) == 64
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left
+
+
+def test_reuse_if_exists(tmp_path: Path) -> None:
+    first = _resolve(tmp_path, "reuse_if_exists")
+    assert (first.action, first.variant.name) == ("create", "hpo_b")
+    # Incomplete latest: resumed.
+    again = _resolve(tmp_path, "reuse_if_exists")
+    assert (again.action, again.variant.name) == ("resume", "hpo_b")
+    set_status(again.variant, "complete")
+    second = _resolve(tmp_path, "force_new")
+    set_status(second.variant, "complete")
+    # Complete latest: reused, nothing new created.
+    reused = _resolve(tmp_path, "reuse_if_exists")
+    assert (reused.action, reused.variant.name) == ("reuse", "hpo_b_v2")
+    assert _names(tmp_path) == ["hpo_b", "hpo_b_v2"]
+
+
+def test_reuse_refuses_incomplete_without_auto_resume(tmp_path: Path) -> None:
+    _resolve(tmp_path, "force_new")
+    with pytest.raises(ConfigError, match="auto_resume is false"):
+        _resolve(tmp_path, "reuse_if_exists", auto_resume=False)
+
+
+def test_resume_if_incomplete(tmp_path: Path) -> None:
+    made = _resolve(tmp_path, "resume_if_incomplete")
+    assert (made.action, made.variant.name) == ("create", "hpo_b")
+    failed = set_status(made.variant, "failed")
+    resumed = _resolve(tmp_path, "resume_if_incomplete")
+    assert (resumed.action, resumed.variant.name) == ("resume", "hpo_b")
+    assert resumed.variant.record.status == "running"
+    assert failed.record.status == "failed"
+    set_status(resumed.variant, "complete")
+    nxt = _resolve(tmp_path, "resume_if_incomplete")
+    assert (nxt.action, nxt.variant.name) == ("create", "hpo_b_v2")
+
+
+@pytest.mark.parametrize("mode", ["reuse_if_exists", "resume_if_incomplete"])
+def test_changed_study_key_is_refused(tmp_path: Path, mode: RunMode) -> None:
+    _resolve(tmp_path, "force_new")
+    with pytest.raises(ConfigError) as exc:
+        _resolve(tmp_path, mode, OTHER_KEY)
+    text = str(exc.value)
+    assert exc.value.exit_code == 2
+    assert "hpo.search_space.lr.high (0.0001 -> 0.0005)" in text
+    assert "hpo.run.mode=force_new" in text
+    assert _names(tmp_path) == ["hpo_b"]  # nothing created
+    # force_new is the way out, and never touches the old variant.
+    assert _resolve(tmp_path, "force_new", OTHER_KEY).variant.name == "hpo_b_v2"
+
+
+def test_foreign_and_half_made_directories_are_ignored(tmp_path: Path) -> None:
+    (tmp_path / "hpo_bb").mkdir()  # another backbone's prefix
+    (tmp_path / "hpo_b_v4").mkdir()  # no variant.json: not listed, but its number is taken
+    assert _names(tmp_path) == []
+    assert _resolve(tmp_path, "force_new").variant.name == "hpo_b_v5"
+
+
+def test_corrupt_variant_json_is_reported(tmp_path: Path) -> None:
+    made = _resolve(tmp_path, "force_new")
+    (made.variant.path / VARIANT_FILE).write_text("{not json")
+    with pytest.raises(PipelineError, match=r"variant\.json is not a valid VariantRecord"):
+        list_variants(tmp_path, "hpo_b")
+
+
+_WORKER = """
+import sys, time
+from pathlib import Path
+from ray_pipeline.variants import resolve_variant
+stage_dir, start = Path(sys.argv[1]), float(sys.argv[2])
+time.sleep(max(0.0, start - time.time()))
+d = resolve_variant(stage_dir, "hpo_b", "hpo", "b", {"k": 1}, "force_new")
+print(d.variant.name)
+"""
+
+
+@pytest.mark.slow
+def test_concurrent_force_new_gets_distinct_variants(tmp_path: Path) -> None:
+    n = 8
+    start = time.time() + 4.0  # all processes imported and waiting before the race starts
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _WORKER, str(tmp_path), str(start)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(n)
+    ]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err for _, err in outs]
+    names = sorted(out.strip() for out, _ in outs)
+    expected = sorted(["hpo_b"] + [f"hpo_b_v{i}" for i in range(2, n + 1)])
+    assert names == expected
+    assert sorted(_names(tmp_path)) == expected
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
