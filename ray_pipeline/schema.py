@@ -11,7 +11,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from ray_pipeline.naming import check_safe_name
 from ray_pipeline.run_mode import RunMode
@@ -290,7 +297,29 @@ class HpoConfig(Section):
         if unknown:
             known = ", ".join(TrainingParams.model_fields)
             raise ValueError(f"unknown hyperparameter(s) {', '.join(unknown)}; choose from {known}")
-        return value
+        return {name: _fit_to_field(name, spec) for name, spec in value.items()}
+
+
+def _fit_to_field(name: str, spec: Any) -> Any:
+    """Check a search-space entry against the TrainingParams field it overrides.
+
+    Bounds and choices must be valid values of that field (so ``learning_rate`` stays > 0);
+    an integer field needs an int range or choices; choices are coerced to the field's type
+    (YAML reads ``1e-4`` as a string).
+    """
+    if isinstance(spec, FloatParam) and TrainingParams.model_fields[name].annotation is int:
+        raise ValueError(f"{name} takes whole numbers: use type: int or categorical")
+    values = spec.choices if isinstance(spec, CategoricalParam) else [spec.low, spec.high]
+    coerced = []
+    for value in values:
+        try:
+            coerced.append(getattr(TrainingParams.model_validate({name: value}), name))
+        except ValidationError as exc:
+            reason = exc.errors()[0]["msg"]
+            raise ValueError(f"{name}: {value!r} is not a valid value ({reason})") from None
+    if isinstance(spec, CategoricalParam):
+        return spec.model_copy(update={"choices": coerced})
+    return spec
 
 
 # --------------------------------------------------------------------------- later stages

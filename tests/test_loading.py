@@ -200,3 +200,48 @@ def test_a_different_type_replaces_instead_of_merging(smoke_experiment: MakeExp)
     partial = load_config(smoke_experiment(hpo={"search_space": {"learning_rate": {"high": 5e-3}}}))
     merged = partial.hpo.search_space["learning_rate"]
     assert merged.type == "float" and merged.high == 5e-3 and merged.log  # rest kept
+
+
+@pytest.mark.parametrize(
+    ("name", "spec", "expected"),
+    [
+        (
+            "learning_rate",
+            {"type": "float", "low": -1.0, "high": 0.1, "log": False},
+            "greater than 0",
+        ),
+        ("warmup_ratio", {"type": "float", "low": 0.0, "high": 1.5}, "less than 1"),
+        ("batch_size", {"type": "categorical", "choices": [8, 0]}, "greater than or equal to 1"),
+        ("epochs", {"type": "float", "low": 1.0, "high": 3.0}, "use type: int or categorical"),
+        ("batch_size", {"type": "categorical", "choices": ["big"]}, "valid integer"),
+    ],
+)
+def test_search_space_values_must_fit_the_training_field(
+    smoke_experiment: MakeExp, name: str, spec: dict[str, object], expected: str
+) -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_config(smoke_experiment(hpo={"search_space": {name: spec}}))
+    assert expected in _problems(exc)["hpo.search_space"]
+
+
+def test_categorical_choices_take_the_field_type(write_yaml: WriteYaml) -> None:
+    # YAML reads 1e-4 as a string; the choices still come out as floats.
+    hpo = write_yaml(
+        "hpo.yaml",
+        "search_space:\n  learning_rate: {type: categorical, choices: [1e-4, 3e-4]}\n"
+        "  batch_size: {type: categorical, choices: ['8', 16]}\n",
+    )
+    path = write_yaml(
+        "exp.yaml",
+        {
+            "include": {
+                "hpo": str(hpo),
+                "data": str(CONFIG_DIR / "data" / "tiny_reviews.yaml"),
+                "model": str(CONFIG_DIR / "model" / "tiny_bert.yaml"),
+            },
+            "experiment": {"name": "x"},
+        },
+    )
+    space = load_config(path).hpo.search_space
+    assert space["learning_rate"].choices == [1e-4, 3e-4]  # type: ignore[union-attr]
+    assert space["batch_size"].choices == [8, 16]  # type: ignore[union-attr]
