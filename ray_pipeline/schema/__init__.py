@@ -1,0 +1,113 @@
+"""The whole configuration schema, in this package. Defaults live here and nowhere else.
+
+Every model forbids unknown keys, is frozen, and documents each field with the
+docstring under it (``use_attribute_docstrings``). Relative paths (fields typed
+``ConfigPath``) are resolved by ``ray_pipeline.loading`` against the directory of
+the file that set them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+
+from ray_pipeline.schema.base import (
+    BenchmarkRunSection,
+    ConfigPath,
+    PathMarker,
+    PositiveInt,
+    ReuseRunSection,
+    RunSection,
+    Section,
+)
+from ray_pipeline.schema.data import BackboneConfig, DataConfig, ModelConfig, RandomInit
+from ray_pipeline.schema.hpo import (
+    CategoricalParam,
+    FloatParam,
+    HpoConfig,
+    IntParam,
+    ObjectiveConfig,
+    ParamSpec,
+    SchedulerConfig,
+    StudyCheckpoint,
+    TrainingParams,
+)
+from ray_pipeline.schema.stages import (
+    BenchmarkConfig,
+    BenchmarkOutput,
+    BenchmarkSettings,
+    ExperimentConfig,
+    FinalSource,
+    FinalTrainingConfig,
+    ResourcesConfig,
+    SelectionConfig,
+    TrackingConfig,
+)
+
+
+class PipelineConfig(Section):
+    experiment: ExperimentConfig
+    """Identity of this experiment."""
+    outputs_root: ConfigPath = Path("outputs")
+    """Root of all outputs; relative paths in a file resolve against that file's directory,
+    the default and command-line values against the working directory."""
+    data: DataConfig
+    """The dataset."""
+    model: ModelConfig
+    """The backbones."""
+    hpo: HpoConfig
+    """Hyperparameter search."""
+    benchmark: BenchmarkConfig = Field(default_factory=BenchmarkConfig)
+    """Inference benchmarks."""
+    selection: SelectionConfig = Field(default_factory=SelectionConfig)
+    """Best-model selection."""
+    final_training: FinalTrainingConfig = Field(default_factory=FinalTrainingConfig)
+    """Refit and export."""
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    """MLflow."""
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    """Ray resources per trial."""
+
+
+SECTIONS: dict[str, type[Section]] = {
+    name: field.annotation
+    for name, field in PipelineConfig.model_fields.items()
+    if isinstance(field.annotation, type) and issubclass(field.annotation, Section)
+}
+"""Top-level sections that an experiment file may ``include`` from a file of their own."""
+
+
+__all__ = [
+    "SECTIONS",
+    "BackboneConfig",
+    "BenchmarkConfig",
+    "BenchmarkOutput",
+    "BenchmarkRunSection",
+    "BenchmarkSettings",
+    "CategoricalParam",
+    "ConfigPath",
+    "DataConfig",
+    "ExperimentConfig",
+    "FinalSource",
+    "FinalTrainingConfig",
+    "FloatParam",
+    "HpoConfig",
+    "IntParam",
+    "ModelConfig",
+    "ObjectiveConfig",
+    "ParamSpec",
+    "PathMarker",
+    "PipelineConfig",
+    "PositiveInt",
+    "RandomInit",
+    "ResourcesConfig",
+    "ReuseRunSection",
+    "RunSection",
+    "SchedulerConfig",
+    "Section",
+    "SelectionConfig",
+    "StudyCheckpoint",
+    "TrackingConfig",
+    "TrainingParams",
+]

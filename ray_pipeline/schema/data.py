@@ -1,0 +1,96 @@
+"""The data and model sections."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from ray_pipeline.naming import check_safe_name
+from ray_pipeline.schema.base import ConfigPath, PositiveInt, Section
+
+
+class DataConfig(Section):
+    task: Literal["sequence_classification", "token_classification"] = "sequence_classification"
+    """What is predicted: one label per text, or one tag per token (NER)."""
+    format: Literal["csv", "jsonl", "parquet", "conll", "huggingface"] = "csv"
+    """How the data is stored. ``huggingface`` loads ``hf_name`` with the datasets library."""
+    train_file: ConfigPath | None = None
+    """Training split file. ``{data_cache}`` expands to the demo data cache directory."""
+    validation_file: ConfigPath | None = None
+    """Optional validation split file (otherwise cross-validation folds are used)."""
+    test_file: ConfigPath | None = None
+    """Test split file; when null, ``test_size`` of the training data is carved out."""
+    hf_name: str | None = None
+    """Hugging Face dataset name (format: huggingface)."""
+    hf_config: str | None = None
+    """Hugging Face dataset configuration name."""
+    text_columns: list[str] = Field(default_factory=lambda: ["text"], min_length=1, max_length=2)
+    """Text column(s); two columns make sentence pairs."""
+    label_column: str = "label"
+    """Label column (sequence classification) or tag column (token classification)."""
+    test_size: float = Field(default=0.2, gt=0.0, lt=1.0)
+    """Fraction of the training data held out as test when no test split is given."""
+    max_train_examples: PositiveInt | None = None
+    """Use only the first N training examples after a seeded shuffle (quick runs)."""
+    max_test_examples: PositiveInt | None = None
+    """Use only the first N test examples after a seeded shuffle (quick runs)."""
+
+    @model_validator(mode="after")
+    def _source_given(self) -> DataConfig:
+        if self.format == "huggingface" and self.hf_name is None:
+            raise ValueError("format huggingface needs hf_name (the dataset name on the Hub)")
+        if self.format != "huggingface" and self.train_file is None:
+            raise ValueError(f"format {self.format} needs train_file (a path to the file)")
+        return self
+
+
+class RandomInit(Section):
+    model_type: str = "bert"
+    """transformers model type whose config class builds the random model."""
+    config: dict[str, Any] = Field(default_factory=dict)
+    """Config overrides, e.g. ``{hidden_size: 32, num_hidden_layers: 2}``."""
+
+
+class BackboneConfig(Section):
+    name: str
+    """Short id used in directory, variant and run names (``minilm`` -> ``hpo_minilm``)."""
+    hub: str | None = None
+    """A Hugging Face Hub model id (needs network on first use)."""
+    path: ConfigPath | None = None
+    """A local directory holding a saved model and tokenizer."""
+    package: str | None = None
+    """A Python module whose ``get_model_path()`` returns a local model directory."""
+    random: RandomInit | None = None
+    """Build a randomly initialised model from a config (tests, offline smoke runs)."""
+    trust_remote_code: bool = False
+    """Allow model code from the model repository to run (off unless you trust it)."""
+
+    @field_validator("name")
+    @classmethod
+    def _safe(cls, value: str) -> str:
+        return check_safe_name(value, "backbone name")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> BackboneConfig:
+        given = [k for k in ("hub", "path", "package", "random") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                f"backbone {self.name!r} needs exactly one of hub, path, package, random "
+                f"(got {', '.join(given) or 'none'})"
+            )
+        return self
+
+
+class ModelConfig(Section):
+    backbones: list[BackboneConfig] = Field(min_length=1)
+    """The backbones to tune; each gets its own HPO variants."""
+
+    @field_validator("backbones")
+    @classmethod
+    def _unique(cls, value: list[BackboneConfig]) -> list[BackboneConfig]:
+        names = [b.name for b in value]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"backbone names must be unique, but {', '.join(dupes)} repeat")
+        return value

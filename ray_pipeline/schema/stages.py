@@ -1,0 +1,119 @@
+"""The sections after HPO (benchmark, selection, final training) and the cross-cutting ones."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from ray_pipeline.naming import check_safe_name
+from ray_pipeline.schema.base import (
+    BenchmarkRunSection,
+    ConfigPath,
+    PositiveInt,
+    ReuseRunSection,
+    RunSection,
+    Section,
+)
+from ray_pipeline.schema.hpo import ObjectiveConfig
+
+
+class BenchmarkSettings(Section):
+    batch_sizes: list[PositiveInt] = Field(default_factory=lambda: [1, 8], min_length=1)
+    """Batch sizes to time."""
+    iterations: PositiveInt = 20
+    """Timed passes per batch size."""
+    warmup_iterations: int = Field(default=5, ge=0)
+    """Untimed passes before timing."""
+    max_length: PositiveInt = 128
+    """Sequence length of the timed inputs."""
+    device: Literal["cpu", "cuda"] | None = None
+    """null: CUDA if visible, else CPU."""
+    test_data: ConfigPath | None = None
+    """Optional file whose metrics are measured for each benchmarked checkpoint."""
+    benchmark_all_variants: bool = True
+    """Benchmark every variant's best trial before selection (false: latest only)."""
+    benchmark_strategy: Literal["best_per_variant", "latest_only"] = "best_per_variant"
+    """Which variants to benchmark before selection."""
+
+
+class BenchmarkOutput(Section):
+    filename: str = "benchmark.json"
+    """File written into each benchmarked variant."""
+
+    @field_validator("filename")
+    @classmethod
+    def _safe(cls, value: str) -> str:
+        return check_safe_name(value, "benchmark output filename")
+
+
+class BenchmarkConfig(Section):
+    run: BenchmarkRunSection = Field(default_factory=BenchmarkRunSection)
+    """How existing benchmarks are treated (null inherits the HPO mode)."""
+    benchmarking: BenchmarkSettings = Field(default_factory=BenchmarkSettings)
+    """What is measured."""
+    output: BenchmarkOutput = Field(default_factory=BenchmarkOutput)
+    """Where results go."""
+
+
+class SelectionConfig(Section):
+    run: ReuseRunSection = Field(default_factory=ReuseRunSection)
+    """Reuse a cached selection when its inputs are unchanged, or recompute."""
+    objective: ObjectiveConfig | None = None
+    """null: the HPO objective."""
+    max_latency_ms: float | None = Field(default=None, gt=0)
+    """Hard limit on p95 latency per batch at ``latency_batch_size`` (null: none)."""
+    latency_batch_size: PositiveInt = 1
+    """Batch size whose latency the rules use (must be benchmarked)."""
+    latency_weight: float = Field(default=0.0, ge=0)
+    """Weight of normalised latency in a trade-off score (0: objective only)."""
+
+
+class FinalSource(Section):
+    variant: str | None = None
+    """Train this HPO variant's trial instead of the selection's winner."""
+    trial: int | None = Field(default=None, ge=0)
+    """Trial number within ``variant`` (null: its best trial)."""
+
+
+class FinalTrainingConfig(Section):
+    run: RunSection = Field(default_factory=RunSection)
+    """How existing final-training variants are treated."""
+    source: FinalSource = Field(default_factory=FinalSource)
+    """Which trial to refit (default: the selection's winner)."""
+    epochs: PositiveInt | None = None
+    """null: the trial's epochs."""
+    keep_checkpoints: PositiveInt = 2
+    """Epoch checkpoints kept."""
+    register_model: bool = False
+    """Also register the exported model in the MLflow model registry."""
+
+
+class TrackingConfig(Section):
+    enabled: bool = True
+    """Log to MLflow."""
+    tracking_uri: str | None = None
+    """null: MLFLOW_TRACKING_URI, else sqlite:///<outputs>/mlflow.db."""
+    experiment_name: str | None = None
+    """null: the experiment's name."""
+
+
+class ResourcesConfig(Section):
+    workers_per_trial: PositiveInt = 1
+    """Ray Train DDP workers per trial."""
+    cpus_per_worker: float = Field(default=1.0, gt=0)
+    """CPUs each worker reserves."""
+    gpus_per_worker: float = Field(default=0.0, ge=0)
+    """GPUs each worker reserves (0: CPU training with gloo)."""
+    max_concurrent_trials: PositiveInt | None = None
+    """null: as many as the cluster fits."""
+
+
+class ExperimentConfig(Section):
+    name: str
+    """Names ``outputs/<name>/`` and the MLflow experiment."""
+
+    @field_validator("name")
+    @classmethod
+    def _safe(cls, value: str) -> str:
+        return check_safe_name(value, "experiment name")
