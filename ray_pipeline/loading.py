@@ -47,23 +47,18 @@ class _Composer:
         self.problems: list[Problem] = []
         self.failed_sections: set[str] = set()
 
-    def merge(self, loc: Loc, value: Any, source: str) -> None:
-        """Deep-merge ``value`` at ``loc``; later values win and take over the origin."""
-        if isinstance(value, dict):
-            node = _node_at(self.doc, loc, create=True)
-            if loc:  # the root keeps the experiment file as its origin
-                self.origins[loc] = source
-            for key, item in value.items():
-                key_loc = (*loc, str(key))
-                if _mergeable(node.get(str(key)), item):
-                    self.merge(key_loc, item, source)
-                else:
-                    node[str(key)] = item
-                    self._mark(key_loc, item, source)
-            return
-        parent = _node_at(self.doc, loc[:-1], create=True)
-        parent[str(loc[-1])] = value
-        self._mark(loc, value, source)
+    def merge(self, loc: Loc, mapping: dict[str, Any], source: str) -> None:
+        """Deep-merge ``mapping`` at ``loc``; later values win and take over the origin."""
+        node = _node_at(self.doc, loc)
+        if loc:  # the root keeps the experiment file as its origin
+            self.origins[loc] = source
+        for key, item in mapping.items():
+            key_loc = (*loc, str(key))
+            if _mergeable(node.get(str(key)), item):
+                self.merge(key_loc, item, source)
+            else:
+                node[str(key)] = item
+                self._mark(key_loc, item, source)
 
     def _mark(self, loc: Loc, value: Any, source: str) -> None:
         for key in [k for k in self.origins if k[: len(loc)] == loc]:
@@ -91,15 +86,13 @@ def _mergeable(old: Any, new: Any) -> bool:
     return "type" not in old or "type" not in new or old["type"] == new["type"]
 
 
-def _node_at(doc: dict[str, Any], loc: Loc, *, create: bool) -> dict[str, Any]:
+def _node_at(doc: dict[str, Any], loc: Loc) -> dict[str, Any]:
+    """The mapping at ``loc``, created (or replacing a non-mapping) where missing."""
     node = doc
     for key in loc:
         child = node.get(str(key))
         if not isinstance(child, dict):
-            if not create:
-                raise KeyError(key)
-            child = {}
-            node[str(key)] = child
+            child = node[str(key)] = {}
         node = child
     return node
 
