@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from ray_pipeline.schema.base import (
     BenchmarkRunSection,
@@ -21,7 +21,14 @@ from ray_pipeline.schema.base import (
     RunSection,
     Section,
 )
-from ray_pipeline.schema.data import BackboneConfig, DataConfig, ModelConfig, RandomInit
+from ray_pipeline.schema.data import (
+    TASK_METRICS,
+    BackboneConfig,
+    DataConfig,
+    ModelConfig,
+    RandomInit,
+    Task,
+)
 from ray_pipeline.schema.hpo import (
     CategoricalParam,
     FloatParam,
@@ -69,6 +76,20 @@ class PipelineConfig(Section):
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     """Ray resources per trial."""
 
+    @model_validator(mode="after")
+    def _objectives_fit_the_task(self) -> PipelineConfig:
+        known = TASK_METRICS[self.data.task]
+        for where, objective in (
+            ("hpo", self.hpo.objective),
+            ("selection", self.selection.objective),
+        ):
+            if objective is not None and objective.metric not in known:
+                raise ValueError(
+                    f"{where}.objective.metric {objective.metric!r} is not a metric of "
+                    f"{self.data.task}; choose from {', '.join(known)}"
+                )
+        return self
+
 
 SECTIONS: dict[str, type[Section]] = {
     name: field.annotation
@@ -80,6 +101,7 @@ SECTIONS: dict[str, type[Section]] = {
 
 __all__ = [
     "SECTIONS",
+    "TASK_METRICS",
     "BackboneConfig",
     "BenchmarkConfig",
     "BenchmarkOutput",
@@ -108,6 +130,7 @@ __all__ = [
     "Section",
     "SelectionConfig",
     "StudyCheckpoint",
+    "Task",
     "TrackingConfig",
     "TrainingParams",
 ]

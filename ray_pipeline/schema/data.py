@@ -9,32 +9,54 @@ from pydantic import Field, field_validator, model_validator
 from ray_pipeline.naming import check_safe_name
 from ray_pipeline.schema.base import ConfigPath, PositiveInt, Section
 
+Task = Literal["sequence_classification", "token_classification"]
+
+TASK_METRICS: dict[str, tuple[str, ...]] = {
+    "sequence_classification": ("accuracy", "macro_f1", "micro_f1", "weighted_f1"),
+    "token_classification": ("entity_f1", "entity_precision", "entity_recall", "token_accuracy"),
+}
+"""The metrics each task reports; an objective must name one of its task's metrics."""
+
+
+SplitRole = Literal["train", "validation", "test"]
+
+
+def _default_hf_splits() -> dict[SplitRole, str]:
+    return {"train": "train", "test": "test"}
+
 
 class DataConfig(Section):
-    task: Literal["sequence_classification", "token_classification"] = "sequence_classification"
+    task: Task = "sequence_classification"
     """What is predicted: one label per text, or one tag per token (NER)."""
     format: Literal["csv", "jsonl", "parquet", "conll", "huggingface"] = "csv"
     """How the data is stored. ``huggingface`` loads ``hf_name`` with the datasets library."""
     train_file: ConfigPath | None = None
     """Training split file. ``{data_cache}`` expands to the demo data cache directory."""
     validation_file: ConfigPath | None = None
-    """Optional validation split file (otherwise cross-validation folds are used)."""
+    """Optional validation split file (reported by ``data inspect``; HPO uses CV folds)."""
     test_file: ConfigPath | None = None
     """Test split file; when null, ``test_size`` of the training data is carved out."""
     hf_name: str | None = None
-    """Hugging Face dataset name (format: huggingface)."""
+    """Hugging Face dataset: a Hub name, or a local directory (saved with ``save_to_disk``
+    or holding data files)."""
     hf_config: str | None = None
     """Hugging Face dataset configuration name."""
+    hf_splits: dict[SplitRole, str] = Field(default_factory=_default_hf_splits)
+    """Which Hugging Face split plays each role; a missing test split is carved out."""
     text_columns: list[str] = Field(default_factory=lambda: ["text"], min_length=1, max_length=2)
-    """Text column(s); two columns make sentence pairs."""
+    """Text column(s); two columns make sentence pairs. Token classification: the words column
+    (Hugging Face format only)."""
     label_column: str = "label"
-    """Label column (sequence classification) or tag column (token classification)."""
+    """Label column (sequence classification) or tags column (token classification, Hugging
+    Face format). CoNLL files take the first field as the token and the last as its tag."""
     test_size: float = Field(default=0.2, gt=0.0, lt=1.0)
     """Fraction of the training data held out as test when no test split is given."""
+    seed: int = 42
+    """Seeds the test carve-out and the subsetting below."""
     max_train_examples: PositiveInt | None = None
-    """Use only the first N training examples after a seeded shuffle (quick runs)."""
+    """Use only N training examples, drawn with a seeded shuffle (quick runs)."""
     max_test_examples: PositiveInt | None = None
-    """Use only the first N test examples after a seeded shuffle (quick runs)."""
+    """Use only N test examples, drawn with a seeded shuffle (quick runs)."""
 
     @model_validator(mode="after")
     def _source_given(self) -> DataConfig:
@@ -42,6 +64,12 @@ class DataConfig(Section):
             raise ValueError("format huggingface needs hf_name (the dataset name on the Hub)")
         if self.format != "huggingface" and self.train_file is None:
             raise ValueError(f"format {self.format} needs train_file (a path to the file)")
+        mismatched = (self.format == "conll") != (self.task == "token_classification")
+        if mismatched and self.format != "huggingface":
+            raise ValueError(
+                f"format {self.format} does not fit task {self.task}: CoNLL files are for "
+                "token_classification, csv/jsonl/parquet for sequence_classification"
+            )
         return self
 
 
