@@ -48,6 +48,11 @@ class ConfigError(PipelineError):
         self.header = header
         super().__init__(self.render())
 
+    @classmethod
+    def at(cls, where: str, message: str) -> ConfigError:
+        """One problem at ``where`` (a dotted config key, a file:line or an argument)."""
+        return cls([Problem(where=where, message=message)])
+
     def render(self) -> str:
         lines = [p.render() for p in self.problems]
         if len(lines) == 1 and self.header is None:

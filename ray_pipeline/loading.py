@@ -100,7 +100,7 @@ def _node_at(doc: dict[str, Any], loc: Loc) -> dict[str, Any]:
 def read_yaml(path: Path) -> dict[str, Any]:
     """Read one YAML file that must hold a mapping; raise ConfigError naming file and line."""
     if not path.is_file():
-        raise ConfigError([Problem(where=str(path), message="file not found")])
+        raise ConfigError.at(str(path), "file not found")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
@@ -108,14 +108,14 @@ def read_yaml(path: Path) -> dict[str, Any]:
         line = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         msg = f"malformed YAML: {line}{problem}"
-        raise ConfigError([Problem(where=str(path), message=msg)]) from exc
+        raise ConfigError.at(str(path), msg) from exc
     except UnicodeDecodeError as exc:
-        raise ConfigError([Problem(where=str(path), message="not UTF-8 text")]) from exc
+        raise ConfigError.at(str(path), "not UTF-8 text") from exc
     if data is None:
         return {}
     if not isinstance(data, dict):
         msg = f"must hold a mapping of keys to values, but holds a {type(data).__name__}"
-        raise ConfigError([Problem(where=str(path), message=msg)])
+        raise ConfigError.at(str(path), msg)
     return data
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from ray_pipeline.errors import ConfigError, NotBuiltError, Problem
+from ray_pipeline.errors import ConfigError, NotBuiltError
 from ray_pipeline.loading import load_config
 from ray_pipeline.schema import PipelineConfig
 
@@ -34,7 +34,7 @@ def parse_stages(text: str) -> tuple[str, ...]:
     if unknown or not names:
         given = ", ".join(unknown) or "(none given)"
         msg = f"unknown stage(s) {given}; choose from {','.join(STAGE_ORDER)}"
-        raise ConfigError([Problem(where="--stages", message=msg)])
+        raise ConfigError.at("--stages", msg)
     return tuple(s for s in STAGE_ORDER if s in names)
 
 

@@ -21,7 +21,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 from ray_pipeline.artifacts import read_json, write_json
-from ray_pipeline.errors import ConfigError, PipelineError, Problem
+from ray_pipeline.errors import ConfigError, PipelineError
 from ray_pipeline.identity import changed_keys, stable_hash
 from ray_pipeline.naming import VariantStage, variant_base_name, variant_name, variant_number
 from ray_pipeline.run_mode import RunMode
@@ -158,7 +158,7 @@ def _check_same_study(variant: Variant, key: dict[str, Any], mode: RunMode) -> N
         f"Changed: {changes}. Set {stage}.run.mode=force_new to start a new variant, "
         "or restore the old values."
     )
-    raise ConfigError([Problem(where=f"{stage}.run.mode", message=message)])
+    raise ConfigError.at(f"{stage}.run.mode", message)
 
 
 def resolve_variant(
@@ -192,14 +192,9 @@ def resolve_variant(
     if latest.complete:
         return Decision("reuse", latest)
     if mode == "reuse_if_exists" and not auto_resume:
-        raise ConfigError(
-            [
-                Problem(
-                    f"{stage}.checkpoint.auto_resume",
-                    f"{latest.name} is incomplete "
-                    f"({latest.record.status}) and auto_resume is false; set "
-                    f"{stage}.run.mode=resume_if_incomplete to continue it or force_new",
-                )
-            ]
+        raise ConfigError.at(
+            f"{stage}.checkpoint.auto_resume",
+            f"{latest.name} is incomplete ({latest.record.status}) and auto_resume is false; "
+            f"set {stage}.run.mode=resume_if_incomplete to continue it, or force_new",
         )
     return Decision("resume", set_status(latest, "running"))

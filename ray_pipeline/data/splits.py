@@ -1,0 +1,142 @@
+"""Assemble a run's splits from the data config, and the cross-validation folds.
+
+Everything here is seeded and depends only on the data and the seeds, so every process
+and machine computes the same splits: a fold's indices follow from (data, seed, k, fold).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ray_pipeline.data.examples import DatasetSplits, Examples
+from ray_pipeline.data.readers import read_file
+from ray_pipeline.errors import ConfigError, Problem
+from ray_pipeline.paths import data_cache_dir
+from ray_pipeline.schema import DataConfig
+
+log = logging.getLogger(__name__)
+
+
+def load_splits(data: DataConfig) -> DatasetSplits:
+    """Read the configured splits, carve out a test split if none is given, and subset."""
+    if data.format == "huggingface":
+        from ray_pipeline.data.hub import read_hf_splits
+
+        read = read_hf_splits(data)
+    else:
+        read = {}
+        for role, path in (
+            ("train", data.train_file),
+            ("validation", data.validation_file),
+            ("test", data.test_file),
+        ):
+            if path is not None:
+                _check_exists(path, role)
+                read[role] = (
+                    read_file(path, data.format, data.text_columns, data.label_column),
+                    str(path),
+                )
+    rows_read = {role: len(ex) for role, (ex, _) in read.items()}
+    sources = {role: src for role, (_, src) in read.items()}
+    train = read["train"][0]
+    if "test" in read:
+        test = read["test"][0]
+    else:
+        train, test = carve_test(train, data.test_size, data.seed)
+        sources["test"] = f"{data.test_size:.0%} of {sources['train']} (seed {data.seed})"
+    train = take(train, data.max_train_examples, data.seed)
+    test = take(test, data.max_test_examples, data.seed)
+    validation = read["validation"][0] if "validation" in read else None
+    labels = tuple(sorted(train.label_counts()))
+    for split in (test, validation):
+        if split is not None:
+            _check_known_labels(split, labels, data.label_column)
+    return DatasetSplits(train, test, validation, labels, rows_read, sources)
+
+
+def _check_exists(path: Path, role: str) -> None:
+    if path.is_file():
+        return
+    fix = f"check data.{role}_file"
+    if path.is_relative_to(data_cache_dir()):
+        fix = "fetch the demo data first: `ray-pipeline data fetch-demo`"
+    raise ConfigError.at(f"data.{role}_file", f"{path} not found; {fix}")
+
+
+def _check_known_labels(split: Examples, labels: tuple[str, ...], column: str) -> None:
+    known = set(labels)
+    problems = []
+    for origin, used in split.example_labels():
+        unknown = sorted(set(used) - known)
+        if unknown:
+            names = ", ".join(map(repr, unknown))
+            message = (
+                f"{column} {names} does not occur in the training data "
+                f"(known: {', '.join(labels)}); fix the label or add training examples"
+            )
+            problems.append(Problem(where=origin, message=message))
+    if problems:
+        raise ConfigError(problems[:10], header=f"{len(problems)} example(s) with unknown labels")
+
+
+def carve_test(train: Examples, test_size: float, seed: int) -> tuple[Examples, Examples]:
+    """Split off ``test_size`` of ``train`` (stratified by label where every class allows)."""
+    from sklearn.model_selection import train_test_split
+
+    indices = np.arange(len(train))
+    strata = train.strata
+    try:
+        rest, test = train_test_split(
+            indices, test_size=test_size, random_state=seed, stratify=strata
+        )
+    except ValueError:
+        log.warning("a class is too small to stratify the test split; splitting at random")
+        rest, test = train_test_split(indices, test_size=test_size, random_state=seed)
+    return train.subset(sorted(rest)), train.subset(sorted(test))
+
+
+def take(examples: Examples, limit: int | None, seed: int) -> Examples:
+    """At most ``limit`` examples, drawn with a seeded shuffle, kept in file order."""
+    if limit is None or limit >= len(examples):
+        return examples
+    chosen = np.random.default_rng(seed).permutation(len(examples))[:limit]
+    return examples.subset(sorted(int(i) for i in chosen))
+
+
+def fold_indices(
+    n: int, strata: Sequence[str] | None, k: int, seed: int, fold: int
+) -> tuple[list[int], list[int]]:
+    """(train, validation) indices of fold ``fold`` of ``k``, stratified when ``strata`` is set."""
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    if not 0 <= fold < k:
+        raise ValueError(f"fold must be in [0, {k}), but got {fold}")
+    positions = np.arange(n)
+    if strata is not None:
+        splits = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(
+            positions, strata
+        )
+    else:
+        splits = KFold(n_splits=k, shuffle=True, random_state=seed).split(positions)
+    for index, (train, val) in enumerate(splits):
+        if index == fold:
+            return [int(i) for i in train], [int(i) for i in val]
+    raise AssertionError("unreachable: KFold yields k folds")
+
+
+def check_foldable(examples: Examples, k: int) -> None:
+    """Raise ConfigError when ``k`` folds cannot be made from ``examples``."""
+    counts = examples.label_counts() if examples.strata is not None else None
+    smallest = min(counts.values()) if counts else len(examples)
+    if smallest >= k:
+        return
+    what = f"the rarest label has {smallest}" if counts else f"there are {smallest}"
+    raise ConfigError.at(
+        "hpo.k_folds",
+        f"{k} folds need at least {k} examples (of every label), but {what}; "
+        "lower hpo.k_folds or use more data",
+    )
