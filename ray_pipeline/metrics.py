@@ -1,0 +1,59 @@
+"""Task metrics: scikit-learn for classification, seqeval (entity level) for NER.
+
+The names each task reports are ``schema.TASK_METRICS``; objectives are checked against them
+when the config is validated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ray_pipeline.schema import TASK_METRICS, Task
+
+
+def classification_metrics(gold: Sequence[str], predicted: Sequence[str]) -> dict[str, float]:
+    """Accuracy and macro / micro / weighted F1 over one label per example."""
+    from sklearn.metrics import accuracy_score, f1_score
+
+    labels = sorted(set(gold) | set(predicted))
+
+    def f1(average: str) -> float:
+        return float(f1_score(gold, predicted, labels=labels, average=average, zero_division=0))
+
+    return {
+        "accuracy": float(accuracy_score(gold, predicted)),
+        "macro_f1": f1("macro"),
+        "micro_f1": f1("micro"),
+        "weighted_f1": f1("weighted"),
+    }
+
+
+def entity_metrics(
+    gold: Sequence[Sequence[str]], predicted: Sequence[Sequence[str]]
+) -> dict[str, float]:
+    """Entity-level precision, recall and F1 (seqeval, IOB tags) plus token accuracy."""
+    from seqeval.metrics import f1_score, precision_score, recall_score
+
+    gold_lists = [list(s) for s in gold]
+    pred_lists = [list(s) for s in predicted]
+    tokens = [
+        (g, p) for gs, ps in zip(gold, predicted, strict=True) for g, p in zip(gs, ps, strict=True)
+    ]
+    return {
+        "entity_f1": float(f1_score(gold_lists, pred_lists, zero_division=0)),
+        "entity_precision": float(precision_score(gold_lists, pred_lists, zero_division=0)),
+        "entity_recall": float(recall_score(gold_lists, pred_lists, zero_division=0)),
+        "token_accuracy": sum(g == p for g, p in tokens) / max(len(tokens), 1),
+    }
+
+
+def compute_metrics(
+    task: Task, gold: Sequence[object], predicted: Sequence[object]
+) -> dict[str, float]:
+    """The metrics of ``task`` (exactly the names in ``TASK_METRICS[task]``)."""
+    if task == "sequence_classification":
+        result = classification_metrics([str(g) for g in gold], [str(p) for p in predicted])
+    else:
+        result = entity_metrics(gold, predicted)  # type: ignore[arg-type]
+    assert tuple(result) == TASK_METRICS[task]
+    return result

@@ -1,0 +1,105 @@
+"""The training core: one epoch, prediction and evaluation. Knows nothing of Ray, Tune or
+Optuna; the HPO worker loop and final training call it."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+from ray_pipeline.data.encode import IGNORE_INDEX, Row, collate
+from ray_pipeline.metrics import compute_metrics
+from ray_pipeline.schema import Task, TrainingParams
+
+if TYPE_CHECKING:
+    import torch
+
+
+def batches(
+    rows: Sequence[Row], batch_size: int, pad_id: int, shuffle_seed: int | None = None
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Padded batches of ``rows``, shuffled with ``shuffle_seed`` when given."""
+    import torch
+
+    order = list(range(len(rows)))
+    if shuffle_seed is not None:
+        generator = torch.Generator().manual_seed(shuffle_seed)
+        order = torch.randperm(len(rows), generator=generator).tolist()
+    for start in range(0, len(order), batch_size):
+        yield collate([rows[i] for i in order[start : start + batch_size]], pad_id)
+
+
+def make_optimizer(
+    model: torch.nn.Module, params: TrainingParams, total_steps: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """AdamW with linear warm-up then linear decay over ``total_steps``."""
+    import torch
+
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=params.learning_rate, weight_decay=params.weight_decay
+    )
+    warmup = math.ceil(params.warmup_ratio * total_steps)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def train_epoch(
+    model: torch.nn.Module,
+    batch_iter: Iterator[dict[str, torch.Tensor]],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+) -> float:
+    """Train over the batches once; return the mean loss."""
+    model.train()
+    total, count = 0.0, 0
+    for batch in batch_iter:
+        loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        total += float(loss.detach())
+        count += 1
+    return total / max(count, 1)
+
+
+def predict(model: torch.nn.Module, rows: Sequence[Row], batch_size: int, pad_id: int) -> list[Any]:
+    """Predicted label ids: one per example (sequence) or one per labelled token (tokens)."""
+    import torch
+
+    model.eval()
+    out: list[Any] = []
+    with torch.inference_mode():
+        for batch in batches(rows, batch_size, pad_id):
+            labels = batch.pop("labels")
+            ids = model(**batch).logits.argmax(dim=-1)
+            if ids.dim() == 1:
+                out.extend(ids.tolist())
+                continue
+            for row_ids, row_labels in zip(ids, labels, strict=True):
+                keep = row_labels != IGNORE_INDEX
+                out.append(row_ids[keep].tolist())
+    return out
+
+
+def evaluate(
+    model: torch.nn.Module,
+    rows: Sequence[Row],
+    labels: Sequence[str],
+    task: Task,
+    batch_size: int,
+    pad_id: int,
+) -> dict[str, float]:
+    """The task's metrics of ``model`` on encoded ``rows``."""
+    predicted = predict(model, rows, batch_size, pad_id)
+    if task == "sequence_classification":
+        gold = [labels[r["labels"]] for r in rows]
+        return compute_metrics(task, gold, [labels[p] for p in predicted])
+    gold_tags = [[labels[t] for t in r["labels"] if t != IGNORE_INDEX] for r in rows]
+    pred_tags = [[labels[t] for t in sentence] for sentence in predicted]
+    return compute_metrics(task, gold_tags, pred_tags)
