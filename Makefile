@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint demo clean
+.PHONY: install test lint demo demo-data clean
 
 install: $(STAMP)
 
@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -qq --upgrade pip
 	$(BIN)/python -m pip install -qq "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -qq -e ".[dev]"
+	$(BIN)/python -m pip install -qq -e ".[dev,demo]"
 	touch $(STAMP)
 
 lint: install
@@ -23,10 +23,15 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy --strict ray_pipeline tests
 
-test: lint
-	$(BIN)/pytest
+# The demo reviews (Debian r-cran-modeldata via apt-get) into the data cache; idempotent.
+demo-data: install
+	$(BIN)/ray-pipeline data fetch-demo
 
-demo: install
+# Tests that need the demo data or the demo model fail (instead of skipping) when it is missing.
+test: lint demo-data
+	RAY_PIPELINE_REQUIRE_DEMO=1 $(BIN)/pytest
+
+demo: install demo-data
 	$(BIN)/ray-pipeline run --config config/experiment/demo.yaml
 
 clean:

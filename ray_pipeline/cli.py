@@ -13,6 +13,8 @@ from pathlib import Path
 import yaml
 
 from ray_pipeline import pipeline
+from ray_pipeline.data.demo import fetch_demo_data
+from ray_pipeline.data.inspect import format_report, inspect_data
 from ray_pipeline.errors import EXIT_INTERRUPTED, EXIT_OK, NotBuiltError, PipelineError
 from ray_pipeline.loading import default_config_path, load_config
 from ray_pipeline.status import collect_status, format_status
@@ -56,12 +58,22 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="machine-readable output")
     data = sub.add_parser("data", help="dataset tools")
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
-    _add_config_args(data_sub.add_parser("inspect", help="rows, labels, token lengths, folds"))
+    inspect = data_sub.add_parser("inspect", help="rows, labels, token lengths, folds")
+    _add_config_args(inspect)
+    inspect.add_argument("--json", action="store_true", help="machine-readable output")
+    fetch = data_sub.add_parser(
+        "fetch-demo", help="download the demo reviews (Debian r-cran-modeldata) into the data cache"
+    )
+    fetch.add_argument("--deb", type=Path, help="use this r-cran-modeldata .deb instead of apt-get")
+    fetch.add_argument("--force", action="store_true", help="fetch again even if present")
     _add_config_args(sub.add_parser("report", help="leaderboard and plots"))
     return parser
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "data" and args.data_command == "fetch-demo":
+        fetch_demo_data(deb=args.deb, force=args.force)
+        return EXIT_OK
     config_path: Path = args.config or default_config_path()
     config = load_config(config_path, args.overrides)
     if args.command == "validate":
@@ -80,8 +92,11 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command in _STAGE_COMMANDS:
         pipeline.run(config, [_STAGE_COMMANDS[args.command]])
         return EXIT_OK
-    what = "data inspect" if args.command == "data" else args.command
-    raise NotBuiltError(f"`ray-pipeline {what}` is not built yet in this version of ray_pipeline")
+    if args.command == "data":
+        data_report = inspect_data(config)
+        print(data_report.model_dump_json(indent=2) if args.json else format_report(data_report))
+        return EXIT_OK
+    raise NotBuiltError(f"`ray-pipeline {args.command}` is not built yet in this version")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -82,7 +82,9 @@ class DatasetSplits:
     validation: Examples | None
     labels: tuple[str, ...]
     rows_read: dict[str, int]
-    """Examples read per split before subsetting (``test`` absent when it was carved out)."""
+    """Examples per split as read, before subsetting (``test`` absent when carved out)."""
+    read_counts: dict[str, dict[str, int]]
+    """Label (NER: tag) counts per split as read, before subsetting."""
     sources: dict[str, str]
     """Where each split came from (a file, or a Hugging Face dataset and split)."""
 

@@ -41,6 +41,7 @@ def load_splits(data: DataConfig) -> DatasetSplits:
                     str(path),
                 )
     rows_read = {role: len(ex) for role, (ex, _) in read.items()}
+    read_counts = {role: dict(sorted(ex.label_counts().items())) for role, (ex, _) in read.items()}
     sources = {role: src for role, (_, src) in read.items()}
     train = read["train"][0]
     if "test" in read:
@@ -55,7 +56,7 @@ def load_splits(data: DataConfig) -> DatasetSplits:
     for split in (test, validation):
         if split is not None:
             _check_known_labels(split, labels, data.label_column)
-    return DatasetSplits(train, test, validation, labels, rows_read, sources)
+    return DatasetSplits(train, test, validation, labels, rows_read, read_counts, sources)
 
 
 def _check_exists(path: Path, role: str) -> None:
@@ -83,28 +84,33 @@ def _check_known_labels(split: Examples, labels: tuple[str, ...], column: str) -
         raise ConfigError(problems[:10], header=f"{len(problems)} example(s) with unknown labels")
 
 
-def carve_test(train: Examples, test_size: float, seed: int) -> tuple[Examples, Examples]:
-    """Split off ``test_size`` of ``train`` (stratified by label where every class allows)."""
+def _split_indices(examples: Examples, size: int | float, seed: int) -> tuple[list[int], list[int]]:
+    """(kept, taken) indices with ``size`` examples taken, stratified by label where possible."""
     from sklearn.model_selection import train_test_split
 
-    indices = np.arange(len(train))
-    strata = train.strata
+    indices = np.arange(len(examples))
     try:
-        rest, test = train_test_split(
-            indices, test_size=test_size, random_state=seed, stratify=strata
+        kept, taken = train_test_split(
+            indices, test_size=size, random_state=seed, stratify=examples.strata
         )
     except ValueError:
-        log.warning("a class is too small to stratify the test split; splitting at random")
-        rest, test = train_test_split(indices, test_size=test_size, random_state=seed)
-    return train.subset(sorted(rest)), train.subset(sorted(test))
+        log.warning("a label is too rare to stratify; drawing %s examples at random", size)
+        kept, taken = train_test_split(indices, test_size=size, random_state=seed)
+    return sorted(int(i) for i in kept), sorted(int(i) for i in taken)
+
+
+def carve_test(train: Examples, test_size: float, seed: int) -> tuple[Examples, Examples]:
+    """Split off ``test_size`` of ``train`` as the test split (stratified where possible)."""
+    rest, test = _split_indices(train, test_size, seed)
+    return train.subset(rest), train.subset(test)
 
 
 def take(examples: Examples, limit: int | None, seed: int) -> Examples:
-    """At most ``limit`` examples, drawn with a seeded shuffle, kept in file order."""
+    """At most ``limit`` examples, drawn with a seeded (stratified) shuffle, in file order."""
     if limit is None or limit >= len(examples):
         return examples
-    chosen = np.random.default_rng(seed).permutation(len(examples))[:limit]
-    return examples.subset(sorted(int(i) for i in chosen))
+    _, taken = _split_indices(examples, limit, seed)
+    return examples.subset(taken)
 
 
 def fold_indices(
