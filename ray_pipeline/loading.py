@@ -171,7 +171,9 @@ def _apply_override(comp: _Composer, text: str) -> None:
     for depth, key in enumerate(loc[:-1]):
         child = node[key] if isinstance(node, list) and isinstance(key, int) else None
         if isinstance(node, dict):
-            child = node.setdefault(str(key), {})
+            if node.get(str(key)) is None:  # missing or null: setting a key beneath creates it
+                node[str(key)] = {}
+            child = node[str(key)]
         if not isinstance(child, dict | list):
             where = ".".join(map(str, loc[: depth + 1]))
             msg = f"cannot set {'.'.join(map(str, loc))}: {where} is not a mapping"

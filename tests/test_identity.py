@@ -69,7 +69,7 @@ def test_study_key_covers_what_defines_a_study(smoke_experiment: MakeExp) -> Non
     assert key("hpo.search_space.learning_rate.high=0.5") != base
     assert key("hpo.k_folds=3") != base
     assert key("hpo.seed=1") != base
-    assert key("hpo.training.max_length=64") != base
+    assert key("hpo.training.max_length=128") != base
     assert key("hpo.objective.metric=accuracy") != base
     assert key("data.max_train_examples=10") != base
 

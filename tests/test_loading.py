@@ -23,7 +23,7 @@ def test_inline_section_is_deep_merged_over_include(smoke_experiment: MakeExp) -
     cfg = load_config(smoke_experiment(hpo={"num_samples": 7, "training": {"epochs": 2}}))
     assert cfg.hpo.num_samples == 7
     assert cfg.hpo.training.epochs == 2
-    assert cfg.hpo.training.max_length == 32  # kept from hpo/smoke.yaml
+    assert cfg.hpo.training.max_length == 64  # kept from hpo/smoke.yaml
     assert cfg.hpo.k_folds == 2
 
 
@@ -42,6 +42,10 @@ def test_overrides_are_typed_and_win(smoke_experiment: MakeExp) -> None:
     assert cfg.hpo.run.mode == "force_new"
     assert cfg.model.backbones[0].name == "other"
     assert cfg.benchmark.benchmarking.batch_sizes == [2, 4]
+    # A key beneath a null creates the mapping.
+    cfg = load_config(smoke_experiment(), ["selection.objective.metric=accuracy"])
+    assert cfg.selection.objective is not None
+    assert cfg.selection.objective.metric == "accuracy"
 
 
 def test_unknown_key_wrong_type_and_bad_mode_reported_together(smoke_experiment: MakeExp) -> None:
