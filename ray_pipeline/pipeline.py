@@ -2,25 +2,46 @@
 
     hpo -> benchmark -> select -> final
 
-A stage is a function ``(config) -> None`` registered in ``STAGES``; a stage whose
-implementation has not landed yet is ``None`` and stops the run with exit 1 before
-anything is written.
+A stage is a ``check`` (every input problem, before anything is written: exit 2) and a
+``run`` that takes what ``check`` prepared. All requested stages are checked first; then the
+resolved config is written and the stages run in order. A stage not built yet is ``None``
+and stops the run with exit 1 before anything is written.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import yaml
+
+from ray_pipeline.artifacts import write_text_atomic
 from ray_pipeline.errors import ConfigError, NotBuiltError
 from ray_pipeline.loading import load_config
+from ray_pipeline.paths import OutputsLayout
 from ray_pipeline.schema import PipelineConfig
 
-StageFn = Callable[[PipelineConfig], None]
+
+@dataclass(frozen=True)
+class Stage:
+    """A stage's two halves; ``needs_ray`` says whether to connect to Ray before ``check``."""
+
+    check: Callable[[PipelineConfig], Any]
+    run: Callable[[PipelineConfig, Any], Any]
+    needs_ray: bool = True
+
+
+def _hpo() -> Stage:
+    from ray_pipeline.hpo.stage import check_hpo, run_hpo
+
+    return Stage(check_hpo, run_hpo)
+
 
 STAGE_ORDER: tuple[str, ...] = ("hpo", "benchmark", "select", "final")
-STAGES: dict[str, StageFn | None] = {
-    "hpo": None,
+STAGES: dict[str, Callable[[], Stage] | None] = {
+    "hpo": _hpo,
     "benchmark": None,
     "select": None,
     "final": None,
@@ -38,6 +59,13 @@ def parse_stages(text: str) -> tuple[str, ...]:
     return tuple(s for s in STAGE_ORDER if s in names)
 
 
+def write_resolved_config(config: PipelineConfig) -> Path:
+    """``<outputs>/<experiment>/config.resolved.yaml``: what this run actually used."""
+    path = OutputsLayout(config.outputs_root, config.experiment.name).resolved_config
+    write_text_atomic(path, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    return path
+
+
 def run(
     config: PipelineConfig | Path | str,
     stages: Sequence[str] = STAGE_ORDER,
@@ -52,7 +80,12 @@ def run(
             f"stage(s) {', '.join(missing)} not built yet in this version of ray_pipeline; "
             "the configuration is valid (see `ray-pipeline validate`)"
         )
-    for name in ordered:
-        stage = STAGES[name]
-        assert stage is not None
-        stage(cfg)
+    built = {name: factory() for name in ordered if (factory := STAGES[name]) is not None}
+    if any(stage.needs_ray for stage in built.values()):
+        from ray_pipeline.cluster import ensure_ray
+
+        ensure_ray()
+    prepared = {name: stage.check(cfg) for name, stage in built.items()}
+    print(f"config: {write_resolved_config(cfg)}")
+    for name, stage in built.items():
+        stage.run(cfg, prepared[name])

@@ -16,9 +16,13 @@ if TYPE_CHECKING:
 
 
 def batches(
-    rows: Sequence[Row], batch_size: int, pad_id: int, shuffle_seed: int | None = None
+    rows: Sequence[Row],
+    batch_size: int,
+    pad_id: int,
+    shuffle_seed: int | None = None,
+    device: torch.device | None = None,
 ) -> Iterator[dict[str, torch.Tensor]]:
-    """Padded batches of ``rows``, shuffled with ``shuffle_seed`` when given."""
+    """Padded batches of ``rows`` on ``device``, shuffled with ``shuffle_seed`` when given."""
     import torch
 
     order = list(range(len(rows)))
@@ -26,7 +30,8 @@ def batches(
         generator = torch.Generator().manual_seed(shuffle_seed)
         order = torch.randperm(len(rows), generator=generator).tolist()
     for start in range(0, len(order), batch_size):
-        yield collate([rows[i] for i in order[start : start + batch_size]], pad_id)
+        batch = collate([rows[i] for i in order[start : start + batch_size]], pad_id)
+        yield {k: v.to(device) for k, v in batch.items()} if device is not None else batch
 
 
 def make_optimizer(
@@ -68,14 +73,20 @@ def train_epoch(
     return total / max(count, 1)
 
 
-def predict(model: torch.nn.Module, rows: Sequence[Row], batch_size: int, pad_id: int) -> list[Any]:
+def predict(
+    model: torch.nn.Module,
+    rows: Sequence[Row],
+    batch_size: int,
+    pad_id: int,
+    device: torch.device | None = None,
+) -> list[Any]:
     """Predicted label ids: one per example (sequence) or one per labelled token (tokens)."""
     import torch
 
     model.eval()
     out: list[Any] = []
     with torch.inference_mode():
-        for batch in batches(rows, batch_size, pad_id):
+        for batch in batches(rows, batch_size, pad_id, device=device):
             labels = batch.pop("labels")
             ids = model(**batch).logits.argmax(dim=-1)
             if ids.dim() == 1:
@@ -94,9 +105,10 @@ def evaluate(
     task: Task,
     batch_size: int,
     pad_id: int,
+    device: torch.device | None = None,
 ) -> dict[str, float]:
     """The task's metrics of ``model`` on encoded ``rows``."""
-    predicted = predict(model, rows, batch_size, pad_id)
+    predicted = predict(model, rows, batch_size, pad_id, device)
     if task == "sequence_classification":
         gold = [labels[r["labels"]] for r in rows]
         return compute_metrics(task, gold, [labels[p] for p in predicted])

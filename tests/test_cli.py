@@ -44,8 +44,9 @@ def test_three_problems_exit_2_and_write_nothing(
     smoke_experiment: MakeExp, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = smoke_experiment(hpo={"num_sample": 3, "k_folds": "two", "run": {"mode": "newest"}})
-    for command in ("validate", "run", "hpo", "status"):
-        assert main([command, "--config", str(path)]) == 2
+    for command in ("validate", "run", "hpo", "status", "data"):
+        argv = [command, "inspect"] if command == "data" else [command]
+        assert main([*argv, "--config", str(path)]) == 2
         err = capsys.readouterr().err
         for where in ("hpo.num_sample", "hpo.k_folds", "hpo.run.mode"):
             assert where in err, (command, err)
@@ -58,7 +59,6 @@ def test_unbuilt_stages_exit_1_and_write_nothing(
     path = str(smoke_experiment())
     for argv in (
         ["run"],
-        ["hpo"],
         ["benchmark"],
         ["select"],
         ["train"],

@@ -1,0 +1,224 @@
+"""The HPO stage: for each backbone, run.mode -> variant -> Tune rounds -> ``hpo.json``.
+
+The variant's Optuna study is the record of which trials finished. Reusing a complete variant
+runs nothing unless ``num_samples`` grew (then only the missing trials run, and the sampler
+learns from the finished ones); resuming restores the interrupted Tune round (finished trials
+are not re-run, unfinished ones continue after their last fold) and then tops up.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import statistics
+from pathlib import Path
+from typing import Any
+
+from ray_pipeline.artifacts import read_json, write_json
+from ray_pipeline.data.splits import check_foldable, load_splits
+from ray_pipeline.errors import PipelineError
+from ray_pipeline.hpo.results import FoldState, HpoResult, TrialRecord
+from ray_pipeline.hpo.study import count_finished, fail_running, load_study, study_storage
+from ray_pipeline.hpo.worker import MODEL_DIR, TrialJob
+from ray_pipeline.identity import stable_hash, study_key, trial_key_hash
+from ray_pipeline.paths import OutputsLayout
+from ray_pipeline.resources import TrialPlan, cluster_nodes, plan_trials
+from ray_pipeline.run_mode import get_run_mode
+from ray_pipeline.schema import BackboneConfig, PipelineConfig
+from ray_pipeline.variants import Variant, base_name_for, resolve_variant, set_status
+
+log = logging.getLogger(__name__)
+
+HPO_FILE = "hpo.json"
+BEST_DIR = "best"
+TUNE_DIR = "tune"
+TRAIN_DIR = "train"
+
+
+def check_hpo(config: PipelineConfig) -> TrialPlan:
+    """Everything that can be wrong with the input, checked before anything is written."""
+    check_foldable(load_splits(config.data).train, config.hpo.k_folds)
+    return plan_trials(config.resources, cluster_nodes())
+
+
+def run_hpo(config: PipelineConfig, plan: TrialPlan) -> list[HpoResult]:
+    """Search every backbone; return each variant's result."""
+    return [_run_backbone(config, backbone, plan) for backbone in config.model.backbones]
+
+
+def _job(config: PipelineConfig, backbone: BackboneConfig) -> TrialJob:
+    hpo = config.hpo
+    return TrialJob(
+        data=config.data,
+        backbone=backbone,
+        task=config.data.task,
+        training=hpo.training,
+        k_folds=hpo.k_folds,
+        seed=hpo.seed,
+        metric=hpo.objective.metric,
+        direction=hpo.objective.direction,
+        report_every_epoch=hpo.report_every_epoch,
+    )
+
+
+def _rounds(variant: Variant) -> list[Path]:
+    tune_dir = variant.path / TUNE_DIR
+    found = [p for p in tune_dir.glob("round_*") if p.is_dir()] if tune_dir.is_dir() else []
+    return sorted(found, key=lambda p: int(p.name.split("_")[1]))
+
+
+def _run_backbone(config: PipelineConfig, backbone: BackboneConfig, plan: TrialPlan) -> HpoResult:
+    from ray_pipeline.hpo import tuning  # imports ray.tune: only when a search really runs
+
+    layout = OutputsLayout(config.outputs_root, config.experiment.name)
+    key = study_key(config, backbone)
+    decision = resolve_variant(
+        layout.stage_dir("hpo", backbone.name),
+        base_name_for(config, "hpo", backbone.name),
+        "hpo",
+        backbone.name,
+        key,
+        get_run_mode(config.hpo),
+        auto_resume=config.hpo.checkpoint.auto_resume,
+    )
+    variant, hpo, job = decision.variant, config.hpo, _job(config, backbone)
+    storage = study_storage(variant.path, variant.name, hpo.checkpoint)
+    study = load_study(storage, variant.name, hpo.objective.direction)
+    train_dir = variant.path / TRAIN_DIR
+    previous = _previous(variant)
+    outcomes: dict[int, dict[str, Any]] = {}
+    try:
+        rounds = _rounds(variant)
+        if decision.action == "resume" and rounds:
+            print(f"hpo {backbone.name}: resuming {variant.name} ({rounds[-1].name})")
+            grid = tuning.restore_round(rounds[-1], job, plan, train_dir)
+            outcomes |= tuning.round_results(grid) if grid is not None else {}
+        stale = fail_running(study)
+        if stale:
+            print(
+                f"hpo {backbone.name}: marked trial(s) {stale} FAIL (left running by a stopped run)"
+            )
+        missing = hpo.num_samples - count_finished(study)
+        print(
+            f"hpo {backbone.name}: {decision.action} {variant.name}; "
+            f"{count_finished(study)} of {hpo.num_samples} trials finished, "
+            f"running {max(missing, 0)}"
+        )
+        if missing > 0:
+            set_status(variant, "running")
+            grid = tuning.run_round(
+                experiment_dir=variant.path / TUNE_DIR / f"round_{len(rounds) + 1}",
+                study_name=variant.name, storage=storage, space=hpo.search_space, job=job,
+                plan=plan, scheduler=hpo.scheduler, sampler=hpo.sampler,
+                num_samples=missing, train_dir=train_dir,
+            )  # fmt: skip
+            outcomes |= tuning.round_results(grid)
+            fail_running(study)
+        result = _collect(config, backbone, variant, study, outcomes, previous, key)
+        if result.finished >= hpo.num_samples:  # unfinished trials still need their checkpoints
+            result = _keep_best(result, variant, train_dir, hpo.checkpoint.save_only_best)
+        write_json(variant.path / HPO_FILE, result)
+    except BaseException:
+        set_status(variant, "failed")
+        raise
+    if result.finished < hpo.num_samples:
+        set_status(variant, "failed")
+        errors = [f"trial {n}: {o['error']}" for n, o in sorted(outcomes.items()) if "error" in o]
+        raise PipelineError(
+            f"hpo {backbone.name}: only {result.finished} of {hpo.num_samples} trials finished in "
+            f"{variant.name}; " + ("; ".join(errors[:3]) or "see the Tune output above")
+        )
+    set_status(variant, "complete")
+    _print_summary(result)
+    return result
+
+
+def _previous(variant: Variant) -> dict[int, TrialRecord]:
+    path = variant.path / HPO_FILE
+    return {t.number: t for t in read_json(path, HpoResult).trials} if path.is_file() else {}
+
+
+def _collect(
+    config: PipelineConfig,
+    backbone: BackboneConfig,
+    variant: Variant,
+    study: Any,
+    outcomes: dict[int, dict[str, Any]],
+    previous: dict[int, TrialRecord],
+    key: dict[str, Any],
+) -> HpoResult:
+    study_hash = stable_hash(key)
+    trials = []
+    for frozen in study.get_trials(deepcopy=False):
+        outcome = outcomes.get(frozen.number)
+        if outcome is not None and "fold_state" in outcome:
+            state = FoldState.model_validate_json(outcome["fold_state"])
+        elif frozen.number in previous:
+            old = previous[frozen.number]
+            state = FoldState(folds=old.folds, best_fold=old.best_fold)
+        else:
+            state = FoldState()
+        values = [f.objective for f in state.folds]
+        trials.append(
+            TrialRecord(
+                number=frozen.number,
+                state=frozen.state.name,
+                params=dict(frozen.params),
+                objective_mean=statistics.fmean(values) if values else None,
+                objective_std=statistics.pstdev(values) if values else None,
+                folds=state.folds,
+                trial_key_hash=trial_key_hash(study_hash, dict(frozen.params)),
+                best_fold=state.best_fold,
+            )
+        )  # fmt: skip
+    complete = [t for t in trials if t.state == "COMPLETE" and t.objective_mean is not None]
+    pick = max if config.hpo.objective.direction == "maximize" else min
+    best = pick(complete, key=lambda t: t.objective_mean or 0.0) if complete else None
+    return HpoResult(
+        variant=variant.name, backbone=backbone.name, study_key_hash=study_hash,
+        metric=config.hpo.objective.metric, direction=config.hpo.objective.direction,
+        num_samples=config.hpo.num_samples, k_folds=config.hpo.k_folds,
+        trials=trials, best=best, best_checkpoint=None,
+    )  # fmt: skip
+
+
+def _keep_best(result: HpoResult, variant: Variant, train_dir: Path, only_best: bool) -> HpoResult:
+    """Copy the best trial's best-fold model to ``<variant>/best``; drop other checkpoints."""
+    from ray_pipeline.hpo.tuning import trial_name
+
+    best_dir = variant.path / BEST_DIR
+    best = result.best
+    if best is not None and best.best_fold is not None:
+        source = train_dir / trial_name(best.number) / f"fold_{best.best_fold}" / MODEL_DIR
+        if source.is_dir():
+            staging = variant.path / f".{BEST_DIR}.tmp"
+            shutil.rmtree(staging, ignore_errors=True)
+            shutil.copytree(source, staging)
+            shutil.rmtree(best_dir, ignore_errors=True)
+            staging.rename(best_dir)
+    if only_best and train_dir.is_dir():
+        shutil.rmtree(train_dir)  # every kept model now lives in <variant>/best
+    trials = [
+        t.model_copy(update={"checkpoint": str(best_dir)})
+        if best is not None and t.number == best.number and best_dir.is_dir()
+        else t
+        for t in result.trials
+    ]
+    best_record = next((t for t in trials if best is not None and t.number == best.number), None)
+    return result.model_copy(
+        update={
+            "trials": trials,
+            "best": best_record,
+            "best_checkpoint": str(best_dir) if best_dir.is_dir() else None,
+        }
+    )
+
+
+def _print_summary(result: HpoResult) -> None:
+    print(f"hpo {result.backbone}: {result.variant} complete ({result.finished} trials)")
+    for t in result.trials:
+        mean = "-" if t.objective_mean is None else f"{t.objective_mean:.4f}"
+        std = "" if t.objective_std is None else f" ± {t.objective_std:.4f}"
+        folds = ", ".join(f"{f.objective:.3f}" for f in t.folds)
+        mark = "  <- best" if result.best is not None and t.number == result.best.number else ""
+        print(f"  trial {t.number:>3} {t.state:<8} {result.metric} {mean}{std}  [{folds}]{mark}")

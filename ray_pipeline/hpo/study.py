@@ -1,0 +1,55 @@
+"""The Optuna study stored in a variant: storage, state counts, and crash clean-up."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from ray_pipeline.schema import StudyCheckpoint
+
+if TYPE_CHECKING:
+    import optuna
+    from optuna.storages import BaseStorage
+
+FINISHED_STATES = ("COMPLETE", "PRUNED")
+
+
+def study_storage(variant_dir: Path, variant: str, checkpoint: StudyCheckpoint) -> BaseStorage:
+    """The variant's Optuna storage: SQLite by default, Journal storage for shared filesystems."""
+    import optuna
+
+    relative = checkpoint.storage_path.replace("{study_name}", variant)
+    path = variant_dir.parent / relative
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if checkpoint.storage_backend == "journal":
+        from optuna.storages.journal import JournalFileBackend
+
+        return optuna.storages.JournalStorage(JournalFileBackend(str(path.with_suffix(".journal"))))
+    return optuna.storages.RDBStorage(f"sqlite:///{path}")
+
+
+def load_study(
+    storage: BaseStorage, name: str, direction: Literal["maximize", "minimize"]
+) -> optuna.Study:
+    """Create or open the study ``name``."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna.create_study(
+        storage=storage, study_name=name, direction=direction, load_if_exists=True
+    )
+
+
+def count_finished(study: optuna.Study) -> int:
+    """Trials that ran to the end or were stopped early by the scheduler."""
+    return sum(t.state.name in FINISHED_STATES for t in study.get_trials(deepcopy=False))
+
+
+def fail_running(study: optuna.Study) -> list[int]:
+    """Mark trials left RUNNING (their driver is gone) as FAIL; return their numbers."""
+    import optuna
+
+    stale = [t.number for t in study.get_trials(deepcopy=False) if t.state.name == "RUNNING"]
+    for number in stale:
+        study.tell(number, state=optuna.trial.TrialState.FAIL)
+    return stale
