@@ -25,6 +25,8 @@ class FoldResult(_Record):
     seconds: float
     train_step_seconds: float
     """Time spent in forward/backward/optimizer steps (excludes data, model set-up, eval)."""
+    workers: int
+    """DDP workers that trained the fold."""
 
 
 class FoldState(_Record):

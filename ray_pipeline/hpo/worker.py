@@ -90,6 +90,7 @@ class _Fold:
 
         ctx = ray.train.get_context()
         self.job, self.fold, self.rank = job, fold, ctx.get_world_rank()
+        self.workers = ctx.get_world_size()
         fit, val = fold_indices(len(rows), splits.train.strata, job.k_folds, job.seed, fold)
         self.fit_rows = [rows[i] for i in _shard(fit, self.rank, ctx.get_world_size())]
         self.val_rows = [rows[i] for i in val]
@@ -121,7 +122,10 @@ def _report_epoch(job: TrialJob, state: FoldState, fold: _Fold, epoch: int, pad_
     """A mid-fold report (``report_every_epoch``): every worker reports, rank 0 evaluates."""
     import ray.train
 
-    value = fold.evaluate(pad_id)[job.metric] if fold.rank == 0 else 0.0
+    if fold.rank != 0:  # only rank 0's metrics reach Tune; the others join the barrier
+        ray.train.report({"folds_done": len(state.folds)})
+        return
+    value = fold.evaluate(pad_id)[job.metric]
     ray.train.report({**_summary(job, state, pending=value), "fold": fold.fold, "epoch": epoch})
 
 
@@ -129,10 +133,10 @@ def _report(job: TrialJob, state: FoldState, fold: _Fold, tokenizer: Any, **extr
     """All workers report (a barrier); rank 0 attaches the fold checkpoint."""
     import ray.train
 
-    metrics = {**_summary(job, state), "fold": fold.fold, **extra}
-    if fold.rank != 0:
-        ray.train.report(metrics)
+    if fold.rank != 0:  # only rank 0's metrics reach Tune; the others join the barrier
+        ray.train.report({"folds_done": len(state.folds)})
         return
+    metrics = {**_summary(job, state), "fold": fold.fold, **extra}
     with tempfile.TemporaryDirectory() as directory:
         (Path(directory) / STATE_FILE).write_text(state.model_dump_json())
         if state.best_fold == fold.fold:
@@ -172,6 +176,7 @@ def train_folds(config: dict[str, Any]) -> None:
             validation_examples=len(fold.val_rows),
             seconds=time.perf_counter() - start,
             train_step_seconds=step_seconds,
+            workers=fold.workers,
         )
         best = state.best_fold
         if best is None or _better(job, result.objective, state.folds[best].objective):

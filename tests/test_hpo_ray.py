@@ -1,0 +1,87 @@
+"""The HPO stage on a real local Ray cluster: results, run modes, resources, DDP workers."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import optuna
+import pytest
+
+from ray_pipeline.artifacts import read_json
+from ray_pipeline.cli import main
+from ray_pipeline.hpo.results import HpoResult
+from ray_pipeline.variants import VARIANT_FILE, VariantRecord
+
+MakeExp = Callable[..., Path]
+pytestmark = pytest.mark.slow
+
+
+def _states(variant: Path) -> list[str]:
+    study = optuna.load_study(study_name=variant.name, storage=f"sqlite:///{variant / 'study.db'}")
+    return [t.state.name for t in study.get_trials()]
+
+
+def test_smoke_hpo_then_reuse_grow_and_force_new(
+    ray_cluster: None, smoke_experiment: MakeExp, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = str(smoke_experiment())
+    backbone_dir = tmp_path / "outputs" / "t" / "hpo" / "tiny-bert"
+    variant = backbone_dir / "hpo_tiny-bert"
+
+    assert main(["hpo", "--config", path]) == 0
+    result = read_json(variant / "hpo.json", HpoResult)
+    assert [t.number for t in result.trials] == [0, 1, 2]
+    assert all(t.state == "COMPLETE" and len(t.folds) == 2 for t in result.trials)
+    assert all(0.0 <= f.objective <= 1.0 and f.workers == 1 for t in result.trials for f in t.folds)
+    assert result.best is not None and result.best.objective_mean is not None
+    assert _states(variant) == ["COMPLETE"] * 3
+    assert (variant / "best" / "config.json").is_file()  # the best trial's model
+    assert not (variant / "train").exists()  # save_only_best dropped the rest
+    assert read_json(variant / VARIANT_FILE, VariantRecord).status == "complete"
+    assert (tmp_path / "outputs" / "t" / "config.resolved.yaml").is_file()
+    assert "running 3" in capsys.readouterr().out
+
+    assert main(["hpo", "--config", path]) == 0  # reuse_if_exists: nothing to run
+    assert "3 of 3 trials finished, running 0" in capsys.readouterr().out
+    assert _states(variant) == ["COMPLETE"] * 3
+    assert [p.name for p in (variant / "tune").iterdir()] == ["round_1"]
+
+    assert main(["hpo", "--config", path, "hpo.num_samples=5"]) == 0  # exactly 2 more
+    assert "3 of 5 trials finished, running 2" in capsys.readouterr().out
+    assert _states(variant) == ["COMPLETE"] * 5
+    grown = read_json(variant / "hpo.json", HpoResult)
+    assert [t.number for t in grown.trials] == [0, 1, 2, 3, 4]
+    assert grown.trials[0].folds == result.trials[0].folds  # earlier results kept
+
+    assert main(["hpo", "--config", path, "hpo.search_space.learning_rate.high=0.5"]) == 2
+    assert "Changed: hpo.search_space.learning_rate.high" in capsys.readouterr().err
+
+    assert main(["hpo", "--config", path, "hpo.run.mode=force_new", "hpo.num_samples=1"]) == 0
+    v2 = backbone_dir / "hpo_tiny-bert_v2"
+    assert _states(v2) == ["COMPLETE"]  # a fresh study
+    assert sorted(p.name for p in backbone_dir.iterdir()) == ["hpo_tiny-bert", "hpo_tiny-bert_v2"]
+
+
+def test_infeasible_request_exits_2_fast_and_writes_nothing(
+    ray_cluster: None, smoke_experiment: MakeExp, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    start = time.monotonic()
+    assert main(["hpo", "--config", str(smoke_experiment()), "resources.workers_per_trial=3"]) == 2
+    assert time.monotonic() - start < 10
+    err = capsys.readouterr().err
+    assert "one trial needs 3 worker(s)" in err and "2 CPUs" in err
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_two_ddp_workers_per_trial(
+    ray_cluster: None, smoke_experiment: MakeExp, tmp_path: Path
+) -> None:
+    overrides = ["resources.workers_per_trial=2", "hpo.num_samples=1"]
+    assert main(["hpo", "--config", str(smoke_experiment()), *overrides]) == 0
+    variant = tmp_path / "outputs" / "t" / "hpo" / "tiny-bert" / "hpo_tiny-bert"
+    (trial,) = read_json(variant / "hpo.json", HpoResult).trials
+    assert trial.state == "COMPLETE"
+    assert [f.workers for f in trial.folds] == [2, 2]
+    assert [f.train_examples for f in trial.folds] == [20, 20]
