@@ -8,6 +8,7 @@ experiment and its Train run, so a restored trial finds its own fold checkpoints
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -23,6 +24,8 @@ if TYPE_CHECKING:
     from optuna.storages import BaseStorage
     from ray.tune import ResultGrid
     from ray.tune.experiment import Trial
+
+log = logging.getLogger(__name__)
 
 TRIAL_NUMBER = "optuna_trial_number"
 """Config key carrying the Optuna trial number into the trial driver."""
@@ -47,6 +50,16 @@ class StudySearch(OptunaSearch):
             return params
         return {**params, TRIAL_NUMBER: self._ot_trials[trial_id].number}
 
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        from optuna.exceptions import UpdateFinishedTrialError
+
+        try:
+            super().on_trial_result(trial_id, result)
+        except UpdateFinishedTrialError:
+            # Restored after its driver died between Optuna's record and Tune's: the trial
+            # re-reports its finished result, which Optuna already holds.
+            log.info("trial %s already finished in the study; result not re-recorded", trial_id)
+
     def on_trial_complete(
         self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
     ) -> None:
@@ -62,7 +75,10 @@ class StudySearch(OptunaSearch):
         # must not compete with complete trials as a finished value.
         study = self._ot_study
         assert study is not None  # set up in __init__ because the space is given
-        study.tell(self._ot_trials[trial_id], state=optuna.trial.TrialState.PRUNED)
+        try:
+            study.tell(self._ot_trials[trial_id], state=optuna.trial.TrialState.PRUNED)
+        except (ValueError, RuntimeError) as exc:  # already told before a restore
+            log.warning("trial %s: %s", trial_id, exc)
         self._completed_trials.add(trial_id)
 
 

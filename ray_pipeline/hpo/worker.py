@@ -156,6 +156,13 @@ def train_folds(config: dict[str, Any]) -> None:
     rows = encode(tokenizer, splits.train, splits.label2id, job.training.max_length)
     pad_id = int(tokenizer.pad_token_id or 0)
     state = _restore(ray.train.get_checkpoint())
+    if state.folds:
+        print(f"resuming after {state.next_fold} of {job.k_folds} finished fold(s)")
+    if state.next_fold >= job.k_folds:
+        # Every fold is in the checkpoint (the trial finished just before its driver was
+        # stopped): report the result again instead of training anything.
+        ray.train.report({**_summary(job, state), "fold": job.k_folds - 1})
+        return
     for fold_number in range(state.next_fold, job.k_folds):
         start = time.perf_counter()
         fold = _Fold(job, fold_number, rows, splits)

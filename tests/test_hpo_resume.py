@@ -1,0 +1,69 @@
+"""A driver killed with SIGKILL mid-search, then resumed with resume_if_incomplete."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from ray_pipeline.artifacts import read_json
+from ray_pipeline.hpo.results import HpoResult
+
+MakeExp = Callable[..., Path]
+pytestmark = pytest.mark.slow
+
+
+def _states(db: Path) -> list[tuple[int, str]]:
+    try:
+        with sqlite3.connect(db) as conn:
+            return list(conn.execute("SELECT number, state FROM trials ORDER BY number"))
+    except sqlite3.Error:
+        return []  # not created yet, or mid-migration
+
+
+def _hpo(path: Path, *overrides: str, log: Path) -> subprocess.Popen[bytes]:
+    argv = [sys.executable, "-m", "ray_pipeline", "hpo", "--config", str(path), *overrides]
+    with log.open("wb") as out:
+        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def test_sigkilled_driver_resumes_without_duplicates(
+    smoke_experiment: MakeExp, tmp_path: Path
+) -> None:
+    path = smoke_experiment()
+    variant = tmp_path / "outputs" / "t" / "hpo" / "tiny-bert" / "hpo_tiny-bert"
+    db = variant / "study.db"
+    one_at_a_time = "resources.max_concurrent_trials=1"
+
+    first = _hpo(path, one_at_a_time, log=tmp_path / "first.log")
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and ("COMPLETE" not in dict(_states(db)).values()):
+        assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+        time.sleep(0.5)
+    os.killpg(first.pid, signal.SIGKILL)  # the driver and everything it started
+    first.wait()
+    assert len([s for _, s in _states(db) if s == "COMPLETE"]) < 3
+
+    log = tmp_path / "second.log"
+    second = _hpo(path, one_at_a_time, "hpo.run.mode=resume_if_incomplete", log=log)
+    assert second.wait(timeout=400) == 0, log.read_text()[-3000:]
+    output = log.read_text()
+    assert f"resuming {variant.name} (round_1)" in output
+    # A trial that had finished is either not started again or, if Tune had not yet saved
+    # its end when the driver died, finds every fold in its checkpoint and trains nothing.
+    assert "Trial trial_0 started" not in output or "resuming after 2 of 2 finished" in output
+    states = _states(db)
+    assert len([n for n, s in states if s == "COMPLETE"]) == 3  # num_samples, no duplicates
+    assert not [n for n, s in states if s == "RUNNING"]
+    # Only a trial the dead driver had asked Optuna for but never started may end FAIL.
+    assert len([n for n, s in states if s == "FAIL"]) <= 1
+    result = read_json(variant / "hpo.json", HpoResult)
+    complete = [t for t in result.trials if t.state == "COMPLETE"]
+    assert len(complete) == 3 and all(len(t.folds) == 2 for t in complete)
