@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy --strict ray_pipeline tests
+	$(BIN)/mypy --strict ray_pipeline tests benchmarks
 
 # The demo reviews (Debian r-cran-modeldata via apt-get) into the data cache; idempotent.
 demo-data: install

@@ -94,6 +94,9 @@ def ray_cluster() -> Iterator[None]:
     """A real local Ray cluster with 2 CPUs, shared by one test module."""
     import ray
 
+    from ray_pipeline.cluster import TRAIN_POLL_ENV, TRAIN_POLL_SECONDS
+
+    os.environ.setdefault(TRAIN_POLL_ENV, TRAIN_POLL_SECONDS)  # as ensure_ray() does
     ray.init(num_cpus=2, include_dashboard=False)
     yield
     ray.shutdown()

@@ -75,10 +75,16 @@ def test_infeasible_request_exits_2_fast_and_writes_nothing(
     assert not (tmp_path / "outputs").exists()
 
 
-def test_two_ddp_workers_per_trial(
+def test_two_ddp_workers_per_trial_with_epoch_reports_and_asha(
     ray_cluster: None, smoke_experiment: MakeExp, tmp_path: Path
 ) -> None:
-    overrides = ["resources.workers_per_trial=2", "hpo.num_samples=1"]
+    overrides = [
+        "resources.workers_per_trial=2",
+        "hpo.num_samples=1",
+        "hpo.training.epochs=2",
+        "hpo.report_every_epoch=true",
+        "hpo.scheduler.type=asha",
+    ]
     assert main(["hpo", "--config", str(smoke_experiment()), *overrides]) == 0
     variant = tmp_path / "outputs" / "t" / "hpo" / "tiny-bert" / "hpo_tiny-bert"
     (trial,) = read_json(variant / "hpo.json", HpoResult).trials

@@ -89,3 +89,29 @@ def test_study_storage_and_stale_trials(tmp_path: Path, backend: str) -> None:
     assert fail_running(again) == []
     suffix = "study.db" if backend == "sqlite" else "study.journal"
     assert (variant / suffix).is_file()
+
+
+def test_study_search_numbers_trials_and_prunes_early_stops(tmp_path: Path) -> None:
+    from ray_pipeline.hpo.tuning import TRIAL_NUMBER, StudySearch
+
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 's.db'}")
+    hpo = HpoConfig.model_validate(
+        {"search_space": {"learning_rate": {"type": "float", "low": 1e-5, "high": 1e-3}}}
+    )
+    search = StudySearch(
+        space=to_distributions(hpo.search_space),
+        metric="objective",
+        mode="max",
+        sampler=optuna.samplers.RandomSampler(seed=0),
+        study_name="s",
+        storage=storage,
+        k_folds=3,
+    )
+    first, second = search.suggest("a"), search.suggest("b")
+    assert first is not None and second is not None
+    assert (first[TRIAL_NUMBER], second[TRIAL_NUMBER]) == (0, 1)
+    search.on_trial_complete("a", {"objective": 0.7, "folds_done": 3})  # all folds: COMPLETE
+    search.on_trial_complete("b", {"objective": 0.9, "folds_done": 1})  # stopped early: PRUNED
+    study = optuna.load_study(study_name="s", storage=storage)
+    assert [(t.state.name, t.value) for t in study.trials] == [("COMPLETE", 0.7), ("PRUNED", None)]
+    search.on_trial_result("a", {"objective": 0.7, "training_iteration": 3})  # finished: ignored

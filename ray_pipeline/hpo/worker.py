@@ -81,8 +81,9 @@ def _summary(job: TrialJob, state: FoldState, pending: float | None = None) -> d
     }
 
 
-class _Fold:
-    """One fold's data, model and optimiser on this worker."""
+class FoldRun:
+    """One fold's data, model and optimiser on this Ray Train worker (also used by
+    benchmarks/hpo_overhead.py to time the one-TorchTrainer-per-fold pattern)."""
 
     def __init__(self, job: TrialJob, fold: int, rows: list[Row], splits: DatasetSplits) -> None:
         import ray.train
@@ -118,7 +119,7 @@ class _Fold:
         )
 
 
-def _report_epoch(job: TrialJob, state: FoldState, fold: _Fold, epoch: int, pad_id: int) -> None:
+def _report_epoch(job: TrialJob, state: FoldState, fold: FoldRun, epoch: int, pad_id: int) -> None:
     """A mid-fold report (``report_every_epoch``): every worker reports, rank 0 evaluates."""
     import ray.train
 
@@ -129,7 +130,7 @@ def _report_epoch(job: TrialJob, state: FoldState, fold: _Fold, epoch: int, pad_
     ray.train.report({**_summary(job, state, pending=value), "fold": fold.fold, "epoch": epoch})
 
 
-def _report(job: TrialJob, state: FoldState, fold: _Fold, tokenizer: Any, **extra: Any) -> None:
+def _report(job: TrialJob, state: FoldState, fold: FoldRun, tokenizer: Any, **extra: Any) -> None:
     """All workers report (a barrier); rank 0 attaches the fold checkpoint."""
     import ray.train
 
@@ -165,7 +166,7 @@ def train_folds(config: dict[str, Any]) -> None:
         return
     for fold_number in range(state.next_fold, job.k_folds):
         start = time.perf_counter()
-        fold = _Fold(job, fold_number, rows, splits)
+        fold = FoldRun(job, fold_number, rows, splits)
         losses, step_seconds = [], 0.0
         for epoch in range(job.training.epochs):
             loss, seconds = fold.train_epoch(epoch, pad_id)
