@@ -25,7 +25,7 @@ from ray_pipeline.paths import OutputsLayout
 from ray_pipeline.resources import TrialPlan, cluster_nodes, plan_trials
 from ray_pipeline.run_mode import get_run_mode
 from ray_pipeline.schema import BackboneConfig, PipelineConfig
-from ray_pipeline.variants import Variant, base_name_for, resolve_variant, set_status
+from ray_pipeline.variants import Decision, Variant, base_name_for, resolve_variant, set_status
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +68,6 @@ def _rounds(variant: Variant) -> list[Path]:
 
 
 def _run_backbone(config: PipelineConfig, backbone: BackboneConfig, plan: TrialPlan) -> HpoResult:
-    from ray_pipeline.hpo import tuning  # imports ray.tune: only when a search really runs
-
     layout = OutputsLayout(config.outputs_root, config.experiment.name)
     key = study_key(config, backbone)
     decision = resolve_variant(
@@ -81,42 +79,17 @@ def _run_backbone(config: PipelineConfig, backbone: BackboneConfig, plan: TrialP
         get_run_mode(config.hpo),
         auto_resume=config.hpo.checkpoint.auto_resume,
     )
-    variant, hpo, job = decision.variant, config.hpo, _job(config, backbone)
+    variant, hpo = decision.variant, config.hpo
     storage = study_storage(variant.path, variant.name, hpo.checkpoint)
     study = load_study(storage, variant.name, hpo.objective.direction)
-    train_dir = variant.path / TRAIN_DIR
     previous = _previous(variant)
-    outcomes: dict[int, dict[str, Any]] = {}
     try:
-        rounds = _rounds(variant)
-        if decision.action == "resume" and rounds:
-            print(f"hpo {backbone.name}: resuming {variant.name} ({rounds[-1].name})")
-            grid = tuning.restore_round(rounds[-1], job, plan, train_dir)
-            outcomes |= tuning.round_results(grid) if grid is not None else {}
-        stale = fail_running(study)
-        if stale:
-            print(
-                f"hpo {backbone.name}: marked trial(s) {stale} FAIL (left running by a stopped run)"
-            )
-        missing = hpo.num_samples - count_finished(study)
-        print(
-            f"hpo {backbone.name}: {decision.action} {variant.name}; "
-            f"{count_finished(study)} of {hpo.num_samples} trials finished, "
-            f"running {max(missing, 0)}"
-        )
-        if missing > 0:
-            set_status(variant, "running")
-            grid = tuning.run_round(
-                experiment_dir=variant.path / TUNE_DIR / f"round_{len(rounds) + 1}",
-                study_name=variant.name, storage=storage, space=hpo.search_space, job=job,
-                plan=plan, scheduler=hpo.scheduler, sampler=hpo.sampler,
-                num_samples=missing, train_dir=train_dir,
-            )  # fmt: skip
-            outcomes |= tuning.round_results(grid)
-            fail_running(study)
+        outcomes = _run_rounds(config, backbone, decision, storage, study, plan)
         result = _collect(config, backbone, variant, study, outcomes, previous, key)
         if result.finished >= hpo.num_samples:  # unfinished trials still need their checkpoints
-            result = _keep_best(result, variant, train_dir, hpo.checkpoint.save_only_best)
+            result = _keep_best(
+                result, variant, variant.path / TRAIN_DIR, hpo.checkpoint.save_only_best
+            )
         write_json(variant.path / HPO_FILE, result)
     except BaseException:
         set_status(variant, "failed")
@@ -131,6 +104,54 @@ def _run_backbone(config: PipelineConfig, backbone: BackboneConfig, plan: TrialP
     set_status(variant, "complete")
     _print_summary(result)
     return result
+
+
+def _run_rounds(
+    config: PipelineConfig,
+    backbone: BackboneConfig,
+    decision: Decision,
+    storage: Any,
+    study: Any,
+    plan: TrialPlan,
+) -> dict[int, dict[str, Any]]:
+    """Restore an interrupted round (when resuming), then run the trials still missing.
+    Returns each trial's last reported metrics, by trial number."""
+    from ray_pipeline.hpo import tuning  # imports ray.tune: only when a search really runs
+
+    variant, hpo, job = decision.variant, config.hpo, _job(config, backbone)
+    train_dir = variant.path / TRAIN_DIR
+    outcomes: dict[int, dict[str, Any]] = {}
+    rounds = _rounds(variant)
+    if decision.action == "resume" and rounds:
+        print(f"hpo {backbone.name}: resuming {variant.name} ({rounds[-1].name})")
+        grid = tuning.restore_round(rounds[-1], job, plan, train_dir)
+        outcomes |= tuning.round_results(grid) if grid is not None else {}
+    stale = fail_running(study)
+    if stale:
+        print(f"hpo {backbone.name}: trial(s) {stale} left running by a stopped run marked FAIL")
+    finished = count_finished(study)
+    missing = max(hpo.num_samples - finished, 0)
+    print(
+        f"hpo {backbone.name}: {decision.action} {variant.name}; "
+        f"{finished} of {hpo.num_samples} trials finished, running {missing}"
+    )
+    if missing:
+        set_status(variant, "running")
+        grid = tuning.run_round(
+            experiment_dir=variant.path / TUNE_DIR / f"round_{len(rounds) + 1}",
+            study_name=variant.name,
+            storage=storage,
+            space=hpo.search_space,
+            job=job,
+            plan=plan,
+            scheduler=hpo.scheduler,
+            sampler=hpo.sampler,
+            num_samples=missing,
+            train_dir=train_dir,
+        )
+        outcomes |= tuning.round_results(grid)
+        fail_running(study)
+    return outcomes
 
 
 def _previous(variant: Variant) -> dict[int, TrialRecord]:
@@ -170,16 +191,22 @@ def _collect(
                 trial_key_hash=trial_key_hash(study_hash, dict(frozen.params)),
                 best_fold=state.best_fold,
             )
-        )  # fmt: skip
+        )
     complete = [t for t in trials if t.state == "COMPLETE" and t.objective_mean is not None]
     pick = max if config.hpo.objective.direction == "maximize" else min
     best = pick(complete, key=lambda t: t.objective_mean or 0.0) if complete else None
     return HpoResult(
-        variant=variant.name, backbone=backbone.name, study_key_hash=study_hash,
-        metric=config.hpo.objective.metric, direction=config.hpo.objective.direction,
-        num_samples=config.hpo.num_samples, k_folds=config.hpo.k_folds,
-        trials=trials, best=best, best_checkpoint=None,
-    )  # fmt: skip
+        variant=variant.name,
+        backbone=backbone.name,
+        study_key_hash=study_hash,
+        metric=config.hpo.objective.metric,
+        direction=config.hpo.objective.direction,
+        num_samples=config.hpo.num_samples,
+        k_folds=config.hpo.k_folds,
+        trials=trials,
+        best=best,
+        best_checkpoint=None,
+    )
 
 
 def _keep_best(result: HpoResult, variant: Variant, train_dir: Path, only_best: bool) -> HpoResult:
