@@ -37,6 +37,7 @@ def _config(outputs: Path, trials: int, folds: int) -> Any:
             f"hpo.k_folds={folds}",
             "resources.max_concurrent_trials=1",
             "hpo.checkpoint.save_only_best=false",
+            "tracking.enabled=false",  # the same for all three: no MLflow
         ],
     )
 
@@ -89,7 +90,7 @@ def per_fold(outputs: Path, trials: int, folds: int) -> tuple[float, float]:
     from ray_pipeline.hpo.stage import _job
 
     config = _config(outputs, trials, folds)
-    job = _job(config, config.model.backbones[0])
+    job = _job(config, config.model.backbones[0], "per_fold", "", None)
 
     def trial(params: dict[str, Any]) -> None:
         values, steps = [], 0.0

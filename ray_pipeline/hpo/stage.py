@@ -14,6 +14,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from ray_pipeline import tracking
 from ray_pipeline.artifacts import read_json, write_json
 from ray_pipeline.data.splits import check_foldable, load_splits
 from ray_pipeline.errors import PipelineError
@@ -25,6 +26,7 @@ from ray_pipeline.paths import OutputsLayout
 from ray_pipeline.resources import TrialPlan, cluster_nodes, plan_trials
 from ray_pipeline.run_mode import get_run_mode
 from ray_pipeline.schema import BackboneConfig, PipelineConfig
+from ray_pipeline.tracking import RunRef
 from ray_pipeline.variants import Decision, Variant, base_name_for, resolve_variant, set_status
 
 log = logging.getLogger(__name__)
@@ -38,6 +40,7 @@ TRAIN_DIR = "train"
 def check_hpo(config: PipelineConfig) -> TrialPlan:
     """Everything that can be wrong with the input, checked before anything is written."""
     check_foldable(load_splits(config.data).train, config.hpo.k_folds)
+    tracking.check_tracking(config)
     return plan_trials(config.resources, cluster_nodes())
 
 
@@ -46,9 +49,18 @@ def run_hpo(config: PipelineConfig, plan: TrialPlan) -> list[HpoResult]:
     return [_run_backbone(config, backbone, plan) for backbone in config.model.backbones]
 
 
-def _job(config: PipelineConfig, backbone: BackboneConfig) -> TrialJob:
+def _job(
+    config: PipelineConfig,
+    backbone: BackboneConfig,
+    variant: str,
+    study_key_hash: str,
+    parent_run: RunRef | None,
+) -> TrialJob:
     hpo = config.hpo
     return TrialJob(
+        variant=variant,
+        study_key_hash=study_key_hash,
+        parent_run=parent_run,
         data=config.data,
         backbone=backbone,
         task=config.data.task,
@@ -83,17 +95,31 @@ def _run_backbone(config: PipelineConfig, backbone: BackboneConfig, plan: TrialP
     storage = study_storage(variant.path, variant.name, hpo.checkpoint)
     study = load_study(storage, variant.name, hpo.objective.direction)
     previous = _previous(variant)
+    parent = tracking.open_variant_run(
+        config, "hpo", backbone.name, variant.name, variant.record.study_key_hash
+    )
+    if parent is not None and decision.action == "resume":
+        tracking.end_open_runs(parent)  # runs a stopped process left RUNNING -> KILLED
     try:
-        outcomes = _run_rounds(config, backbone, decision, storage, study, plan)
+        job = _job(config, backbone, variant.name, variant.record.study_key_hash, parent)
+        outcomes = _run_rounds(config, job, decision, storage, study, plan)
         result = _collect(config, backbone, variant, study, outcomes, previous, key)
         if result.finished >= hpo.num_samples:  # unfinished trials still need their checkpoints
             result = _keep_best(
                 result, variant, variant.path / TRAIN_DIR, hpo.checkpoint.save_only_best
             )
         write_json(variant.path / HPO_FILE, result)
-    except BaseException:
+    except BaseException as exc:
         set_status(variant, "failed")
+        if parent is not None:
+            status: tracking.EndStatus = (
+                "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+            )
+            tracking.end_open_runs(parent, status)
+            tracking.end(parent, status)
         raise
+    if parent is not None:
+        _track_variant(parent, result, layout.resolved_config, variant.path / HPO_FILE)
     if result.finished < hpo.num_samples:
         set_status(variant, "failed")
         errors = [f"trial {n}: {o['error']}" for n, o in sorted(outcomes.items()) if "error" in o]
@@ -108,7 +134,7 @@ def _run_backbone(config: PipelineConfig, backbone: BackboneConfig, plan: TrialP
 
 def _run_rounds(
     config: PipelineConfig,
-    backbone: BackboneConfig,
+    job: TrialJob,
     decision: Decision,
     storage: Any,
     study: Any,
@@ -118,7 +144,7 @@ def _run_rounds(
     Returns each trial's last reported metrics, by trial number."""
     from ray_pipeline.hpo import tuning  # imports ray.tune: only when a search really runs
 
-    variant, hpo, job = decision.variant, config.hpo, _job(config, backbone)
+    variant, hpo, backbone = decision.variant, config.hpo, job.backbone
     train_dir = variant.path / TRAIN_DIR
     outcomes: dict[int, dict[str, Any]] = {}
     rounds = _rounds(variant)
@@ -152,6 +178,27 @@ def _run_rounds(
         outcomes |= tuning.round_results(grid)
         fail_running(study)
     return outcomes
+
+
+def _track_variant(parent: RunRef, result: HpoResult, config_file: Path, hpo_file: Path) -> None:
+    """Close the variant's run: the best trial marked, results attached."""
+    tracking.end_open_runs(parent)  # trials a scheduler stopped mid-fold
+    if result.best is not None and result.best.objective_mean is not None:
+        tracking.log(
+            parent,
+            metrics={
+                f"best_{result.metric}": result.best.objective_mean,
+                f"best_{result.metric}_std": result.best.objective_std or 0.0,
+                "trials_finished": result.finished,
+            },
+        )
+        tracking.set_tags(
+            parent, best_trial=result.best.number, best_trial_key_hash=result.best.trial_key_hash
+        )
+    for path in (config_file, hpo_file):
+        if path.is_file():
+            tracking.log_artifact(parent, str(path))
+    tracking.end(parent)
 
 
 def _previous(variant: Variant) -> dict[int, TrialRecord]:

@@ -15,10 +15,13 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from ray.tune.search.optuna import OptunaSearch
 
+from ray_pipeline import tracking
 from ray_pipeline.hpo.search_space import to_distributions
 from ray_pipeline.hpo.worker import TrialJob, train_folds
+from ray_pipeline.identity import trial_key_hash
 from ray_pipeline.resources import DRIVER_MEMORY_BYTES, TrialPlan
 from ray_pipeline.schema import ParamSpec, SchedulerConfig, TrainingParams
+from ray_pipeline.tracking import RunRef
 
 if TYPE_CHECKING:
     from optuna.storages import BaseStorage
@@ -101,13 +104,15 @@ def _trial_driver(config: dict[str, Any], spec: RoundSpec) -> None:
     params = {k: v for k, v in config.items() if k != TRIAL_NUMBER}
     job = TrialJob.model_validate(spec.job)
     training = TrainingParams.model_validate({**job.training.model_dump(), **params})
+    trial_run = _open_trial_run(job, number, params)
+    job = job.model_copy(update={"training": training, "trial": number, "trial_run": trial_run})
     plan = TrialPlan(**spec.plan)
     per_worker = {"CPU": plan.cpus_per_worker}
     if plan.use_gpu:
         per_worker["GPU"] = plan.gpus_per_worker
     trainer = TorchTrainer(
         train_folds,
-        train_loop_config=job.model_copy(update={"training": training}).model_dump(mode="json"),
+        train_loop_config=job.model_dump(mode="json"),
         scaling_config=ScalingConfig(
             num_workers=plan.workers, use_gpu=plan.use_gpu, resources_per_worker=per_worker
         ),
@@ -118,7 +123,36 @@ def _trial_driver(config: dict[str, Any], spec: RoundSpec) -> None:
             checkpoint_config=CheckpointConfig(num_to_keep=None),
         ),
     )
-    trainer.fit()
+    try:
+        result = trainer.fit()
+    except BaseException:
+        if trial_run is not None:
+            tracking.end(trial_run, "FAILED")
+        raise
+    if trial_run is not None:
+        final = result.metrics or {}
+        keys = ("objective", "objective_std", "folds_done")
+        summary: dict[str, float] = {k: float(final[k]) for k in keys if k in final}
+        tracking.log(trial_run, metrics=summary)
+        tracking.end(trial_run)
+
+
+def _open_trial_run(job: TrialJob, number: int, params: dict[str, Any]) -> RunRef | None:
+    if job.parent_run is None:
+        return None
+    run = tracking.open_child(
+        job.parent_run,
+        "trial",
+        tracking.run_name(job.variant, number),
+        stage="hpo",
+        backbone=job.backbone.name,
+        variant=job.variant,
+        study_key_hash=job.study_key_hash,
+        trial=number,
+        trial_key_hash=trial_key_hash(job.study_key_hash, params),
+    )
+    tracking.log(run, params=params)
+    return run
 
 
 def _trainable(spec: RoundSpec) -> Any:

@@ -24,6 +24,7 @@ from ray_pipeline.data.splits import fold_indices, load_splits
 from ray_pipeline.hpo.results import FoldResult, FoldState
 from ray_pipeline.models import build_model, load_tokenizer
 from ray_pipeline.schema import BackboneConfig, DataConfig, Task, TrainingParams
+from ray_pipeline.tracking import RunRef
 from ray_pipeline.training import batches, evaluate, make_optimizer, train_epoch
 
 if TYPE_CHECKING:
@@ -48,6 +49,14 @@ class TrialJob(BaseModel):
     metric: str
     direction: Literal["maximize", "minimize"]
     report_every_epoch: bool
+    variant: str
+    study_key_hash: str
+    parent_run: RunRef | None = None
+    """The variant's MLflow run (None: tracking off)."""
+    trial: int | None = None
+    """Set by the trial driver: the Optuna trial number."""
+    trial_run: RunRef | None = None
+    """Set by the trial driver: the trial's MLflow run, parent of the fold runs."""
 
 
 def _shard(indices: list[int], rank: int, world: int) -> list[int]:
@@ -147,6 +156,34 @@ def _report(job: TrialJob, state: FoldState, fold: FoldRun, tokenizer: Any, **ex
         ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"fold_{fold.fold}")
 
 
+def _track_fold(job: TrialJob, result: FoldResult) -> None:
+    """The fold's MLflow run under the trial's run (rank 0 holds the fold's metrics)."""
+    if job.trial_run is None or job.trial is None:
+        return
+    from ray_pipeline import tracking
+
+    run = tracking.open_child(
+        job.trial_run,
+        "fold",
+        tracking.run_name(job.variant, job.trial, result.fold),
+        stage="hpo",
+        backbone=job.backbone.name,
+        variant=job.variant,
+        study_key_hash=job.study_key_hash,
+        trial=job.trial,
+        fold=result.fold,
+    )
+    numbers = {
+        "objective": result.objective,
+        "train_loss": result.train_loss,
+        "seconds": result.seconds,
+        **result.metrics,
+    }
+    tracking.log(run, metrics=numbers)
+    tracking.end(run)
+    tracking.log(job.trial_run, metrics={"fold_objective": result.objective}, step=result.fold)
+
+
 def train_folds(config: dict[str, Any]) -> None:
     """``train_loop_per_worker``: the k folds of one trial, resuming after the last finished."""
     import ray.train
@@ -190,4 +227,6 @@ def train_folds(config: dict[str, Any]) -> None:
         if best is None or _better(job, result.objective, state.folds[best].objective):
             best = fold_number
         state = FoldState(folds=[*state.folds, result], best_fold=best)
+        if fold.rank == 0:
+            _track_fold(job, result)
         _report(job, state, fold, tokenizer, fold_metrics=json.dumps(metrics))

@@ -1,0 +1,209 @@
+"""MLflow tracking: the one module that imports ``mlflow``.
+
+Where runs go: ``tracking.tracking_uri``, else ``$MLFLOW_TRACKING_URI``, else the embedded
+store ``sqlite:///<outputs>/<experiment>/mlflow.db``. Run hierarchy for HPO::
+
+    hpo_<backbone>[_vN]                        one parent run per variant (found again by tags)
+      hpo_<backbone>[_vN]_trial_<n>            one child per trial (created by its trial driver)
+        hpo_<backbone>[_vN]_trial_<n>_fold<k>  one grandchild per fold (created by rank 0)
+
+Runs are created with explicit parent ids from whichever Ray process holds the data, so the
+nesting holds across processes and nodes. Stage code never builds names or tags itself.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import urllib.error
+import urllib.request
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from ray_pipeline.errors import ConfigError
+from ray_pipeline.paths import OutputsLayout
+from ray_pipeline.schema import PipelineConfig
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+TAG = "ray_pipeline."
+PARENT_TAG = "mlflow.parentRunId"
+RunKind = Literal["variant", "trial", "fold"]
+EndStatus = Literal["FINISHED", "FAILED", "KILLED"]
+_REACH_TIMEOUT_S = 3.0
+
+
+class RunRef(BaseModel):
+    """A run, as a plain value that crosses Ray boundaries."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    tracking_uri: str
+    experiment_id: str
+    run_id: str
+
+
+def tracking_uri(config: PipelineConfig) -> str | None:
+    """Where runs go, or None when tracking is off."""
+    if not config.tracking.enabled:
+        return None
+    if config.tracking.tracking_uri:
+        return config.tracking.tracking_uri
+    from_env = os.environ.get("MLFLOW_TRACKING_URI")
+    if from_env:
+        return from_env
+    return f"sqlite:///{OutputsLayout(config.outputs_root, config.experiment.name).mlflow_db}"
+
+
+def check_tracking(config: PipelineConfig) -> None:
+    """Refuse an unreachable tracking server at once (a few seconds, not MLflow's retries)."""
+    uri = tracking_uri(config)
+    if uri is None or not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=_REACH_TIMEOUT_S):
+            return
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise ConfigError.at(
+            "tracking.tracking_uri",
+            f"MLflow server {uri} is not reachable ({reason}); start it, fix "
+            "tracking.tracking_uri / MLFLOW_TRACKING_URI, or set tracking.enabled=false",
+        ) from exc
+
+
+def run_name(variant: str, trial: int | None = None, fold: int | None = None) -> str:
+    """``hpo_b``, ``hpo_b_trial_3``, ``hpo_b_trial_3_fold1``: deterministic, no timestamps."""
+    name = variant if trial is None else f"{variant}_trial_{trial}"
+    return name if fold is None else f"{name}_fold{fold}"
+
+
+def run_tags(kind: RunKind, parent: str | None = None, **values: Any) -> dict[str, str]:
+    """Tags of a run: its kind, its parent, and identity values (stage, backbone, variant,
+    study_key_hash, trial, trial_key_hash, fold, lineage ...) under the ``ray_pipeline.`` prefix."""
+    tags = {f"{TAG}kind": kind, **{f"{TAG}{k}": str(v) for k, v in values.items() if v is not None}}
+    if parent is not None:
+        tags[PARENT_TAG] = parent
+    return tags
+
+
+def _client(uri: str) -> MlflowClient:
+    from mlflow import MlflowClient
+
+    return MlflowClient(uri)
+
+
+def experiment_id(uri: str, name: str) -> str:
+    """The experiment's id, created if missing (a concurrent creator wins the race harmlessly)."""
+    from mlflow.exceptions import MlflowException
+
+    client = _client(uri)
+    existing = client.get_experiment_by_name(name)
+    if existing is not None:
+        return str(existing.experiment_id)
+    try:
+        return str(client.create_experiment(name))
+    except MlflowException:
+        again = client.get_experiment_by_name(name)
+        if again is None:
+            raise
+        return str(again.experiment_id)
+
+
+def _find(ref_uri: str, exp: str, tags: dict[str, str]) -> Any | None:
+    clauses = " and ".join(f"tags.`{k}` = '{v}'" for k, v in sorted(tags.items()))
+    runs = _client(ref_uri).search_runs([exp], filter_string=clauses, max_results=1)
+    return runs[0] if runs else None
+
+
+def open_run(uri: str, exp: str, name: str, tags: dict[str, str], key: dict[str, str]) -> RunRef:
+    """The run whose tags include ``key`` (set RUNNING again), or a new one named ``name``."""
+    client = _client(uri)
+    found = _find(uri, exp, key)
+    if found is not None:
+        client.update_run(found.info.run_id, status="RUNNING")
+        for tag, value in tags.items():
+            client.set_tag(found.info.run_id, tag, value)
+        return RunRef(tracking_uri=uri, experiment_id=exp, run_id=found.info.run_id)
+    run = client.create_run(exp, run_name=name, tags=tags)
+    return RunRef(tracking_uri=uri, experiment_id=exp, run_id=run.info.run_id)
+
+
+def open_variant_run(
+    config: PipelineConfig, stage: str, backbone: str, variant: str, study_key_hash: str
+) -> RunRef | None:
+    """The variant's parent run (reused across reuse/resume runs), or None when tracking is off."""
+    uri = tracking_uri(config)
+    if uri is None:
+        return None
+    exp = experiment_id(uri, config.tracking.experiment_name or config.experiment.name)
+    key = run_tags("variant", stage=stage, variant=variant)
+    tags = {**key, **run_tags("variant", backbone=backbone, study_key_hash=study_key_hash)}
+    return open_run(uri, exp, run_name(variant), tags, key)
+
+
+def open_child(parent: RunRef, kind: RunKind, name: str, **values: Any) -> RunRef:
+    """A child of ``parent``, found again by kind and identity (a retried trial keeps its run)."""
+    identity = {k: values[k] for k in ("trial", "fold") if values.get(k) is not None}
+    key = run_tags(kind, parent=parent.run_id, **identity)
+    return open_run(
+        parent.tracking_uri,
+        parent.experiment_id,
+        name,
+        run_tags(kind, parent=parent.run_id, **values),
+        key,
+    )
+
+
+def log(
+    run: RunRef,
+    metrics: dict[str, float] | None = None,
+    params: dict[str, Any] | None = None,
+    step: int = 0,
+) -> None:
+    """Log numeric metrics (non-numbers skipped) and params to ``run``."""
+    from mlflow.entities import Metric, Param
+
+    now = int(time.time() * 1000)
+    metric_list = [
+        Metric(k, float(v), now, step)
+        for k, v in (metrics or {}).items()
+        if isinstance(v, int | float) and not isinstance(v, bool)
+    ]
+    param_list = [Param(k, str(v)) for k, v in (params or {}).items()]
+    _client(run.tracking_uri).log_batch(run.run_id, metrics=metric_list, params=param_list)
+
+
+def set_tags(run: RunRef, **values: Any) -> None:
+    """Add ``ray_pipeline.`` tags to a run."""
+    client = _client(run.tracking_uri)
+    for key, value in values.items():
+        client.set_tag(run.run_id, f"{TAG}{key}", str(value))
+
+
+def log_artifact(run: RunRef, path: str) -> None:
+    """Attach a file to ``run``."""
+    _client(run.tracking_uri).log_artifact(run.run_id, path)
+
+
+def end(run: RunRef, status: EndStatus = "FINISHED") -> None:
+    """End ``run`` with ``status``."""
+    _client(run.tracking_uri).set_terminated(run.run_id, status)
+
+
+def end_open_runs(parent: RunRef, status: EndStatus = "KILLED") -> int:
+    """End every run under ``parent`` (children and grandchildren) still RUNNING: runs left by
+    a killed process, or by a trial a scheduler stopped. Returns how many were ended."""
+    client = _client(parent.tracking_uri)
+    ended, queue = 0, [parent.run_id]
+    while queue:
+        current = queue.pop()
+        query = f"tags.`{PARENT_TAG}` = '{current}'"
+        for run in client.search_runs([parent.experiment_id], filter_string=query):
+            queue.append(run.info.run_id)
+            if run.info.status == "RUNNING":
+                client.set_terminated(run.info.run_id, status)
+                ended += 1
+    return ended
