@@ -6,9 +6,7 @@ Exit codes: 0 success, 1 runtime failure, 2 bad config or input, 130 interrupted
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -101,17 +99,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     raise NotBuiltError(f"`ray-pipeline {args.command}` is not built yet in this version")
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    # SIGTERM (e.g. `ray job stop`) unwinds like Ctrl-C: open MLflow runs end KILLED and the
-    # variant is marked failed, so resume_if_incomplete continues it.
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     args = build_parser().parse_args(argv)
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _interrupt)
     try:
         return _dispatch(args)
     except PipelineError as exc:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import threading
 
 TRAIN_POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
 TRAIN_POLL_SECONDS = "0.25"
@@ -21,9 +23,22 @@ def ensure_ray() -> None:
     # with `ray start` takes it from that shell; see docs/hpo.md).
     os.environ.setdefault(TRAIN_POLL_ENV, TRAIN_POLL_SECONDS)
     context = ray.init(log_to_driver=True)
+    _unwind_on_sigterm()
     resources = ray.cluster_resources()  # type: ignore[no-untyped-call]
     dashboard = getattr(context, "dashboard_url", None) or "not running"
     print(
         f"ray: {resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs; "
         f"dashboard: {dashboard}"
     )
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _unwind_on_sigterm() -> None:
+    """Make SIGTERM (e.g. `ray job stop`) unwind like Ctrl-C, so open MLflow runs end KILLED and
+    the variant is marked failed for resume_if_incomplete. ray.init installs a handler that
+    aborts the process instead; this puts ours back after it."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,6 +17,17 @@ from ray_pipeline.variants import VARIANT_FILE, VariantRecord
 
 MakeExp = Callable[..., Path]
 pytestmark = pytest.mark.slow
+
+
+def _runs(outputs: Path) -> Counter[tuple[str | None, str]]:
+    """(kind, status) counts of the experiment's MLflow runs in the embedded store."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{outputs / 't' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("t")
+    assert experiment is not None
+    runs = client.search_runs([experiment.experiment_id])
+    return Counter((r.data.tags.get("ray_pipeline.kind"), r.info.status) for r in runs)
 
 
 def _states(variant: Path) -> list[str]:
@@ -42,11 +54,15 @@ def test_smoke_hpo_then_reuse_grow_and_force_new(
     assert read_json(variant / VARIANT_FILE, VariantRecord).status == "complete"
     assert (tmp_path / "outputs" / "t" / "config.resolved.yaml").is_file()
     assert "running 3" in capsys.readouterr().out
+    outputs = tmp_path / "outputs"
+    finished = {("variant", "FINISHED"): 1, ("trial", "FINISHED"): 3, ("fold", "FINISHED"): 6}
+    assert _runs(outputs) == finished  # 1 parent, 3 trials, 6 folds, none RUNNING
 
     assert main(["hpo", "--config", path]) == 0  # reuse_if_exists: nothing to run
     assert "3 of 3 trials finished, running 0" in capsys.readouterr().out
     assert _states(variant) == ["COMPLETE"] * 3
     assert [p.name for p in (variant / "tune").iterdir()] == ["round_1"]
+    assert _runs(outputs) == finished  # the same parent run, nothing added
 
     assert main(["hpo", "--config", path, "hpo.num_samples=5"]) == 0  # exactly 2 more
     assert "3 of 5 trials finished, running 2" in capsys.readouterr().out
@@ -54,6 +70,8 @@ def test_smoke_hpo_then_reuse_grow_and_force_new(
     grown = read_json(variant / "hpo.json", HpoResult)
     assert [t.number for t in grown.trials] == [0, 1, 2, 3, 4]
     assert grown.trials[0].folds == result.trials[0].folds  # earlier results kept
+    grown_runs = {("variant", "FINISHED"): 1, ("trial", "FINISHED"): 5, ("fold", "FINISHED"): 10}
+    assert _runs(outputs) == grown_runs  # the new trials under the same parent
 
     assert main(["hpo", "--config", path, "hpo.search_space.learning_rate.high=0.5"]) == 2
     assert "Changed: hpo.search_space.learning_rate.high" in capsys.readouterr().err
@@ -84,6 +102,7 @@ def test_two_ddp_workers_per_trial_with_epoch_reports_and_asha(
         "hpo.training.epochs=2",
         "hpo.report_every_epoch=true",
         "hpo.scheduler.type=asha",
+        "tracking.enabled=false",
     ]
     assert main(["hpo", "--config", str(smoke_experiment()), *overrides]) == 0
     variant = tmp_path / "outputs" / "t" / "hpo" / "tiny-bert" / "hpo_tiny-bert"
@@ -91,3 +110,4 @@ def test_two_ddp_workers_per_trial_with_epoch_reports_and_asha(
     assert trial.state == "COMPLETE"
     assert [f.workers for f in trial.folds] == [2, 2]
     assert [f.train_examples for f in trial.folds] == [20, 20]
+    assert not (tmp_path / "outputs" / "t" / "mlflow.db").exists()  # tracking off

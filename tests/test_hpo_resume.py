@@ -67,3 +67,46 @@ def test_sigkilled_driver_resumes_without_duplicates(
     result = read_json(variant / "hpo.json", HpoResult)
     complete = [t for t in result.trials if t.state == "COMPLETE"]
     assert len(complete) == 3 and all(len(t.folds) == 2 for t in complete)
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'outputs' / 't' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("t")
+    assert experiment is not None
+    runs = client.search_runs([experiment.experiment_id])
+    assert not [r.info.run_name for r in runs if r.info.status == "RUNNING"]
+    parents = [r for r in runs if r.data.tags.get("ray_pipeline.kind") == "variant"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"  # continued, not duplicated
+    finished_trials = {
+        r.data.tags["ray_pipeline.trial"]
+        for r in runs
+        if r.data.tags.get("ray_pipeline.kind") == "trial" and r.info.status == "FINISHED"
+    }
+    assert len(finished_trials) == 3
+
+
+def test_sigterm_ends_open_runs_killed(smoke_experiment: MakeExp, tmp_path: Path) -> None:
+    from mlflow import MlflowClient
+
+    path = smoke_experiment()
+    store = tmp_path / "outputs" / "t" / "mlflow.db"
+    proc = _hpo(path, "resources.max_concurrent_trials=1", log=tmp_path / "run.log")
+
+    def runs() -> list[tuple[str, str]]:
+        client = MlflowClient(f"sqlite:///{store}")
+        experiment = client.get_experiment_by_name("t") if store.is_file() else None
+        if experiment is None:
+            return []
+        found = client.search_runs([experiment.experiment_id])
+        return [(r.data.tags.get("ray_pipeline.kind", ""), r.info.status) for r in found]
+
+    deadline = time.monotonic() + 180
+    while ("trial", "RUNNING") not in runs():  # a trial is under way
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(1)
+    proc.send_signal(signal.SIGTERM)  # what `ray job stop` sends
+    assert proc.wait(timeout=120) == 130
+    final = runs()
+    assert ("variant", "KILLED") in final and ("trial", "KILLED") in final
+    assert not [kind for kind, status in final if status == "RUNNING"]
+    variant = tmp_path / "outputs" / "t" / "hpo" / "tiny-bert" / "hpo_tiny-bert" / "variant.json"
+    assert '"status": "failed"' in variant.read_text()  # resume_if_incomplete continues it

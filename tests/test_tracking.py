@@ -1,0 +1,169 @@
+"""The tracking module against a real MLflow store (SQLite file) and a real server."""
+
+from __future__ import annotations
+
+import ast
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+import ray_pipeline
+from ray_pipeline import tracking
+from ray_pipeline.errors import ConfigError
+from ray_pipeline.loading import load_config
+
+MakeExp = Callable[..., Path]
+
+
+def test_tracking_uri_precedence(
+    smoke_experiment: MakeExp, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = smoke_experiment()
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert tracking.tracking_uri(load_config(path)) == f"sqlite:///{tmp_path}/outputs/t/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:1")
+    assert tracking.tracking_uri(load_config(path)) == "http://127.0.0.1:1"
+    cfg = load_config(path, ["tracking.tracking_uri=http://127.0.0.1:2"])
+    assert tracking.tracking_uri(cfg) == "http://127.0.0.1:2"
+    assert tracking.tracking_uri(load_config(path, ["tracking.enabled=false"])) is None
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_unreachable_server_is_refused_fast(smoke_experiment: MakeExp) -> None:
+    uri = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    cfg = load_config(smoke_experiment(), [f"tracking.tracking_uri={uri}"])
+    start = time.monotonic()
+    with pytest.raises(ConfigError) as exc:
+        tracking.check_tracking(cfg)
+    assert time.monotonic() - start < 10
+    assert f"MLflow server {uri} is not reachable" in str(exc.value)
+    assert "tracking.enabled=false" in str(exc.value)
+
+
+def test_names_and_tags() -> None:
+    assert tracking.run_name("hpo_b") == "hpo_b"
+    assert tracking.run_name("hpo_b", 3, 1) == "hpo_b_trial_3_fold1"
+    tags = tracking.run_tags("trial", parent="p1", variant="hpo_b", trial=3, fold=None)
+    assert tags == {
+        "ray_pipeline.kind": "trial",
+        "ray_pipeline.variant": "hpo_b",
+        "ray_pipeline.trial": "3",
+        "mlflow.parentRunId": "p1",
+    }
+
+
+def test_parent_found_again_and_open_runs_ended(smoke_experiment: MakeExp, tmp_path: Path) -> None:
+    cfg = load_config(smoke_experiment())
+    parent = tracking.open_variant_run(cfg, "hpo", "tiny-bert", "hpo_tiny-bert", "abc")
+    assert parent is not None
+    again = tracking.open_variant_run(cfg, "hpo", "tiny-bert", "hpo_tiny-bert", "abc")
+    assert again == parent
+    other = tracking.open_variant_run(cfg, "hpo", "tiny-bert", "hpo_tiny-bert_v2", "abc")
+    assert other is not None and other.run_id != parent.run_id
+    trial = tracking.open_child(parent, "trial", "hpo_tiny-bert_trial_0", trial=0)
+    assert tracking.open_child(parent, "trial", "hpo_tiny-bert_trial_0", trial=0) == trial
+    fold = tracking.open_child(trial, "fold", "hpo_tiny-bert_trial_0_fold0", trial=0, fold=0)
+    tracking.log(fold, metrics={"objective": 0.5, "note": "text is skipped"}, params={"a": 1})  # type: ignore[dict-item]
+    assert tracking.end_open_runs(parent) == 2  # trial and fold, not the parent itself
+    client = MlflowClient(parent.tracking_uri)
+    assert client.get_run(fold.run_id).info.status == "KILLED"
+    assert client.get_run(fold.run_id).data.metrics == {"objective": 0.5}
+    assert client.get_run(parent.run_id).info.status == "RUNNING"
+    assert client.get_run(trial.run_id).data.tags["mlflow.parentRunId"] == parent.run_id
+
+
+def test_only_the_tracking_module_imports_mlflow() -> None:
+    package = Path(ray_pipeline.__file__).parent
+    importers = []
+    for path in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            if any(n == "mlflow" or n.startswith("mlflow.") for n in names):
+                importers.append(path.name)
+    assert set(importers) == {"tracking.py"}
+
+
+@pytest.fixture
+def mlflow_server(tmp_path: Path) -> Iterator[str]:
+    """A real `mlflow server` on 127.0.0.1 with a SQLite backend."""
+    port = _free_port()
+    uri = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path / 'server.db'}",
+            "--artifacts-destination",
+            str(tmp_path / "artifacts"),
+            "--workers",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=tmp_path,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"{uri}/health", timeout=2):
+                    break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, "server did not start"
+                time.sleep(0.5)
+        yield uri
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_smoke_hpo_against_a_tracking_server(
+    ray_cluster: None, mlflow_server: str, smoke_experiment: MakeExp, tmp_path: Path
+) -> None:
+    from ray_pipeline.cli import main
+
+    path = str(smoke_experiment())
+    assert main(["hpo", "--config", path, f"tracking.tracking_uri={mlflow_server}"]) == 0
+    client = MlflowClient(mlflow_server)
+    experiment = client.get_experiment_by_name("t")
+    assert experiment is not None
+    runs = client.search_runs([experiment.experiment_id])
+    kinds = sorted((r.data.tags.get("ray_pipeline.kind"), r.info.status) for r in runs)
+    assert kinds == [("fold", "FINISHED")] * 6 + [("trial", "FINISHED")] * 3 + [
+        ("variant", "FINISHED")
+    ]
+    (parent,) = [r for r in runs if r.data.tags["ray_pipeline.kind"] == "variant"]
+    trials = [r for r in runs if r.data.tags["ray_pipeline.kind"] == "trial"]
+    assert all(t.data.tags["mlflow.parentRunId"] == parent.info.run_id for t in trials)
+    trial_ids = {t.info.run_id for t in trials}
+    folds = [r for r in runs if r.data.tags["ray_pipeline.kind"] == "fold"]
+    assert all(f.data.tags["mlflow.parentRunId"] in trial_ids for f in folds)
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} == {
+        "config.resolved.yaml",
+        "hpo.json",
+    }
+    assert not (tmp_path / "outputs" / "t" / "mlflow.db").exists()  # the server holds the runs
