@@ -162,6 +162,25 @@ def test_smoke_hpo_against_a_tracking_server(
     trial_ids = {t.info.run_id for t in trials}
     folds = [r for r in runs if r.data.tags["ray_pipeline.kind"] == "fold"]
     assert all(f.data.tags["mlflow.parentRunId"] in trial_ids for f in folds)
+    for run in runs:  # every run carries its identity; trial and fold runs their trial's
+        tags = run.data.tags
+        assert tags["ray_pipeline.stage"] == "hpo" and tags["ray_pipeline.backbone"] == "tiny-bert"
+        assert tags["ray_pipeline.variant"] == "hpo_tiny-bert"
+        assert len(tags["ray_pipeline.study_key_hash"]) == 64
+        if tags["ray_pipeline.kind"] != "variant":
+            assert len(tags["ray_pipeline.trial_key_hash"]) == 64 and "ray_pipeline.trial" in tags
+        if tags["ray_pipeline.kind"] == "fold":
+            assert tags["ray_pipeline.fold"] in {"0", "1"}
+    by_id = {t.info.run_id: t for t in trials}
+    for fold in folds:
+        trial = by_id[fold.data.tags["mlflow.parentRunId"]]
+        assert (
+            fold.data.tags["ray_pipeline.trial_key_hash"]
+            == trial.data.tags["ray_pipeline.trial_key_hash"]
+        )
+    assert parent.data.tags["ray_pipeline.best_trial_key_hash"] in {
+        t.data.tags["ray_pipeline.trial_key_hash"] for t in trials
+    }
     assert {a.path for a in client.list_artifacts(parent.info.run_id)} == {
         "config.resolved.yaml",
         "hpo.json",

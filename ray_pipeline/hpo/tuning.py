@@ -104,8 +104,16 @@ def _trial_driver(config: dict[str, Any], spec: RoundSpec) -> None:
     params = {k: v for k, v in config.items() if k != TRIAL_NUMBER}
     job = TrialJob.model_validate(spec.job)
     training = TrainingParams.model_validate({**job.training.model_dump(), **params})
-    trial_run = _open_trial_run(job, number, params)
-    job = job.model_copy(update={"training": training, "trial": number, "trial_run": trial_run})
+    key = trial_key_hash(job.study_key_hash, params)
+    trial_run = _open_trial_run(job, number, params, key)
+    job = job.model_copy(
+        update={
+            "training": training,
+            "trial": number,
+            "trial_run": trial_run,
+            "trial_key_hash": key,
+        }
+    )
     plan = TrialPlan(**spec.plan)
     per_worker = {"CPU": plan.cpus_per_worker}
     if plan.use_gpu:
@@ -137,7 +145,7 @@ def _trial_driver(config: dict[str, Any], spec: RoundSpec) -> None:
         tracking.end(trial_run)
 
 
-def _open_trial_run(job: TrialJob, number: int, params: dict[str, Any]) -> RunRef | None:
+def _open_trial_run(job: TrialJob, number: int, params: dict[str, Any], key: str) -> RunRef | None:
     if job.parent_run is None:
         return None
     run = tracking.open_child(
@@ -149,7 +157,7 @@ def _open_trial_run(job: TrialJob, number: int, params: dict[str, Any]) -> RunRe
         variant=job.variant,
         study_key_hash=job.study_key_hash,
         trial=number,
-        trial_key_hash=trial_key_hash(job.study_key_hash, params),
+        trial_key_hash=key,
     )
     tracking.log(run, params=params)
     return run

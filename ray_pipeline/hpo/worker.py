@@ -57,6 +57,8 @@ class TrialJob(BaseModel):
     """Set by the trial driver: the Optuna trial number."""
     trial_run: RunRef | None = None
     """Set by the trial driver: the trial's MLflow run, parent of the fold runs."""
+    trial_key_hash: str | None = None
+    """Set by the trial driver: the hash of the study and this trial's hyperparameters."""
 
 
 def _shard(indices: list[int], rank: int, world: int) -> list[int]:
@@ -171,6 +173,7 @@ def _track_fold(job: TrialJob, result: FoldResult) -> None:
         variant=job.variant,
         study_key_hash=job.study_key_hash,
         trial=job.trial,
+        trial_key_hash=job.trial_key_hash,
         fold=result.fold,
     )
     numbers = {
