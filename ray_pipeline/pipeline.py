@@ -26,11 +26,10 @@ from ray_pipeline.schema import PipelineConfig
 
 @dataclass(frozen=True)
 class Stage:
-    """A stage's two halves; ``needs_ray`` says whether to connect to Ray before ``check``."""
+    """A stage's two halves."""
 
     check: Callable[[PipelineConfig], Any]
     run: Callable[[PipelineConfig, Any], Any]
-    needs_ray: bool = True
 
 
 def _hpo() -> Stage:
@@ -81,10 +80,9 @@ def run(
             "the configuration is valid (see `ray-pipeline validate`)"
         )
     built = {name: factory() for name in ordered if (factory := STAGES[name]) is not None}
-    if any(stage.needs_ray for stage in built.values()):
-        from ray_pipeline.cluster import ensure_ray
+    from ray_pipeline.cluster import ensure_ray  # every stage runs on Ray
 
-        ensure_ray()
+    ensure_ray()
     prepared = {name: stage.check(cfg) for name, stage in built.items()}
     print(f"config: {write_resolved_config(cfg)}")
     for name, stage in built.items():
