@@ -188,9 +188,24 @@ def log_artifact(run: RunRef, path: str) -> None:
     _client(run.tracking_uri).log_artifact(run.run_id, path)
 
 
-def end(run: RunRef, status: EndStatus = "FINISHED") -> None:
-    """End ``run`` with ``status``."""
-    _client(run.tracking_uri).set_terminated(run.run_id, status)
+def end(run: RunRef, status: EndStatus = "FINISHED", *, only_if_running: bool = False) -> None:
+    """End ``run`` with ``status`` (with ``only_if_running``: unless something already ended it)."""
+    client = _client(run.tracking_uri)
+    if only_if_running and client.get_run(run.run_id).info.status != "RUNNING":
+        return
+    client.set_terminated(run.run_id, status)
+
+
+def end_trial_runs(parent: RunRef, trials: list[int], status: EndStatus) -> None:
+    """Set the runs of ``trials`` under ``parent`` (and their fold runs still open) to
+    ``status``, whatever they say now: used for trials an interruption cut off."""
+    client = _client(parent.tracking_uri)
+    for trial in trials:
+        key = run_tags("trial", parent=parent.run_id, trial=trial)
+        found = _find(parent.tracking_uri, parent.experiment_id, key)
+        if found is not None:
+            client.set_terminated(found.info.run_id, status)
+            end_open_runs(RunRef(**{**parent.model_dump(), "run_id": found.info.run_id}), status)
 
 
 def end_open_runs(parent: RunRef, status: EndStatus = "KILLED") -> int:

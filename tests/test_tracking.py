@@ -186,3 +186,17 @@ def test_smoke_hpo_against_a_tracking_server(
         "hpo.json",
     }
     assert not (tmp_path / "outputs" / "t" / "mlflow.db").exists()  # the server holds the runs
+
+
+def test_cut_off_trials_end_killed_whatever_they_said(smoke_experiment: MakeExp) -> None:
+    cfg = load_config(smoke_experiment())
+    parent = tracking.open_variant_run(cfg, "hpo", "tiny-bert", "hpo_tiny-bert", "abc")
+    assert parent is not None
+    trial = tracking.open_child(parent, "trial", "t0", trial=0)
+    fold = tracking.open_child(trial, "fold", "t0f0", trial=0, fold=0)
+    tracking.end(trial, "FAILED")  # its trainer was torn down by the interruption
+    tracking.end_trial_runs(parent, [0], "KILLED")
+    tracking.end(trial, "FAILED", only_if_running=True)  # a late write does not undo it
+    client = MlflowClient(parent.tracking_uri)
+    assert client.get_run(trial.run_id).info.status == "KILLED"
+    assert client.get_run(fold.run_id).info.status == "KILLED"

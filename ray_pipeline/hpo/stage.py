@@ -115,6 +115,9 @@ def _run_backbone(config: PipelineConfig, backbone: BackboneConfig, plan: TrialP
             status: tracking.EndStatus = (
                 "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
             )
+            if status == "KILLED":  # trials still RUNNING in the study were cut off, not failed
+                cut_off = [t.number for t in study.get_trials() if t.state.name == "RUNNING"]
+                tracking.end_trial_runs(parent, cut_off, status)
             tracking.end_open_runs(parent, status)
             tracking.end(parent, status)
         raise

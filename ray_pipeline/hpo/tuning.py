@@ -134,8 +134,8 @@ def _trial_driver(config: dict[str, Any], spec: RoundSpec) -> None:
     try:
         result = trainer.fit()
     except BaseException:
-        if trial_run is not None:
-            tracking.end(trial_run, "FAILED")
+        if trial_run is not None:  # unless the stage already ended it (an interruption: KILLED)
+            tracking.end(trial_run, "FAILED", only_if_running=True)
         raise
     if trial_run is not None:
         final = result.metrics or {}
