@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ray_pipeline.schema import BackboneConfig, PipelineConfig
+from ray_pipeline.schema import BackboneConfig, BenchmarkSettings, PipelineConfig
 
 _CHUNK = 1 << 20
 
@@ -83,6 +83,15 @@ def study_key_hash(key: dict[str, Any]) -> str:
 def trial_key_hash(study_hash: str, params: dict[str, Any]) -> str:
     """Hash of a study hash plus one trial's hyperparameters."""
     return stable_hash({"study_key_hash": study_hash, "params": params})
+
+
+def benchmark_key(settings: BenchmarkSettings) -> dict[str, Any]:
+    """What makes two benchmarks comparable: the timing settings and the test file's content
+    (not which variants get benchmarked)."""
+    key = settings.model_dump(mode="json", exclude={"benchmark_all_variants", "benchmark_strategy"})
+    test = settings.test_data
+    key["test_data"] = None if test is None else file_digest(test) if test.is_file() else test.name
+    return key
 
 
 def changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:

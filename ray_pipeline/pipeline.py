@@ -28,21 +28,35 @@ from ray_pipeline.schema import PipelineConfig
 class Stage:
     """A stage's two halves."""
 
-    check: Callable[[PipelineConfig], Any]
+    check: Callable[[PipelineConfig, Sequence[str]], Any]
+    """Given the config and every stage of this run."""
     run: Callable[[PipelineConfig, Any], Any]
+    needs_ray: bool = True
 
 
 def _hpo() -> Stage:
     from ray_pipeline.hpo.stage import check_hpo, run_hpo
 
-    return Stage(check_hpo, run_hpo)
+    return Stage(lambda config, _: check_hpo(config), run_hpo)
+
+
+def _benchmark() -> Stage:
+    from ray_pipeline.benchmark.stage import check_benchmark, run_benchmark
+
+    return Stage(lambda config, _: check_benchmark(config), run_benchmark)
+
+
+def _select() -> Stage:
+    from ray_pipeline.selection import check_select, run_select
+
+    return Stage(check_select, run_select, needs_ray=False)
 
 
 STAGE_ORDER: tuple[str, ...] = ("hpo", "benchmark", "select", "final")
 STAGES: dict[str, Callable[[], Stage] | None] = {
     "hpo": _hpo,
-    "benchmark": None,
-    "select": None,
+    "benchmark": _benchmark,
+    "select": _select,
     "final": None,
 }
 
@@ -80,10 +94,11 @@ def run(
             "the configuration is valid (see `ray-pipeline validate`)"
         )
     built = {name: factory() for name in ordered if (factory := STAGES[name]) is not None}
-    from ray_pipeline.cluster import ensure_ray  # every stage runs on Ray
+    if any(stage.needs_ray for stage in built.values()):
+        from ray_pipeline.cluster import ensure_ray
 
-    ensure_ray()
-    prepared = {name: stage.check(cfg) for name, stage in built.items()}
+        ensure_ray()
+    prepared = {name: stage.check(cfg, ordered) for name, stage in built.items()}
     print(f"config: {write_resolved_config(cfg)}")
     for name, stage in built.items():
         stage.run(cfg, prepared[name])

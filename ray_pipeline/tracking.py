@@ -6,6 +6,11 @@ store ``sqlite:///<outputs>/<experiment>/mlflow.db``. Run hierarchy for HPO::
     hpo_<backbone>[_vN]                        one parent run per variant (found again by tags)
       hpo_<backbone>[_vN]_trial_<n>            one child per trial (created by its trial driver)
         hpo_<backbone>[_vN]_trial_<n>_fold<k>  one grandchild per fold (created by rank 0)
+    benchmark_hpo_<backbone>[_vN]              one run per benchmarked variant (its best trial)
+    selection                                  one run per computed selection
+
+Benchmark and selection runs carry lineage tags: the variant, trial number, trial and study
+hashes, and the HPO variant run's id.
 
 Runs are created with explicit parent ids from whichever Ray process holds the data, so the
 nesting holds across processes and nodes. Stage code never builds names or tags itself.
@@ -30,7 +35,7 @@ if TYPE_CHECKING:
 
 TAG = "ray_pipeline."
 PARENT_TAG = "mlflow.parentRunId"
-RunKind = Literal["variant", "trial", "fold"]
+RunKind = Literal["variant", "trial", "fold", "benchmark", "selection"]
 EndStatus = Literal["FINISHED", "FAILED", "KILLED"]
 _REACH_TIMEOUT_S = 3.0
 
@@ -131,17 +136,77 @@ def open_run(uri: str, exp: str, name: str, tags: dict[str, str], key: dict[str,
     return RunRef(tracking_uri=uri, experiment_id=exp, run_id=run.info.run_id)
 
 
+def _experiment(config: PipelineConfig) -> tuple[str, str] | None:
+    uri = tracking_uri(config)
+    if uri is None:
+        return None
+    return uri, experiment_id(uri, config.tracking.experiment_name or config.experiment.name)
+
+
+def open_stage_run(
+    config: PipelineConfig, kind: RunKind, name: str, key: dict[str, Any], **values: Any
+) -> RunRef | None:
+    """A top-level run found again by ``kind`` + ``key`` tags (else created as ``name``) and
+    tagged with ``values`` too; None when tracking is off."""
+    where = _experiment(config)
+    if where is None:
+        return None
+    uri, exp = where
+    key_tags = run_tags(kind, **key)
+    return open_run(uri, exp, name, {**key_tags, **run_tags(kind, **values)}, key_tags)
+
+
 def open_variant_run(
     config: PipelineConfig, stage: str, backbone: str, variant: str, study_key_hash: str
 ) -> RunRef | None:
     """The variant's parent run (reused across reuse/resume runs), or None when tracking is off."""
-    uri = tracking_uri(config)
-    if uri is None:
+    return open_stage_run(
+        config,
+        "variant",
+        run_name(variant),
+        {"stage": stage, "variant": variant},
+        backbone=backbone,
+        study_key_hash=study_key_hash,
+    )
+
+
+def open_benchmark_run(
+    config: PipelineConfig,
+    variant: str,
+    backbone: str,
+    trial: int,
+    trial_key_hash: str,
+    study_key_hash: str,
+) -> RunRef | None:
+    """The run of one variant's benchmark (a re-benchmark of the same trial reuses it)."""
+    hpo_run = find_run_id(config, "variant", stage="hpo", variant=variant)
+    return open_stage_run(
+        config,
+        "benchmark",
+        f"benchmark_{variant}",
+        {"variant": variant, "trial_key_hash": trial_key_hash},
+        stage="benchmark",
+        backbone=backbone,
+        trial=trial,
+        study_key_hash=study_key_hash,
+        hpo_run_id=hpo_run,
+    )
+
+
+def open_selection_run(config: PipelineConfig, cache_key: str, **lineage: Any) -> RunRef | None:
+    """The run of one selection (its cache key identifies it), tagged with the winner."""
+    return open_stage_run(
+        config, "selection", "selection", {"cache_key": cache_key}, stage="select", **lineage
+    )
+
+
+def find_run_id(config: PipelineConfig, kind: RunKind, **key: Any) -> str | None:
+    """The id of the run tagged ``kind`` + ``key`` (for lineage tags), or None."""
+    where = _experiment(config)
+    if where is None:
         return None
-    exp = experiment_id(uri, config.tracking.experiment_name or config.experiment.name)
-    key = run_tags("variant", stage=stage, variant=variant)
-    tags = {**key, **run_tags("variant", backbone=backbone, study_key_hash=study_key_hash)}
-    return open_run(uri, exp, run_name(variant), tags, key)
+    found = _find(where[0], where[1], run_tags(kind, **key))
+    return None if found is None else str(found.info.run_id)
 
 
 def open_child(parent: RunRef, kind: RunKind, name: str, **values: Any) -> RunRef:

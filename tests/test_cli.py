@@ -59,8 +59,6 @@ def test_unbuilt_stages_exit_1_and_write_nothing(
     path = str(smoke_experiment())
     for argv in (
         ["run"],
-        ["benchmark"],
-        ["select"],
         ["train"],
         ["report"],
         ["run", "--stages", "final"],

@@ -35,6 +35,7 @@ def test_overrides_are_typed_and_win(smoke_experiment: MakeExp) -> None:
             "hpo.run.mode=force_new",
             "model.backbones.0.name=other",
             "benchmark.benchmarking.batch_sizes=[2, 4]",
+            "selection.latency_batch_size=2",
             "selection.max_latency_ms=null",
         ],
     )
@@ -46,6 +47,16 @@ def test_overrides_are_typed_and_win(smoke_experiment: MakeExp) -> None:
     cfg = load_config(smoke_experiment(), ["selection.objective.metric=accuracy"])
     assert cfg.selection.objective is not None
     assert cfg.selection.objective.metric == "accuracy"
+
+
+def test_selection_batch_size_must_be_benchmarked(smoke_experiment: MakeExp) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(smoke_experiment(), ["benchmark.benchmarking.batch_sizes=[2, 4]"])
+    message = str(info.value)
+    assert (
+        "selection.latency_batch_size 1 is not one of benchmark.benchmarking.batch_sizes" in message
+    )
+    assert "(got " not in message  # no dump of the whole config
 
 
 def test_unknown_key_wrong_type_and_bad_mode_reported_together(smoke_experiment: MakeExp) -> None:

@@ -35,7 +35,7 @@ def load_splits(data: DataConfig) -> DatasetSplits:
             ("test", data.test_file),
         ):
             if path is not None:
-                _check_exists(path, role)
+                _check_exists(path, f"data.{role}_file")
                 read[role] = (
                     read_file(path, data.format, data.text_columns, data.label_column),
                     str(path),
@@ -59,13 +59,27 @@ def load_splits(data: DataConfig) -> DatasetSplits:
     return DatasetSplits(train, test, validation, labels, rows_read, read_counts, sources)
 
 
-def _check_exists(path: Path, role: str) -> None:
+def read_labelled_file(
+    data: DataConfig, path: Path, where: str, labels: tuple[str, ...]
+) -> Examples:
+    """An extra labelled file (e.g. ``benchmark.benchmarking.test_data``) in the data's format
+    (by suffix for Hub datasets), every label checked against ``labels``."""
+    _check_exists(path, where)
+    fmt: str = data.format
+    if fmt == "huggingface":
+        fmt = {".csv": "csv", ".jsonl": "jsonl", ".parquet": "parquet"}.get(path.suffix, "conll")
+    examples = read_file(path, fmt, data.text_columns, data.label_column)
+    _check_known_labels(examples, labels, data.label_column)
+    return examples
+
+
+def _check_exists(path: Path, where: str) -> None:
     if path.is_file():
         return
-    fix = f"check data.{role}_file"
+    fix = f"check {where}"
     if path.is_relative_to(data_cache_dir()):
         fix = "fetch the demo data first: `ray-pipeline data fetch-demo`"
-    raise ConfigError.at(f"data.{role}_file", f"{path} not found; {fix}")
+    raise ConfigError.at(where, f"{path} not found; {fix}")
 
 
 def _check_known_labels(split: Examples, labels: tuple[str, ...], column: str) -> None:

@@ -90,6 +90,16 @@ class PipelineConfig(Section):
                 )
         return self
 
+    @model_validator(mode="after")
+    def _latency_batch_is_benchmarked(self) -> PipelineConfig:
+        sizes = self.benchmark.benchmarking.batch_sizes
+        if self.selection.latency_batch_size not in sizes:
+            raise ValueError(
+                f"selection.latency_batch_size {self.selection.latency_batch_size} is not one of "
+                f"benchmark.benchmarking.batch_sizes {sizes}; add it there or pick one of them"
+            )
+        return self
+
 
 SECTIONS: dict[str, type[Section]] = {
     name: field.annotation

@@ -28,7 +28,10 @@ class BenchmarkSettings(Section):
     max_length: PositiveInt = 128
     """Sequence length of the timed inputs."""
     device: Literal["cpu", "cuda"] | None = None
-    """null: CUDA if visible, else CPU."""
+    """null: CUDA if the cluster has GPUs, else CPU."""
+    cpus_per_actor: float = Field(default=1.0, gt=0)
+    """CPUs each CPU benchmark actor reserves (its torch threads); a CUDA actor takes one GPU.
+    As many actors run at once as the cluster fits."""
     test_data: ConfigPath | None = None
     """Optional file whose metrics are measured for each benchmarked checkpoint."""
     benchmark_all_variants: bool = True

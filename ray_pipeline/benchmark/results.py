@@ -1,0 +1,84 @@
+"""The benchmark's records: what one actor is asked to measure, and ``benchmark.json``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+from ray_pipeline.data.encode import Row
+from ray_pipeline.schema import BenchmarkSettings, Task
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BenchmarkJob(_Record):
+    """One checkpoint to measure (crosses the Ray boundary as a plain dict)."""
+
+    variant: str
+    backbone: str
+    trial: int
+    trial_key_hash: str
+    study_key_hash: str
+    checkpoint: Path
+    task: Task
+    settings: BenchmarkSettings
+    settings_hash: str
+    threads: int
+    """Torch intra-op threads: the CPUs the actor reserved (1 on a GPU)."""
+    timing_rows: list[Row]
+    """Encoded examples that fill the timed batches (tokenized outside the timed region)."""
+    test_rows: list[Row] | None = None
+    """Encoded ``test_data`` examples, when configured."""
+    labels: list[str]
+    """Label names by id, as the checkpoint's head orders them."""
+
+
+class LatencyStats(_Record):
+    """Timings of one batch size."""
+
+    batch_size: int
+    iterations: int
+    mean_ms: float
+    p50_ms: float
+    p95_ms: float
+    """Per batch."""
+    mean_ms_per_example: float
+    p50_ms_per_example: float
+    p95_ms_per_example: float
+    throughput: float
+    """Examples per second (batch size / mean batch latency)."""
+
+
+class BenchmarkResult(_Record):
+    """``benchmark.json``, written atomically into the variant it measured."""
+
+    variant: str
+    backbone: str
+    trial: int
+    trial_key_hash: str
+    study_key_hash: str
+    checkpoint: str
+    settings_hash: str
+    device: str
+    """``cpu`` or ``cuda:<n> (<name>)``."""
+    threads: int
+    max_length: int
+    latency: list[LatencyStats]
+    parameters: int
+    size_mb: float
+    """Bytes on disk of the checkpoint directory / 1e6."""
+    test_metrics: dict[str, float] | None = None
+    host: str
+    pid: int
+    actor_id: str
+    """The Ray actor that measured it (a pool of several measures in parallel)."""
+    started_at: str
+    seconds: float
+    mlflow_run_id: str | None = None
+
+    def at_batch(self, batch_size: int) -> LatencyStats | None:
+        """The timings of ``batch_size``, if it was measured."""
+        return next((s for s in self.latency if s.batch_size == batch_size), None)

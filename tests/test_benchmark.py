@@ -1,0 +1,136 @@
+"""The benchmark stage on a real 2-CPU Ray cluster, then selection over its results."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ray_pipeline.artifacts import read_json
+from ray_pipeline.benchmark.results import BenchmarkResult
+from ray_pipeline.cli import main
+from ray_pipeline.loading import load_config
+from ray_pipeline.selection import SelectionResult
+from tests.builders import add_hpo_variant
+
+pytestmark = pytest.mark.usefixtures("ray_cluster")
+
+
+def _random_bert(name: str, hidden: int) -> dict[str, Any]:
+    config = {
+        "hidden_size": hidden,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "intermediate_size": 2 * hidden,
+    }
+    return {"name": name, "random": {"model_type": "bert", "config": config}}
+
+
+TWO_BACKBONES = {"backbones": [_random_bert("tiny-a", 32), _random_bert("tiny-b", 64)]}
+
+
+def _benchmarks(outputs: Path) -> dict[str, BenchmarkResult]:
+    found = sorted(outputs.glob("t/hpo/*/*/benchmark.json"))
+    return {p.parent.name: read_json(p, BenchmarkResult) for p in found}
+
+
+def test_benchmark_fan_out_completeness_and_cached_selection(
+    smoke_experiment: Callable[..., Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    test_file = Path(__file__).parent.parent / "config" / "data" / "tiny_reviews" / "test.csv"
+    path = smoke_experiment(
+        model=TWO_BACKBONES,
+        benchmark={
+            "benchmarking": {
+                "batch_sizes": [1, 4],
+                "iterations": 4,
+                "warmup_iterations": 1,
+                "max_length": 16,
+                "test_data": str(test_file),
+            }
+        },
+    )
+    config = load_config(path)
+    outputs = tmp_path / "outputs"
+    add_hpo_variant(config, "tiny-a", 0.60, trial=0)
+    add_hpo_variant(config, "tiny-a", 0.80, trial=2)  # hpo_tiny-a_v2, the best overall
+    add_hpo_variant(config, "tiny-b", 0.70, trial=1)
+
+    assert main(["benchmark", "--config", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "3 variant(s) in scope, 3 to benchmark" in out
+    first = _benchmarks(outputs)
+    assert sorted(first) == ["hpo_tiny-a", "hpo_tiny-a_v2", "hpo_tiny-b"]
+    assert len({b.actor_id for b in first.values()}) == 2  # two actors on 2 CPUs, in parallel
+    for name, bench in first.items():
+        hpo = json.loads((outputs / "t" / "hpo" / bench.backbone / name / "hpo.json").read_text())
+        assert bench.trial_key_hash == hpo["best"]["trial_key_hash"]
+        assert [s.batch_size for s in bench.latency] == [1, 4]
+        assert all(0 < s.p50_ms <= s.p95_ms for s in bench.latency)
+        assert bench.test_metrics is not None and 0 <= bench.test_metrics["accuracy"] <= 1
+    assert first["hpo_tiny-b"].parameters > first["hpo_tiny-a"].parameters
+
+    assert main(["benchmark", "--config", str(path)]) == 0
+    assert "3 variant(s) in scope, 0 to benchmark" in capsys.readouterr().out
+    assert _benchmarks(outputs) == first  # nothing rewritten
+
+    add_hpo_variant(config, "tiny-b", 0.50, trial=0)  # hpo_tiny-b_v2
+    assert main(["benchmark", "--config", str(path)]) == 0
+    assert "4 variant(s) in scope, 1 to benchmark" in capsys.readouterr().out
+    second = _benchmarks(outputs)
+    assert {k: v for k, v in second.items() if k != "hpo_tiny-b_v2"} == first
+
+    assert main(["select", "--config", str(path)]) == 0
+    selection_file = outputs / "t" / "selection" / "selection.json"
+    chosen = read_json(selection_file, SelectionResult)
+    assert (chosen.winner.variant, chosen.winner.trial) == ("hpo_tiny-a_v2", 2)
+    assert len(chosen.candidates) == 4 and "wins with macro_f1 0.8000" in chosen.reasoning
+    capsys.readouterr()
+
+    assert main(["select", "--config", str(path)]) == 0
+    assert "inputs unchanged, reusing" in capsys.readouterr().out
+    assert read_json(selection_file, SelectionResult) == chosen
+
+    (outputs / "t" / "hpo" / "tiny-b" / "hpo_tiny-b" / "benchmark.json").unlink()
+    assert main(["benchmark", "--config", str(path)]) == 0
+    assert "1 to benchmark" in capsys.readouterr().out
+    assert main(["select", "--config", str(path)]) == 0
+    assert "inputs changed since the cached selection" in capsys.readouterr().out
+    again = read_json(selection_file, SelectionResult)
+    assert again.cache_key != chosen.cache_key and again.winner.variant == "hpo_tiny-a_v2"
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{outputs / 't' / 'mlflow.db'}")
+    (experiment,) = client.search_experiments(filter_string="name = 't'")
+    runs = client.search_runs([experiment.experiment_id])
+    benchmark_runs = [r for r in runs if r.data.tags.get("ray_pipeline.kind") == "benchmark"]
+    assert len(benchmark_runs) == 4  # the re-benchmarked variant's trial kept its run
+    tags = next(r for r in benchmark_runs if r.info.run_name == "benchmark_hpo_tiny-a_v2").data.tags
+    assert tags["ray_pipeline.trial_key_hash"] == first["hpo_tiny-a_v2"].trial_key_hash
+    assert tags["ray_pipeline.trial"] == "2"
+    selection_runs = [r for r in runs if r.data.tags.get("ray_pipeline.kind") == "selection"]
+    assert {r.info.run_id for r in selection_runs} == {chosen.mlflow_run_id, again.mlflow_run_id}
+
+
+def test_select_alone_without_benchmarks_exits_2_and_writes_nothing(
+    smoke_experiment: Callable[..., Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = smoke_experiment()
+    add_hpo_variant(load_config(path), "tiny-bert", 0.5)
+    assert main(["select", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "hpo_tiny-bert (no benchmark yet)" in err and "ray-pipeline benchmark" in err
+    assert not (tmp_path / "outputs" / "t" / "selection").exists()
+    assert not (tmp_path / "outputs" / "t" / "config.resolved.yaml").exists()
+
+
+def test_benchmark_device_cuda_without_gpus_exits_2(
+    smoke_experiment: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = smoke_experiment(benchmark={"benchmarking": {"device": "cuda"}})
+    assert main(["benchmark", "--config", str(path)]) == 2
+    assert "benchmark.benchmarking.device" in capsys.readouterr().err

@@ -1,0 +1,103 @@
+"""Selection rules on hand-built candidates: pure logic, no Ray, no files."""
+
+from __future__ import annotations
+
+import pytest
+
+from ray_pipeline.errors import ConfigError
+from ray_pipeline.selection import Candidate, SelectionRules, cache_key, explain, select_best
+
+
+def _candidate(variant: str, objective: float, latency: float, parameters: int = 1000) -> Candidate:
+    return Candidate(
+        backbone=variant.split("_")[1],
+        variant=variant,
+        trial=0,
+        trial_key_hash=f"t-{variant}",
+        study_key_hash=f"s-{variant}",
+        params={},
+        objective=objective,
+        objective_std=0.01,
+        latency_ms=latency,
+        parameters=parameters,
+        size_mb=parameters / 1e6,
+        checkpoint=f"/x/{variant}/best",
+        hpo_file=f"/x/{variant}/hpo.json",
+        benchmark_file=f"/x/{variant}/benchmark.json",
+        inputs_sha256=f"d-{variant}",
+    )
+
+
+BIG = _candidate("hpo_large", 0.91, latency=40.0, parameters=300)
+MID = _candidate("hpo_base", 0.88, latency=12.0, parameters=100)
+SMALL = _candidate("hpo_small", 0.80, latency=3.0, parameters=20)
+
+
+def _rules(**changes: object) -> SelectionRules:
+    base = SelectionRules(
+        metric="macro_f1",
+        direction="maximize",
+        max_latency_ms=None,
+        latency_batch_size=1,
+        latency_weight=0.0,
+    )
+    return base.model_copy(update=changes)
+
+
+def test_objective_alone_picks_the_most_accurate() -> None:
+    ranked = select_best([SMALL, BIG, MID], _rules())
+    assert [s.candidate.variant for s in ranked] == ["hpo_large", "hpo_base", "hpo_small"]
+    assert ranked[0].verdict == "winner"
+    assert ranked[1].verdict == "lower macro_f1: 0.8800 vs the winner's 0.9100"
+
+
+def test_latency_limit_flips_the_choice_and_the_record_says_why() -> None:
+    rules = _rules(max_latency_ms=15.0)
+    ranked = select_best([SMALL, BIG, MID], rules)
+    assert ranked[0].candidate is MID
+    loser = next(s for s in ranked if s.candidate is BIG)
+    assert not loser.feasible and loser.score is None and loser.rank == 3
+    assert loser.verdict == "p95 40.00 ms at batch 1 exceeds max_latency_ms 15"
+    text = explain(ranked, rules)
+    assert text.startswith("hpo_base trial 0 (base) wins with macro_f1 0.8800")
+    assert "2 met the limit p95 <= 15 ms" in text
+    assert "hpo_large: p95 40.00 ms at batch 1 exceeds max_latency_ms 15" in text
+
+
+def test_weighted_trade_off_prefers_the_fast_model() -> None:
+    # normalised objective: large 1, base 0.727, small 0; latency: large 1, base 0.243, small 0
+    ranked = select_best([SMALL, BIG, MID], _rules(latency_weight=1.0))
+    assert [s.candidate.variant for s in ranked] == ["hpo_base", "hpo_small", "hpo_large"]
+    assert ranked[0].score == pytest.approx(0.7273 - 0.2432, abs=1e-3)
+    assert ranked[1].verdict.startswith("lower trade-off score 0.0000")
+
+
+def test_minimise_direction() -> None:
+    ranked = select_best([SMALL, BIG, MID], _rules(metric="loss", direction="minimize"))
+    assert ranked[0].candidate is SMALL
+
+
+def test_ties_go_to_lower_latency_then_smaller_model() -> None:
+    fast = _candidate("hpo_fast", 0.9, latency=5.0, parameters=500)
+    slow = _candidate("hpo_slow", 0.9, latency=6.0, parameters=10)
+    lean = _candidate("hpo_lean", 0.9, latency=5.0, parameters=100)
+    ranked = select_best([slow, fast, lean], _rules())
+    assert [s.candidate.variant for s in ranked] == ["hpo_lean", "hpo_fast", "hpo_slow"]
+    assert ranked[1].verdict == "tied score and latency; larger: 500 vs 100 parameters"
+    assert ranked[2].verdict == "tied score; slower: p95 6.00 ms vs 5.00 ms"
+
+
+def test_no_candidate_within_the_limit_names_the_fastest() -> None:
+    with pytest.raises(ConfigError) as info:
+        select_best([SMALL, BIG, MID], _rules(max_latency_ms=1.0))
+    assert info.value.exit_code == 2
+    message = str(info.value)
+    assert "selection.max_latency_ms" in message and "hpo_small trial 0, takes 3.00 ms" in message
+
+
+def test_cache_key_covers_rules_and_inputs() -> None:
+    key = cache_key([SMALL, BIG], _rules())
+    assert key == cache_key([BIG, SMALL], _rules())  # order does not matter
+    assert key != cache_key([SMALL, BIG], _rules(max_latency_ms=50.0))
+    changed = SMALL.model_copy(update={"inputs_sha256": "other"})
+    assert key != cache_key([changed, BIG], _rules())
