@@ -32,7 +32,7 @@ test: lint demo-data
 	RAY_PIPELINE_REQUIRE_DEMO=1 $(BIN)/pytest
 
 # The stages built so far; becomes the full `run` as the later stages land.
-DEMO_STAGES ?= hpo
+DEMO_STAGES ?= hpo,benchmark,select
 demo: install demo-data
 	$(BIN)/ray-pipeline run --stages $(DEMO_STAGES) --config config/experiment/demo.yaml
 
