@@ -85,6 +85,19 @@ def trial_key_hash(study_hash: str, params: dict[str, Any]) -> str:
     return stable_hash({"study_key_hash": study_hash, "params": params})
 
 
+def data_fingerprint(config: PipelineConfig) -> str:
+    """Hash of the dataset's definition and file contents (for lineage)."""
+    return stable_hash(_data_identity(config))
+
+
+def final_key(
+    config: PipelineConfig, trial_key_hash: str, training: dict[str, Any]
+) -> dict[str, Any]:
+    """What defines a final-training variant: the trial it refits, the settings it trains
+    with, and the data (a different winner or changed data needs ``force_new``)."""
+    return {"trial_key_hash": trial_key_hash, "training": training, "data": _data_identity(config)}
+
+
 def benchmark_key(settings: BenchmarkSettings) -> dict[str, Any]:
     """What makes two benchmarks comparable: the timing settings and the test file's content
     (not which variants get benchmarked)."""

@@ -52,12 +52,18 @@ def _select() -> Stage:
     return Stage(check_select, run_select, needs_ray=False)
 
 
+def _final() -> Stage:
+    from ray_pipeline.final.stage import check_final, run_final
+
+    return Stage(check_final, run_final)
+
+
 STAGE_ORDER: tuple[str, ...] = ("hpo", "benchmark", "select", "final")
 STAGES: dict[str, Callable[[], Stage] | None] = {
     "hpo": _hpo,
     "benchmark": _benchmark,
     "select": _select,
-    "final": None,
+    "final": _final,
 }
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from ray_pipeline.errors import ConfigError
 from ray_pipeline.schema import ResourcesConfig
@@ -37,6 +38,18 @@ class TrialPlan:
     @property
     def use_gpu(self) -> bool:
         return self.gpus_per_worker > 0
+
+
+def scaling_config(plan: TrialPlan) -> Any:
+    """Ray Train's ScalingConfig for one worker group of ``plan`` (a trial, or final training)."""
+    from ray.train import ScalingConfig
+
+    per_worker = {"CPU": plan.cpus_per_worker}
+    if plan.use_gpu:
+        per_worker["GPU"] = plan.gpus_per_worker
+    return ScalingConfig(
+        num_workers=plan.workers, use_gpu=plan.use_gpu, resources_per_worker=per_worker
+    )
 
 
 def _workers_fitting(node: Node, cpus: float, gpus: float) -> int:

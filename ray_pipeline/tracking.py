@@ -8,8 +8,9 @@ store ``sqlite:///<outputs>/<experiment>/mlflow.db``. Run hierarchy for HPO::
         hpo_<backbone>[_vN]_trial_<n>_fold<k>  one grandchild per fold (created by rank 0)
     benchmark_hpo_<backbone>[_vN]              one run per benchmarked variant (its best trial)
     selection                                  one run per computed selection
+    final_<backbone>[_vN]                      one run per final variant (resumes continue it)
 
-Benchmark and selection runs carry lineage tags: the variant, trial number, trial and study
+Benchmark, selection and final runs carry lineage tags: the variant, trial number, trial and study
 hashes, and the HPO variant run's id.
 
 Runs are created with explicit parent ids from whichever Ray process holds the data, so the
@@ -18,10 +19,12 @@ nesting holds across processes and nodes. Stage code never builds names or tags 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -198,6 +201,41 @@ def open_selection_run(config: PipelineConfig, cache_key: str, **lineage: Any) -
     return open_stage_run(
         config, "selection", "selection", {"cache_key": cache_key}, stage="select", **lineage
     )
+
+
+def open_final_run(
+    config: PipelineConfig, variant: str, source: Any, final_key_hash: str
+) -> RunRef | None:
+    """The final variant's run (a resumed refit continues it), tagged with its source trial."""
+    return open_stage_run(
+        config,
+        "variant",
+        run_name(variant),
+        {"stage": "final", "variant": variant},
+        backbone=source.backbone,
+        final_key_hash=final_key_hash,
+        source_variant=source.variant,
+        trial=source.trial,
+        trial_key_hash=source.trial_key_hash,
+        study_key_hash=source.study_key_hash,
+        chosen_by=source.chosen_by,
+        hpo_run_id=find_run_id(config, "variant", stage="hpo", variant=source.variant),
+        selection_run_id=source.selection_run_id,
+        benchmark_run_id=source.benchmark_run_id,
+    )
+
+
+def register_model(run: RunRef, model_dir: Path, name: str) -> str:
+    """Attach ``model_dir`` to ``run`` as ``model/`` and register it as a new version of
+    ``name`` in the model registry; returns the version."""
+    from mlflow.exceptions import MlflowException
+
+    client = _client(run.tracking_uri)
+    client.log_artifacts(run.run_id, str(model_dir), "model")
+    with contextlib.suppress(MlflowException):  # it exists: add a version
+        client.create_registered_model(name)
+    version = client.create_model_version(name, f"runs:/{run.run_id}/model", run_id=run.run_id)
+    return str(version.version)
 
 
 def find_run_id(config: PipelineConfig, kind: RunKind, **key: Any) -> str | None:

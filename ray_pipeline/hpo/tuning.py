@@ -19,7 +19,7 @@ from ray_pipeline import tracking
 from ray_pipeline.hpo.search_space import to_distributions
 from ray_pipeline.hpo.worker import TrialJob, train_folds
 from ray_pipeline.identity import trial_key_hash
-from ray_pipeline.resources import DRIVER_MEMORY_BYTES, TrialPlan
+from ray_pipeline.resources import DRIVER_MEMORY_BYTES, TrialPlan, scaling_config
 from ray_pipeline.schema import ParamSpec, SchedulerConfig, TrainingParams
 from ray_pipeline.tracking import RunRef
 
@@ -96,7 +96,7 @@ class RoundSpec:
 
 def _trial_driver(config: dict[str, Any], spec: RoundSpec) -> None:
     """One trial: a TorchTrainer whose workers run the k folds; metrics flow back to Tune."""
-    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, RunConfig
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -114,16 +114,10 @@ def _trial_driver(config: dict[str, Any], spec: RoundSpec) -> None:
             "trial_key_hash": key,
         }
     )
-    plan = TrialPlan(**spec.plan)
-    per_worker = {"CPU": plan.cpus_per_worker}
-    if plan.use_gpu:
-        per_worker["GPU"] = plan.gpus_per_worker
     trainer = TorchTrainer(
         train_folds,
         train_loop_config=job.model_dump(mode="json"),
-        scaling_config=ScalingConfig(
-            num_workers=plan.workers, use_gpu=plan.use_gpu, resources_per_worker=per_worker
-        ),
+        scaling_config=scaling_config(TrialPlan(**spec.plan)),
         run_config=RunConfig(
             name=trial_name(number),
             storage_path=spec.train_dir,

@@ -1,0 +1,155 @@
+"""Export: the final model as ``transformers.pipeline`` loads it, with its card and lineage.
+
+``final/<backbone>/<variant>/``::
+
+    model/         config.json (id2label / label2id), weights, tokenizer, README.md (model card)
+    metrics.json   test metrics, epochs, resume point
+    lineage.json   source trial, hashes, data fingerprint, MLflow run ids, package versions
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from ray_pipeline import tracking
+from ray_pipeline.artifacts import write_json, write_text_atomic
+from ray_pipeline.final.results import FinalMetrics, Lineage
+from ray_pipeline.identity import data_fingerprint, stable_hash
+from ray_pipeline.schema import PipelineConfig, TrainingParams
+from ray_pipeline.variants import Variant
+
+METRICS_FILE = "metrics.json"
+LINEAGE_FILE = "lineage.json"
+EXPORT_DIR = "model"
+PIPELINE_TASKS = {
+    "sequence_classification": "text-classification",
+    "token_classification": "token-classification",
+}
+"""Our task -> the ``transformers.pipeline`` task that loads the exported model."""
+_PACKAGES = ("ray_pipeline", "ray", "torch", "transformers", "optuna", "mlflow", "pydantic")
+
+
+def package_versions() -> dict[str, str]:
+    out = {}
+    for name in _PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name.replace("_", "-"))
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def export(
+    config: PipelineConfig,
+    variant: Variant,
+    checkpoint_model: Path,
+    metrics: FinalMetrics,
+    training: TrainingParams,
+    key: dict[str, Any],
+    run: tracking.RunRef | None,
+) -> Path:
+    """Write model/ (atomically: assembled aside, then renamed), metrics.json, lineage.json;
+    log them to ``run`` and register the model when configured. Returns the model directory."""
+    from transformers import AutoConfig
+
+    labels_by_id = AutoConfig.from_pretrained(str(checkpoint_model)).id2label
+    labels = [labels_by_id[i] for i in range(len(labels_by_id))]
+    source = metrics.source
+    lineage = Lineage(
+        final_variant=variant.name,
+        final_key_hash=stable_hash(key),
+        source=source,
+        training=training,
+        data_fingerprint=data_fingerprint(config),
+        labels=labels,
+        mlflow={
+            "hpo_run_id": tracking.find_run_id(
+                config, "variant", stage="hpo", variant=source.variant
+            ),
+            "benchmark_run_id": source.benchmark_run_id,
+            "selection_run_id": source.selection_run_id,
+            "final_run_id": run.run_id if run is not None else None,
+        },
+        packages=package_versions(),
+        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
+    model_dir = variant.path / EXPORT_DIR
+    staging = variant.path / f".{EXPORT_DIR}.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(checkpoint_model, staging)
+    write_text_atomic(staging / "README.md", model_card(config, metrics, lineage))
+    shutil.rmtree(model_dir, ignore_errors=True)
+    staging.rename(model_dir)
+    write_json(variant.path / METRICS_FILE, metrics)
+    write_json(variant.path / LINEAGE_FILE, lineage)
+    if run is not None:
+        _track(config, run, variant, metrics, model_dir)
+    return model_dir
+
+
+def _track(
+    config: PipelineConfig,
+    run: tracking.RunRef,
+    variant: Variant,
+    metrics: FinalMetrics,
+    model_dir: Path,
+) -> None:
+    for record in metrics.epochs:
+        tracking.log(run, metrics={"train_loss": record.train_loss}, step=record.epoch)
+    tracking.log(run, metrics={f"test_{k}": v for k, v in metrics.test_metrics.items()})
+    for name in (METRICS_FILE, LINEAGE_FILE):
+        tracking.log_artifact(run, str(variant.path / name))
+    if config.final_training.register_model:
+        name = f"{config.experiment.name}-{variant.record.backbone}"
+        version = tracking.register_model(run, model_dir, name)
+        print(f"final {variant.name}: registered in MLflow as {name} version {version}")
+
+
+def model_card(config: PipelineConfig, metrics: FinalMetrics, lineage: Lineage) -> str:
+    """The exported model's README.md: what it is, how good, how it was chosen, how to use it."""
+    source = metrics.source
+    task = PIPELINE_TASKS[metrics.task]
+    rows = "\n".join(f"| {k} | {v:.4f} |" for k, v in metrics.test_metrics.items())
+    params = ", ".join(f"{k}={v}" for k, v in source.params.items()) or "(none searched)"
+    chosen = (
+        "the winner of best-model selection (`selection/selection.json`)"
+        if source.chosen_by == "selection"
+        else "named in `final_training.source`"
+    )
+    objective = "-" if source.objective is None else f"{source.objective:.4f}"
+    return f"""---
+pipeline_tag: {task}
+library_name: transformers
+---
+# {config.experiment.name} / {metrics.variant}
+
+A `{metrics.task}` model fine-tuned from backbone `{source.backbone}` by ray_pipeline.
+Labels: {", ".join(lineage.labels)}.
+
+## Test metrics ({metrics.test_examples} held-out examples)
+
+| metric | value |
+|---|---|
+{rows}
+
+## How it was chosen
+
+HPO variant `{source.variant}`, trial {source.trial} ({source.metric} {objective} in
+cross-validation), {chosen}; hyperparameters: {params}. Refit on all
+{metrics.train_examples} training examples for {len(metrics.epochs)} epoch(s) with
+{metrics.workers} Ray Train worker(s). Lineage (hashes, MLflow run ids, package versions):
+`../lineage.json`.
+
+## Use
+
+```python
+from transformers import pipeline
+
+classifier = pipeline("{task}", model="path/to/this/directory")
+print(classifier("..."))
+```
+"""

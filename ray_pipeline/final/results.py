@@ -1,0 +1,92 @@
+"""Final training's records: the job the workers get, their epoch state, and the files
+written next to the exported model (``metrics.json``, ``lineage.json``)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+from ray_pipeline.schema import BackboneConfig, DataConfig, Task, TrainingParams
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SourceTrial(_Record):
+    """The HPO trial a final variant refits."""
+
+    variant: str
+    backbone: str
+    trial: int
+    trial_key_hash: str
+    study_key_hash: str
+    params: dict[str, object]
+    objective: float | None
+    """Its cross-validated objective in HPO."""
+    metric: str
+    chosen_by: str
+    """``selection`` (the winner of selection.json) or ``config`` (final_training.source)."""
+    selection_cache_key: str | None = None
+    selection_run_id: str | None = None
+    benchmark_run_id: str | None = None
+
+
+class FinalJob(_Record):
+    """Everything a final-training worker needs (a plain dict across the Ray boundary)."""
+
+    variant: str
+    backbone: BackboneConfig
+    data: DataConfig
+    task: Task
+    training: TrainingParams
+    seed: int
+    attempt: str
+    """When this driver started: tells epochs trained before a resume from those after."""
+
+
+class EpochRecord(_Record):
+    epoch: int
+    train_loss: float
+    seconds: float
+    attempt: str
+
+
+class FinalState(_Record):
+    """Saved with every epoch checkpoint, so a resumed run continues after the last epoch."""
+
+    epochs: list[EpochRecord] = []
+
+    @property
+    def next_epoch(self) -> int:
+        return len(self.epochs)
+
+
+class FinalMetrics(_Record):
+    """``metrics.json``."""
+
+    variant: str
+    source: SourceTrial
+    task: Task
+    test_metrics: dict[str, float]
+    train_examples: int
+    test_examples: int
+    epochs: list[EpochRecord]
+    resumed_from_epoch: int | None
+    """The first epoch this (resumed) run trained; None when it started from scratch."""
+    workers: int
+    seconds: float
+
+
+class Lineage(_Record):
+    """``lineage.json``: where the exported model came from."""
+
+    final_variant: str
+    final_key_hash: str
+    source: SourceTrial
+    training: TrainingParams
+    data_fingerprint: str
+    labels: list[str]
+    mlflow: dict[str, str | None]
+    """Run ids: hpo variant, benchmark, selection, final."""
+    packages: dict[str, str]
+    created_at: str
