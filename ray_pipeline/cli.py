@@ -66,7 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fetch.add_argument("--deb", type=Path, help="use this r-cran-modeldata .deb instead of apt-get")
     fetch.add_argument("--force", action="store_true", help="fetch again even if present")
-    _add_config_args(sub.add_parser("report", help="leaderboard and plots"))
+    _add_config_args(
+        sub.add_parser("report", help="leaderboard, Optuna plots and selection as HTML/PNG")
+    )
     return parser
 
 
@@ -95,6 +97,11 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "data":
         data_report = inspect_data(config)
         print(data_report.model_dump_json(indent=2) if args.json else format_report(data_report))
+        return EXIT_OK
+    if args.command == "report":
+        from ray_pipeline.report import write_report
+
+        write_report(config)
         return EXIT_OK
     raise NotBuiltError(f"`ray-pipeline {args.command}` is not built yet in this version")
 

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict
 from ray_pipeline.identity import stable_hash, study_key
 from ray_pipeline.naming import VariantStage
 from ray_pipeline.paths import OutputsLayout
+from ray_pipeline.report import LeaderRow, format_leaderboard, leaderboard
 from ray_pipeline.schema import PipelineConfig
 from ray_pipeline.variants import base_name_for, list_variants
 
@@ -36,6 +37,8 @@ class StatusReport(BaseModel):
     outputs: str
     variants: list[VariantStatusRow]
     selection: str | None
+    leaderboard: list[LeaderRow]
+    latency_batch_size: int
 
 
 def collect_status(config: PipelineConfig) -> StatusReport:
@@ -68,6 +71,8 @@ def collect_status(config: PipelineConfig) -> StatusReport:
         outputs=str(layout.root),
         variants=rows,
         selection=str(selection) if selection.is_file() else None,
+        leaderboard=leaderboard(config),
+        latency_batch_size=config.selection.latency_batch_size,
     )
 
 
@@ -95,4 +100,6 @@ def format_status(report: StatusReport) -> str:
             for row in table
         ]
     lines.append(f"selection: {report.selection or '-'}")
+    if report.leaderboard:
+        lines.append(format_leaderboard(report.leaderboard, report.latency_batch_size))
     return "\n".join(lines)
