@@ -7,11 +7,17 @@ import tempfile
 from pathlib import Path
 from typing import TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ray_pipeline.errors import PipelineError
 
 M = TypeVar("M", bound=BaseModel)
+
+
+class Record(BaseModel):
+    """Base of every artifact record: unknown keys refused, immutable once made."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 def write_text_atomic(path: Path, text: str) -> None:

@@ -18,10 +18,8 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
-
 from ray_pipeline import tracking
-from ray_pipeline.artifacts import read_json, write_json
+from ray_pipeline.artifacts import Record, read_json, write_json
 from ray_pipeline.benchmark.stage import (
     VariantBest,
     read_benchmark,
@@ -36,11 +34,7 @@ from ray_pipeline.run_mode import get_run_mode
 from ray_pipeline.schema import PipelineConfig
 
 
-class _Record(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class SelectionRules(_Record):
+class SelectionRules(Record):
     """The rules in force (the selection config with the objective resolved)."""
 
     metric: str
@@ -50,7 +44,7 @@ class SelectionRules(_Record):
     latency_weight: float
 
 
-class Candidate(_Record):
+class Candidate(Record):
     """The best trial of one benchmarked variant."""
 
     backbone: str
@@ -74,7 +68,7 @@ class Candidate(_Record):
     benchmark_run_id: str | None = None
 
 
-class Scored(_Record):
+class Scored(Record):
     """A candidate's fate under the rules."""
 
     candidate: Candidate
@@ -86,7 +80,7 @@ class Scored(_Record):
     """``winner``, or why it lost."""
 
 
-class SelectionResult(_Record):
+class SelectionResult(Record):
     """``selection/selection.json``."""
 
     cache_key: str

@@ -4,17 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict
-
+from ray_pipeline.artifacts import Record
 from ray_pipeline.data.encode import Row
 from ray_pipeline.schema import BenchmarkSettings, Task
 
 
-class _Record(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class BenchmarkJob(_Record):
+class BenchmarkJob(Record):
     """One checkpoint to measure (crosses the Ray boundary as a plain dict)."""
 
     variant: str
@@ -36,7 +31,7 @@ class BenchmarkJob(_Record):
     """Label names by id, as the checkpoint's head orders them."""
 
 
-class LatencyStats(_Record):
+class LatencyStats(Record):
     """Timings of one batch size."""
 
     batch_size: int
@@ -52,7 +47,7 @@ class LatencyStats(_Record):
     """Examples per second (batch size / mean batch latency)."""
 
 
-class BenchmarkResult(_Record):
+class BenchmarkResult(Record):
     """``benchmark.json``, written atomically into the variant it measured."""
 
     variant: str

@@ -3,16 +3,13 @@ written next to the exported model (``metrics.json``, ``lineage.json``)."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import Field
 
+from ray_pipeline.artifacts import Record
 from ray_pipeline.schema import BackboneConfig, DataConfig, Task, TrainingParams
 
 
-class _Record(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class SourceTrial(_Record):
+class SourceTrial(Record):
     """The HPO trial a final variant refits."""
 
     variant: str
@@ -31,7 +28,7 @@ class SourceTrial(_Record):
     benchmark_run_id: str | None = None
 
 
-class FinalJob(_Record):
+class FinalJob(Record):
     """Everything a final-training worker needs (a plain dict across the Ray boundary)."""
 
     variant: str
@@ -44,24 +41,24 @@ class FinalJob(_Record):
     """When this driver started: tells epochs trained before a resume from those after."""
 
 
-class EpochRecord(_Record):
+class EpochRecord(Record):
     epoch: int
     train_loss: float
     seconds: float
     attempt: str
 
 
-class FinalState(_Record):
+class FinalState(Record):
     """Saved with every epoch checkpoint, so a resumed run continues after the last epoch."""
 
-    epochs: list[EpochRecord] = []
+    epochs: list[EpochRecord] = Field(default_factory=list)
 
     @property
     def next_epoch(self) -> int:
         return len(self.epochs)
 
 
-class FinalMetrics(_Record):
+class FinalMetrics(Record):
     """``metrics.json``."""
 
     variant: str
@@ -77,7 +74,7 @@ class FinalMetrics(_Record):
     seconds: float
 
 
-class Lineage(_Record):
+class Lineage(Record):
     """``lineage.json``: where the exported model came from."""
 
     final_variant: str

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import Field
+
+from ray_pipeline.artifacts import Record
 
 TrialState = Literal["COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING"]
 
 
-class _Record(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class FoldResult(_Record):
+class FoldResult(Record):
     """One fold of one trial, as the worker loop reports it."""
 
     fold: int
@@ -29,10 +27,10 @@ class FoldResult(_Record):
     """DDP workers that trained the fold."""
 
 
-class FoldState(_Record):
+class FoldState(Record):
     """The fold loop's state, saved with every fold checkpoint so a retried trial resumes."""
 
-    folds: list[FoldResult] = []
+    folds: list[FoldResult] = Field(default_factory=list)
     best_fold: int | None = None
 
     @property
@@ -40,7 +38,7 @@ class FoldState(_Record):
         return len(self.folds)
 
 
-class TrialRecord(_Record):
+class TrialRecord(Record):
     """One Optuna trial of a variant."""
 
     number: int
@@ -55,7 +53,7 @@ class TrialRecord(_Record):
     """The best fold's checkpoint directory (model + tokenizer), while it is kept."""
 
 
-class HpoResult(_Record):
+class HpoResult(Record):
     """``hpo.json``: every trial of a variant and the best one."""
 
     variant: str

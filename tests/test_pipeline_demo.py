@@ -1,0 +1,105 @@
+"""The whole pipeline as a user runs it: the reduced demo (real MiniLM, real fine-foods reviews)
+through `ray-pipeline run`, a second run that reuses every stage, the exported model in
+`transformers.pipeline`, `report` and `status`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import CONFIG_DIR
+
+pytestmark = [pytest.mark.slow, pytest.mark.demo]
+
+DEMO = CONFIG_DIR / "experiment" / "demo.yaml"
+REDUCED = (
+    "data.max_train_examples=32",
+    "data.max_test_examples=16",
+    "hpo.num_samples=2",
+    "hpo.k_folds=2",
+    "hpo.training.epochs=1",
+    "hpo.training.max_length=32",
+    "benchmark.benchmarking.iterations=3",
+    "benchmark.benchmarking.warmup_iterations=1",
+    "benchmark.benchmarking.max_length=32",
+    "final_training.epochs=1",
+    "final_training.register_model=true",
+)
+
+
+def _cli(*args: str, cwd: Path) -> tuple[int, str]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    argv = [sys.executable, "-m", "ray_pipeline", *args]
+    done = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    return done.returncode, done.stdout + done.stderr
+
+
+@pytest.mark.usefixtures("demo_data", "demo_model_available")
+def test_reduced_demo_end_to_end_then_reused(tmp_path: Path) -> None:
+    args = ("--config", str(DEMO), f"outputs_root={tmp_path / 'outputs'}", *REDUCED)
+    code, first = _cli("run", *args, cwd=tmp_path)
+    assert code == 0, first[-4000:]
+    root = tmp_path / "outputs" / "demo"
+    hpo = root / "hpo" / "minilm" / "hpo_minilm"
+    final = root / "final" / "minilm" / "final_minilm"
+    for artifact in (
+        root / "config.resolved.yaml",
+        hpo / "hpo.json",
+        hpo / "best" / "config.json",
+        hpo / "benchmark.json",
+        root / "selection" / "selection.json",
+        final / "metrics.json",
+        final / "lineage.json",
+        final / "model" / "config.json",
+        final / "model" / "README.md",
+    ):
+        assert artifact.is_file(), artifact
+    assert "registered in MLflow as demo-minilm version 1" in first
+
+    start = time.monotonic()
+    code, second = _cli("run", *args, cwd=tmp_path)
+    seconds = time.monotonic() - start
+    assert code == 0, second[-4000:]
+    assert seconds < 60, seconds
+    for line in (
+        "hpo minilm: reuse hpo_minilm; 2 of 2 trials finished, running 0",
+        "benchmark: 1 variant(s) in scope, 0 to benchmark",
+        "select: inputs unchanged, reusing",
+        "final minilm: reuse final_minilm",
+    ):
+        assert line in second
+    assert "worker group" not in second  # nothing trained
+
+    from transformers import pipeline
+
+    classify = pipeline("text-classification", model=str(final / "model"))
+    (prediction,) = classify("The coffee was rich, smooth and arrived quickly.")
+    assert prediction["label"] in {"great", "other"} and 0 <= prediction["score"] <= 1
+
+    code, out = _cli("report", *args, cwd=tmp_path)
+    assert code == 0, out[-4000:]
+    report = root / "report"
+    index = (report / "index.html").read_text()
+    rows = json.loads((report / "leaderboard.json").read_text())
+    assert [(r["variant"], r["trials"], r["selection"]) for r in rows] == [
+        ("hpo_minilm", "2/2", "winner")
+    ]
+    assert rows[0]["p95_ms"] > 0 and rows[0]["parameters"] > 20_000_000
+    import matplotlib.image
+
+    for stem in ("history", "parallel", "importances"):
+        png = report / "plots" / f"hpo_minilm_{stem}.png"
+        assert f"plots/hpo_minilm_{stem}.png" in index
+        pixels = matplotlib.image.imread(png)
+        assert pixels.shape[0] > 100 and pixels.shape[1] > 100 and pixels.std() > 0  # not blank
+        assert (report / "plots" / f"hpo_minilm_{stem}.html").stat().st_size > 1000
+    assert "wins with macro_f1" in index and "final_minilm" in index
+
+    code, status = _cli("status", *args, cwd=tmp_path)
+    assert code == 0 and "leaderboard:" in status and "hpo_minilm" in status
