@@ -5,6 +5,10 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import uuid
+from pathlib import Path
+
+from ray_pipeline.errors import ConfigError
 
 TRAIN_POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
 TRAIN_POLL_SECONDS = "0.25"
@@ -12,9 +16,9 @@ TRAIN_POLL_SECONDS = "0.25"
 report waits for it, so a short interval cuts ~1.7 s per fold (benchmarks/hpo_overhead.py)."""
 
 
-def ensure_ray() -> None:
-    """Initialise Ray unless it already is. ``ray.init()`` honours RAY_ADDRESS, and inside
-    ``ray job submit`` it attaches to the job's cluster; otherwise it starts a local one."""
+def ensure_ray(address: str | None = None) -> None:
+    """Initialise Ray unless it already is: ``address`` (``resources.address``), else
+    RAY_ADDRESS (inside ``ray job submit`` the job's cluster), else a new local cluster."""
     import ray
 
     if ray.is_initialized():
@@ -22,7 +26,7 @@ def ensure_ray() -> None:
     # A local cluster started here inherits this process's environment (a cluster started
     # with `ray start` takes it from that shell; see docs/hpo.md).
     os.environ.setdefault(TRAIN_POLL_ENV, TRAIN_POLL_SECONDS)
-    context = ray.init(log_to_driver=True)
+    context = ray.init(address=address, log_to_driver=True)
     _unwind_on_sigterm()
     resources = ray.cluster_resources()  # type: ignore[no-untyped-call]
     dashboard = getattr(context, "dashboard_url", None) or "not running"
@@ -42,3 +46,57 @@ def _unwind_on_sigterm() -> None:
     aborts the process instead; this puts ours back after it."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _interrupt)
+
+
+def unseen_by(readings: dict[str, str | None], token: str) -> list[str]:
+    """The nodes whose reading of the probe file is not ``token``."""
+    return sorted(node for node, seen in readings.items() if seen != token)
+
+
+def _read_probe(path: str) -> str | None:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return None
+
+
+def check_shared_outputs(outputs_root: Path) -> int:
+    """On a multi-node cluster, refuse an outputs path that some node cannot see (checked by
+    writing a probe file here and reading it from a task pinned to each node). Returns the
+    number of alive nodes."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = {
+        n["NodeID"]: n["NodeManagerAddress"]
+        for n in ray.nodes()  # type: ignore[no-untyped-call]
+        if n.get("Alive")
+    }
+    if len(nodes) < 2:
+        return len(nodes)
+    existing = next(p for p in (outputs_root, *outputs_root.parents) if p.is_dir())
+    token = uuid.uuid4().hex
+    probe = existing / f".ray_pipeline_probe_{token}"
+    probe.write_text(token)
+    try:
+        read = ray.remote(num_cpus=0)(_read_probe)
+        refs = {
+            node: read.options(
+                scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)
+            ).remote(str(probe))
+            for node in nodes
+        }
+        readings = dict(zip(refs, ray.get(list(refs.values()), timeout=120), strict=True))
+    finally:
+        probe.unlink(missing_ok=True)
+    blind = unseen_by(readings, token)
+    if blind:
+        where = ", ".join(f"{nodes[n]} (node {n[:8]})" for n in blind)
+        raise ConfigError.at(
+            "outputs_root",
+            f"{outputs_root} is not shared storage: {len(blind)} of {len(nodes)} nodes cannot "
+            f"see it ({where}). Point outputs_root at a filesystem every node mounts at the "
+            "same path (NFS, EFS, ...); see docs/cluster.md",
+        )
+    print(f"ray: {len(nodes)} nodes share {outputs_root}")
+    return len(nodes)

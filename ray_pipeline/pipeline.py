@@ -101,9 +101,15 @@ def run(
         )
     built = {name: factory() for name in ordered if (factory := STAGES[name]) is not None}
     if any(stage.needs_ray for stage in built.values()):
-        from ray_pipeline.cluster import ensure_ray
+        from ray_pipeline.cluster import check_shared_outputs, ensure_ray
 
-        ensure_ray()
+        ensure_ray(cfg.resources.address)
+        nodes = check_shared_outputs(cfg.outputs_root)
+        if nodes > 1 and cfg.hpo.checkpoint.storage_backend == "sqlite":
+            print(
+                "warning: Optuna's SQLite study sits on shared storage, where file locking is "
+                "unreliable; prefer hpo.checkpoint.storage_backend=journal (docs/cluster.md)"
+            )
     prepared = {name: stage.check(cfg, ordered) for name, stage in built.items()}
     print(f"config: {write_resolved_config(cfg)}")
     for name, stage in built.items():

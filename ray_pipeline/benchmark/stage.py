@@ -10,11 +10,12 @@ or when run.mode is ``force_new``. Each result is written atomically as soon as 
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ray_pipeline import tracking
+from ray_pipeline import monitoring, tracking
 from ray_pipeline.artifacts import read_json, write_json
 from ray_pipeline.benchmark.results import BenchmarkJob, BenchmarkResult
 from ray_pipeline.data.encode import Row, encode
@@ -237,9 +238,13 @@ def _fan_out(
     count = min(plan.slots, len(todo))
     print(f"benchmark: {count} actor(s) ({plan.cpus:g} CPU, {plan.gpus:g} GPU each)")
     by_variant = {t.variant.name: t for t, _ in todo}
+    # Readable, unique names in the Ray dashboard (two pipelines may benchmark at once).
+    prefix = f"benchmark-{config.experiment.name}-{os.getpid()}"
     actors = [
-        BenchmarkActor.options(num_cpus=plan.cpus, num_gpus=plan.gpus).remote()  # type: ignore[attr-defined]
-        for _ in range(count)
+        BenchmarkActor.options(  # type: ignore[attr-defined]
+            name=f"{prefix}-{i}", num_cpus=plan.cpus, num_gpus=plan.gpus
+        ).remote()
+        for i in range(count)
     ]
     results, failures = [], []
     try:
@@ -254,6 +259,8 @@ def _fan_out(
                 failures.append(str(exc).splitlines()[0])
                 continue
             result = _record(config, by_variant[result.variant], result)
+            for stats in result.latency:  # from the driver: it outlives the actors
+                monitoring.benchmark_p95(result.variant, stats.batch_size, stats.p95_ms)
             results.append(result)
             _print_result(result)
     finally:

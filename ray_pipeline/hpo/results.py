@@ -25,6 +25,8 @@ class FoldResult(Record):
     """Time spent in forward/backward/optimizer steps (excludes data, model set-up, eval)."""
     workers: int
     """DDP workers that trained the fold."""
+    node: str | None = None
+    """Ray node id of the rank-0 worker (which node trained it, on a multi-node cluster)."""
 
 
 class FoldState(Record):

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from ray.tune.search.optuna import OptunaSearch
 
-from ray_pipeline import tracking
+from ray_pipeline import monitoring, tracking
 from ray_pipeline.hpo.search_space import to_distributions
 from ray_pipeline.hpo.worker import TrialJob, train_folds
 from ray_pipeline.identity import trial_key_hash
@@ -51,6 +51,7 @@ class StudySearch(OptunaSearch):
         params = super().suggest(trial_id)
         if not isinstance(params, dict):
             return params
+        monitoring.trial_event(self._study_name, "started")
         return {**params, TRIAL_NUMBER: self._ot_trials[trial_id].number}
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
@@ -69,8 +70,14 @@ class StudySearch(OptunaSearch):
         stopped_early = (
             result is not None and result.get("folds_done", self._k_folds) < self._k_folds
         )
+        if trial_id not in self._completed_trials:
+            event: monitoring.TrialEvent = (
+                "failed" if error else "pruned" if stopped_early else "finished"
+            )
+            monitoring.trial_event(self._study_name, event)
         if error or not stopped_early or trial_id in self._completed_trials:
             super().on_trial_complete(trial_id, result, error)
+            self._report_best()
             return
         import optuna
 
@@ -83,6 +90,15 @@ class StudySearch(OptunaSearch):
         except (ValueError, RuntimeError) as exc:  # already told before a restore
             log.warning("trial %s: %s", trial_id, exc)
         self._completed_trials.add(trial_id)
+
+    def _report_best(self) -> None:
+        study = self._ot_study
+        try:
+            best = study.best_value if study is not None else None
+        except ValueError:  # no complete trial yet
+            return
+        if best is not None:
+            monitoring.best_objective(self._study_name, float(best))
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from ray_pipeline import monitoring
 from ray_pipeline.data.encode import Row, encode
 from ray_pipeline.data.examples import DatasetSplits
 from ray_pipeline.data.splits import fold_indices, load_splits
@@ -225,6 +226,7 @@ def train_folds(config: dict[str, Any]) -> None:
             seconds=time.perf_counter() - start,
             train_step_seconds=step_seconds,
             workers=fold.workers,
+            node=ray.get_runtime_context().get_node_id(),
         )
         best = state.best_fold
         if best is None or _better(job, result.objective, state.folds[best].objective):
@@ -232,4 +234,5 @@ def train_folds(config: dict[str, Any]) -> None:
         state = FoldState(folds=[*state.folds, result], best_fold=best)
         if fold.rank == 0:
             _track_fold(job, result)
+            monitoring.fold_seconds(job.variant, result.seconds)
         _report(job, state, fold, tokenizer, fold_metrics=json.dumps(metrics))

@@ -102,6 +102,9 @@ class TrackingConfig(Section):
 
 
 class ResourcesConfig(Section):
+    address: str | None = None
+    """Ray cluster to connect to (e.g. ``ray://head:10001`` or ``auto``); null: $RAY_ADDRESS
+    (set inside ``ray job submit``), else a local cluster started for this run."""
     workers_per_trial: PositiveInt = 1
     """Ray Train DDP workers per trial."""
     cpus_per_worker: float = Field(default=1.0, gt=0)

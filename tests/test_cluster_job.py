@@ -1,0 +1,194 @@
+"""A real two-node Ray cluster on this machine (`ray start --head` + `ray start --address`),
+the smoke pipeline submitted with `ray job submit`, stopped with `ray job stop` mid-HPO and
+resubmitted with resume_if_incomplete; the dashboard API and the metrics endpoints checked."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from ray_pipeline.artifacts import read_json
+from ray_pipeline.hpo.results import HpoResult
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+RAY = str(Path(sys.executable).parent / "ray")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class TwoNodes:
+    env: dict[str, str]
+    dashboard: str
+    token: str
+    metrics_ports: tuple[int, int]
+
+    def job(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        argv = [RAY, "job", *args[:1], "--address", self.dashboard, *args[1:]]
+        return subprocess.run(
+            argv, cwd=REPO, env=self.env, capture_output=True, text=True, timeout=timeout
+        )
+
+    def api(self, path: str) -> object:
+        request = urllib.request.Request(
+            f"{self.dashboard}{path}", headers={"Authorization": f"Bearer {self.token}"}
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read())
+
+    def metric_names(self) -> set[str]:
+        names = set()
+        for port in self.metrics_ports:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+                text = r.read().decode()
+            names |= {line.split("{")[0] for line in text.splitlines() if "pipeline_" in line}
+        return {n for n in names if n.startswith("ray_pipeline_")}
+
+
+@pytest.fixture(scope="module")
+def two_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TwoNodes]:
+    token = secrets.token_hex(16)
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "RAY_AUTH_MODE": "token",  # Ray >= 2.59 turns it on for local clusters anyway
+        "RAY_AUTH_TOKEN": token,
+        "HF_HUB_OFFLINE": "1",
+        "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25",
+    }
+    env.pop("RAY_ADDRESS", None)
+    gcs, dash, m1, m2 = (_free_port() for _ in range(4))
+    head = [RAY, "start", "--head", f"--port={gcs}", "--num-cpus=1", "--disable-usage-stats"]
+    head += [
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dash}",
+        f"--metrics-export-port={m1}",
+    ]
+    # One CPU per node: the two concurrent trials of the smoke search land on both nodes.
+    # The second node keeps its own temp dir: two nodes sharing one would delete each
+    # other's runtime_env files (they are separate machines in real life).
+    worker = [RAY, "start", f"--address=127.0.0.1:{gcs}", "--num-cpus=1", "--disable-usage-stats"]
+    worker += [f"--metrics-export-port={m2}", f"--temp-dir={tmp_path_factory.mktemp('node2')}"]
+    try:
+        subprocess.run(head, env=env, check=True, capture_output=True, timeout=120)
+        subprocess.run(worker, env=env, check=True, capture_output=True, timeout=120)
+        yield TwoNodes(env, f"http://127.0.0.1:{dash}", token, (m1, m2))
+    finally:
+        subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
+
+
+def _complete(db: Path) -> int:
+    try:
+        with sqlite3.connect(db) as conn:
+            return sum(s == "COMPLETE" for (s,) in conn.execute("SELECT state FROM trials"))
+    except sqlite3.Error:
+        return 0
+
+
+def _wait(two_nodes: TwoNodes, submission: str, seen: set[str], timeout: float) -> str:
+    """Poll the job's status through the dashboard API, collecting metric names meanwhile."""
+    deadline = time.monotonic() + timeout
+    status = "PENDING"
+    while time.monotonic() < deadline and status not in ("SUCCEEDED", "FAILED", "STOPPED"):
+        time.sleep(2)
+        seen |= two_nodes.metric_names()
+        info = two_nodes.api(f"/api/jobs/{submission}")
+        assert isinstance(info, dict)
+        status = str(info["status"])
+    return status
+
+
+def test_job_stopped_mid_hpo_then_resumed_on_two_nodes(two_nodes: TwoNodes, tmp_path: Path) -> None:
+    outputs = tmp_path / "shared"
+    root = outputs / "smoke"
+    variant = root / "hpo" / "tiny-bert" / "hpo_tiny-bert"
+    smoke = [
+        "--",
+        "python",
+        "-m",
+        "ray_pipeline",
+        "run",
+        "--config",
+        "config/experiment/smoke.yaml",
+    ]
+    smoke += [f"outputs_root={outputs}"]
+    clock = time.monotonic()
+
+    # Submit, stop with `ray job stop` once a trial has finished.
+    started = two_nodes.job(
+        "submit", "--working-dir", ".", "--no-wait", "--submission-id", "cut", *smoke
+    )
+    assert started.returncode == 0, started.stderr
+    seen: set[str] = set()
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and _complete(variant / "study.db") < 1:
+        seen |= two_nodes.metric_names()
+        time.sleep(1)
+    stop = two_nodes.job("stop", "cut", timeout=120)
+    assert stop.returncode == 0, stop.stderr
+    assert _wait(two_nodes, "cut", seen, 60) == "STOPPED"
+    assert _complete(variant / "study.db") < 3
+    assert json.loads((variant / "variant.json").read_text())["status"] == "failed"
+    print(f"stopped after {time.monotonic() - clock:.0f} s")
+
+    # Resubmit with resume_if_incomplete: the whole pipeline finishes, no trial runs twice.
+    resume = [*smoke, "hpo.run.mode=resume_if_incomplete"]
+    again = two_nodes.job(
+        "submit", "--working-dir", ".", "--no-wait", "--submission-id", "resumed", *resume
+    )
+    assert again.returncode == 0, again.stderr
+    status = _wait(two_nodes, "resumed", seen, 600)
+    assert status == "SUCCEEDED", two_nodes.job("logs", "resumed").stdout[-3000:]
+    print(f"resumed run done after {time.monotonic() - clock:.0f} s")
+    logs = two_nodes.job("logs", "resumed").stdout
+    assert "ray: 2 nodes share" in logs and "resuming hpo_tiny-bert" in logs
+    with sqlite3.connect(variant / "study.db") as conn:
+        states = [s for (s,) in conn.execute("SELECT state FROM trials")]
+    assert states.count("COMPLETE") == 3 and "RUNNING" not in states
+    hpo = read_json(variant / "hpo.json", HpoResult)
+    assert len([t for t in hpo.trials if t.state == "COMPLETE"]) == 3
+    nodes = {f.node for t in hpo.trials for f in t.folds}
+    assert len(nodes) == 2, nodes  # trials trained on both nodes
+    for artifact in (
+        "hpo/tiny-bert/hpo_tiny-bert/benchmark.json",
+        "hpo/tiny-bert/hpo_tiny-bert/tune/round_1",
+        "selection/selection.json",
+        "final/tiny-bert/final_tiny-bert/model/config.json",
+        "final/tiny-bert/final_tiny-bert/checkpoints",
+        "mlflow.db",
+    ):
+        assert (root / artifact).exists(), artifact  # all in the shared outputs path
+
+    jobs = two_nodes.api("/api/jobs/")
+    assert isinstance(jobs, list)
+    statuses = {(j["submission_id"], j["status"]) for j in jobs}
+    assert {("cut", "STOPPED"), ("resumed", "SUCCEEDED")} <= statuses
+    listing = two_nodes.api("/api/v0/actors?limit=500&detail=false")
+    assert isinstance(listing, dict)
+    actors = listing["data"]["result"]["result"]
+    names = {(a["class_name"], a.get("name") or "") for a in actors}
+    assert any(c == "BenchmarkActor" and n.startswith("benchmark-smoke-") for c, n in names)
+    assert {"TrainController", "RayTrainWorker"} <= {c for c, _ in names}
+    assert {
+        "ray_pipeline_trials_total",
+        "ray_pipeline_fold_seconds_bucket",
+        "ray_pipeline_best_objective",
+        "ray_pipeline_benchmark_p95_ms",
+    } <= seen, seen
