@@ -7,7 +7,7 @@ The public API mirrors the CLI::
     ray_pipeline.run(cfg, stages=["hpo"])
 """
 
-from ray_pipeline.errors import ConfigError, NotBuiltError, PipelineError
+from ray_pipeline.errors import ConfigError, PipelineError
 from ray_pipeline.loading import load_config
 from ray_pipeline.pipeline import STAGE_ORDER, run
 from ray_pipeline.run_mode import RunMode, get_run_mode
@@ -18,7 +18,6 @@ __version__ = "0.1.0"
 __all__ = [
     "STAGE_ORDER",
     "ConfigError",
-    "NotBuiltError",
     "PipelineConfig",
     "PipelineError",
     "RunMode",

@@ -15,7 +15,7 @@ import yaml
 from ray_pipeline import pipeline
 from ray_pipeline.data.demo import fetch_demo_data
 from ray_pipeline.data.inspect import format_report, inspect_data
-from ray_pipeline.errors import EXIT_INTERRUPTED, EXIT_OK, NotBuiltError, PipelineError
+from ray_pipeline.errors import EXIT_INTERRUPTED, EXIT_OK, PipelineError
 from ray_pipeline.loading import default_config_path, load_config
 from ray_pipeline.status import collect_status, format_status
 
@@ -103,7 +103,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         write_report(config)
         return EXIT_OK
-    raise NotBuiltError(f"`ray-pipeline {args.command}` is not built yet in this version")
+    raise PipelineError(f"unknown command {args.command!r}")  # argparse allows no other
 
 
 def main(argv: Sequence[str] | None = None) -> int:

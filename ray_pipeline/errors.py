@@ -59,7 +59,3 @@ class ConfigError(PipelineError):
             return lines[0]
         head = self.header or f"{len(lines)} problems"
         return "\n".join([head + ":", *("  - " + line for line in lines)])
-
-
-class NotBuiltError(PipelineError):
-    """A stage or command whose implementation has not landed yet (exit 1)."""

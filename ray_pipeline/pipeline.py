@@ -4,8 +4,7 @@
 
 A stage is a ``check`` (every input problem, before anything is written: exit 2) and a
 ``run`` that takes what ``check`` prepared. All requested stages are checked first; then the
-resolved config is written and the stages run in order. A stage not built yet is ``None``
-and stops the run with exit 1 before anything is written.
+resolved config is written and the stages run in order.
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ from typing import Any
 import yaml
 
 from ray_pipeline.artifacts import write_text_atomic
-from ray_pipeline.errors import ConfigError, NotBuiltError
+from ray_pipeline.errors import ConfigError
 from ray_pipeline.loading import load_config
 from ray_pipeline.paths import OutputsLayout
 from ray_pipeline.schema import PipelineConfig
@@ -59,7 +58,7 @@ def _final() -> Stage:
 
 
 STAGE_ORDER: tuple[str, ...] = ("hpo", "benchmark", "select", "final")
-STAGES: dict[str, Callable[[], Stage] | None] = {
+STAGES: dict[str, Callable[[], Stage]] = {
     "hpo": _hpo,
     "benchmark": _benchmark,
     "select": _select,
@@ -93,13 +92,7 @@ def run(
     """Run ``stages`` (in pipeline order) of an experiment given as a config or a file path."""
     cfg = config if isinstance(config, PipelineConfig) else load_config(config, tuple(overrides))
     ordered = parse_stages(",".join(stages))
-    missing = [s for s in ordered if STAGES[s] is None]
-    if missing:
-        raise NotBuiltError(
-            f"stage(s) {', '.join(missing)} not built yet in this version of ray_pipeline; "
-            "the configuration is valid (see `ray-pipeline validate`)"
-        )
-    built = {name: factory() for name in ordered if (factory := STAGES[name]) is not None}
+    built = {name: STAGES[name]() for name in ordered}
     if any(stage.needs_ray for stage in built.values()):
         from ray_pipeline.cluster import check_shared_outputs, ensure_ray
 

@@ -53,21 +53,6 @@ def test_three_problems_exit_2_and_write_nothing(
     assert not (tmp_path / "outputs").exists()
 
 
-def test_unbuilt_stages_exit_1_and_write_nothing(
-    smoke_experiment: MakeExp, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    path = str(smoke_experiment())
-    for argv in (
-        ["run"],
-        ["train"],
-        ["report"],
-        ["run", "--stages", "final"],
-    ):
-        assert main([*argv, "--config", path]) == 1, argv
-        assert "not built yet" in capsys.readouterr().err
-    assert not (tmp_path / "outputs").exists()
-
-
 def test_unknown_stage_exits_2(
     smoke_experiment: MakeExp, capsys: pytest.CaptureFixture[str]
 ) -> None:

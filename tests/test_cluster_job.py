@@ -4,9 +4,11 @@ resubmitted with resume_if_incomplete; the dashboard API and the metrics endpoin
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -62,6 +64,21 @@ class TwoNodes:
         return {n for n in names if n.startswith("ray_pipeline_")}
 
 
+def _kill_processes_under(directory: Path) -> None:
+    """Kill every process whose command line names ``directory`` (this cluster's temp dir):
+    `ray stop` would stop every Ray on the machine, other tests' included."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if str(directory) in cmdline:
+            with contextlib.suppress(OSError):
+                os.kill(int(proc.name), signal.SIGKILL)
+
+
 @pytest.fixture(scope="module")
 def two_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TwoNodes]:
     token = secrets.token_hex(16)
@@ -75,23 +92,49 @@ def two_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TwoNodes]:
     }
     env.pop("RAY_ADDRESS", None)
     gcs, dash, m1, m2 = (_free_port() for _ in range(4))
-    head = [RAY, "start", "--head", f"--port={gcs}", "--num-cpus=1", "--disable-usage-stats"]
+    # Each node has its own temp dir: nothing is left in /tmp/ray for a later ray.init() to
+    # find, two nodes on one machine do not delete each other's runtime_env files, and the
+    # teardown can stop exactly this cluster. One CPU per node: the smoke search's two
+    # concurrent trials land on both nodes.
+    head_dir, node_dir = tmp_path_factory.mktemp("head"), tmp_path_factory.mktemp("node2")
+    head = [RAY, "start", "--head", "--block", f"--port={gcs}", "--num-cpus=1"]
     head += [
         "--dashboard-host=127.0.0.1",
         f"--dashboard-port={dash}",
         f"--metrics-export-port={m1}",
     ]
-    # One CPU per node: the two concurrent trials of the smoke search land on both nodes.
-    # The second node keeps its own temp dir: two nodes sharing one would delete each
-    # other's runtime_env files (they are separate machines in real life).
-    worker = [RAY, "start", f"--address=127.0.0.1:{gcs}", "--num-cpus=1", "--disable-usage-stats"]
-    worker += [f"--metrics-export-port={m2}", f"--temp-dir={tmp_path_factory.mktemp('node2')}"]
+    worker = [RAY, "start", "--block", f"--address=127.0.0.1:{gcs}", "--num-cpus=1"]
+    worker += [f"--metrics-export-port={m2}"]
+    nodes = TwoNodes(env, f"http://127.0.0.1:{dash}", token, (m1, m2))
+    started = []
     try:
-        subprocess.run(head, env=env, check=True, capture_output=True, timeout=120)
-        subprocess.run(worker, env=env, check=True, capture_output=True, timeout=120)
-        yield TwoNodes(env, f"http://127.0.0.1:{dash}", token, (m1, m2))
+        for argv, temp in ((head, head_dir), (worker, node_dir)):
+            argv += [f"--temp-dir={temp}", "--disable-usage-stats"]
+            log = (temp / "start.log").open("wb")
+            started.append(
+                subprocess.Popen(argv, env=env, stdout=log, stderr=log, start_new_session=True)
+            )
+            _wait_for_nodes(nodes, len(started), temp / "start.log")
+        yield nodes
     finally:
-        subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        for process in started:
+            with contextlib.suppress(OSError):
+                os.killpg(process.pid, signal.SIGKILL)
+        for temp in (head_dir, node_dir):
+            _kill_processes_under(temp)
+
+
+def _wait_for_nodes(nodes: TwoNodes, count: int, log: Path) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError, ValueError):
+            listing = nodes.api("/api/v0/nodes?limit=10&detail=false")
+            assert isinstance(listing, dict)
+            alive = [n for n in listing["data"]["result"]["result"] if n["state"] == "ALIVE"]
+            if len(alive) >= count:
+                return
+        time.sleep(1)
+    raise AssertionError(f"Ray node {count} did not start: {log.read_text()[-2000:]}")
 
 
 def _complete(db: Path) -> int:
