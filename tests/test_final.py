@@ -24,6 +24,7 @@ MakeExp = Callable[..., Path]
 pytestmark = pytest.mark.slow
 
 
+@pytest.mark.usefixtures("ray_cluster")  # `train` checks run on Ray: keep it managed
 def test_train_without_selection_or_source_exits_2_and_writes_nothing(
     smoke_experiment: MakeExp, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
