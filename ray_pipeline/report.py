@@ -27,7 +27,7 @@ from ray_pipeline.hpo.study import study_storage
 from ray_pipeline.paths import OutputsLayout
 from ray_pipeline.schema import PipelineConfig
 from ray_pipeline.selection import SelectionResult
-from ray_pipeline.variants import Variant, base_name_for, list_variants
+from ray_pipeline.variants import Variant, experiment_variants
 
 REPORT_DIR = "report"
 PLOTS = {
@@ -60,17 +60,6 @@ class LeaderRow(BaseModel):
     """``winner``, ``rank N``, or ``-``."""
 
 
-def _hpo_variants(config: PipelineConfig) -> list[Variant]:
-    layout = OutputsLayout(config.outputs_root, config.experiment.name)
-    return [
-        v
-        for b in config.model.backbones
-        for v in list_variants(
-            layout.stage_dir("hpo", b.name), base_name_for(config, "hpo", b.name)
-        )
-    ]
-
-
 def _selection(config: PipelineConfig) -> SelectionResult | None:
     path = OutputsLayout(config.outputs_root, config.experiment.name).selection_file
     return read_json(path, SelectionResult) if path.is_file() else None
@@ -82,7 +71,7 @@ def leaderboard(config: PipelineConfig) -> list[LeaderRow]:
     ranks = {s.candidate.variant: s.rank for s in selection.candidates} if selection else {}
     batch = config.selection.latency_batch_size
     rows = []
-    for variant in _hpo_variants(config):
+    for variant in experiment_variants(config, "hpo"):
         hpo_file = variant.path / HPO_FILE
         hpo = read_json(hpo_file, HpoResult) if hpo_file.is_file() else None
         bench_file = variant.path / config.benchmark.output.filename
@@ -214,7 +203,7 @@ def write_report(config: PipelineConfig) -> Path:
         + "</p>"
     )
     sections.append(_final_section(config))
-    for variant in _hpo_variants(config):
+    for variant in experiment_variants(config, "hpo"):
         if not (variant.path / HPO_FILE).is_file():
             continue
         print(f"report: plotting {variant.name}")

@@ -11,7 +11,7 @@ from ray_pipeline.naming import VariantStage
 from ray_pipeline.paths import OutputsLayout
 from ray_pipeline.report import LeaderRow, format_leaderboard, leaderboard
 from ray_pipeline.schema import PipelineConfig
-from ray_pipeline.variants import base_name_for, list_variants
+from ray_pipeline.variants import backbone_variants
 
 _HASH_SHOWN = 12
 
@@ -49,8 +49,7 @@ def collect_status(config: PipelineConfig) -> StatusReport:
     for backbone in config.model.backbones:
         current = stable_hash(study_key(config, backbone))
         for stage in get_args(VariantStage):
-            base = base_name_for(config, stage, backbone.name)
-            for variant in list_variants(layout.stage_dir(stage, backbone.name), base):
+            for variant in backbone_variants(config, stage, backbone.name):
                 rec = variant.record
                 rows.append(
                     VariantStatusRow(

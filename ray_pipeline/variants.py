@@ -24,6 +24,7 @@ from ray_pipeline.artifacts import read_json, write_json
 from ray_pipeline.errors import ConfigError, PipelineError
 from ray_pipeline.identity import changed_keys, stable_hash
 from ray_pipeline.naming import VariantStage, variant_base_name, variant_name, variant_number
+from ray_pipeline.paths import OutputsLayout
 from ray_pipeline.run_mode import RunMode
 from ray_pipeline.schema import PipelineConfig
 
@@ -96,6 +97,17 @@ def list_variants(stage_dir: Path, base: str) -> list[Variant]:
             continue
         found.append((number, Variant(child, read_json(child / VARIANT_FILE, VariantRecord))))
     return [v for _, v in sorted(found, key=lambda item: item[0])]
+
+
+def backbone_variants(config: PipelineConfig, stage: VariantStage, backbone: str) -> list[Variant]:
+    """The variants of ``stage`` for ``backbone`` in this experiment's outputs, oldest first."""
+    layout = OutputsLayout(config.outputs_root, config.experiment.name)
+    return list_variants(layout.stage_dir(stage, backbone), base_name_for(config, stage, backbone))
+
+
+def experiment_variants(config: PipelineConfig, stage: VariantStage) -> list[Variant]:
+    """The variants of ``stage`` of every configured backbone (backbone by backbone)."""
+    return [v for b in config.model.backbones for v in backbone_variants(config, stage, b.name)]
 
 
 def _highest_number(stage_dir: Path, base: str) -> int:

@@ -25,11 +25,10 @@ from ray_pipeline.errors import ConfigError, PipelineError
 from ray_pipeline.hpo.results import HpoResult
 from ray_pipeline.hpo.stage import HPO_FILE
 from ray_pipeline.identity import benchmark_key, stable_hash
-from ray_pipeline.paths import OutputsLayout
 from ray_pipeline.resources import Node, cluster_nodes
 from ray_pipeline.run_mode import benchmark_run_mode
 from ray_pipeline.schema import BenchmarkSettings, PipelineConfig
-from ray_pipeline.variants import Variant, base_name_for, list_variants
+from ray_pipeline.variants import Variant, backbone_variants
 
 
 @dataclass(frozen=True)
@@ -66,7 +65,6 @@ class BenchmarkInputs:
 def variants_in_scope(config: PipelineConfig) -> tuple[list[VariantBest], list[str]]:
     """The variants whose best trial the strategy covers, and a note on each one left out."""
     settings = config.benchmark.benchmarking
-    layout = OutputsLayout(config.outputs_root, config.experiment.name)
     latest_only = (
         not settings.benchmark_all_variants or settings.benchmark_strategy == "latest_only"
     )
@@ -74,9 +72,7 @@ def variants_in_scope(config: PipelineConfig) -> tuple[list[VariantBest], list[s
     notes: list[str] = []
     for backbone in config.model.backbones:
         usable: list[VariantBest] = []
-        for variant in list_variants(
-            layout.stage_dir("hpo", backbone.name), base_name_for(config, "hpo", backbone.name)
-        ):
+        for variant in backbone_variants(config, "hpo", backbone.name):
             hpo_file = variant.path / HPO_FILE
             if not variant.complete or not hpo_file.is_file():
                 notes.append(f"{variant.name}: {variant.record.status}, not a candidate")

@@ -29,7 +29,13 @@ from ray_pipeline.resources import TrialPlan, cluster_nodes, plan_trials, scalin
 from ray_pipeline.run_mode import get_run_mode
 from ray_pipeline.schema import BackboneConfig, PipelineConfig, TrainingParams
 from ray_pipeline.selection import SelectionResult
-from ray_pipeline.variants import Variant, base_name_for, list_variants, resolve_variant, set_status
+from ray_pipeline.variants import (
+    Variant,
+    base_name_for,
+    experiment_variants,
+    resolve_variant,
+    set_status,
+)
 
 CHECKPOINTS_DIR = "checkpoints"
 
@@ -46,18 +52,14 @@ def check_final(config: PipelineConfig, stages: Sequence[str]) -> TrialPlan:
 
 
 def _hpo_variant(config: PipelineConfig, name: str) -> Variant:
-    existing = []
-    for backbone in config.model.backbones:
-        layout = OutputsLayout(config.outputs_root, config.experiment.name)
-        for variant in list_variants(
-            layout.stage_dir("hpo", backbone.name), base_name_for(config, "hpo", backbone.name)
-        ):
-            if variant.name == name:
-                return variant
-            existing.append(variant.name)
+    existing = experiment_variants(config, "hpo")
+    names = ", ".join(v.name for v in existing) or "none"
+    for variant in existing:
+        if variant.name == name:
+            return variant
     raise ConfigError.at(
         "final_training.source.variant",
-        f"no HPO variant {name!r} in this experiment (existing: {', '.join(existing) or 'none'})",
+        f"no HPO variant {name!r} in this experiment (existing: {names})",
     )
 
 
