@@ -34,6 +34,11 @@ class TrialPlan:
     cpus_per_worker: float
     gpus_per_worker: float
     max_concurrent_trials: int
+    max_failures: int = 0
+    """Retries per trial, worker group or benchmark actor (``resources.max_failures``)."""
+    in_process: bool = False
+    """A trial trains inside its Tune trial (one worker, trial_backend auto), not in a Ray
+    Train worker group."""
 
     @property
     def use_gpu(self) -> bool:
@@ -87,7 +92,14 @@ def plan_trials(config: ResourcesConfig, nodes: Sequence[Node]) -> TrialPlan:
         )
     fits = capacity // workers
     wanted = config.max_concurrent_trials or fits
-    return TrialPlan(workers, cpw, gpw, max(1, min(wanted, fits)))
+    return TrialPlan(
+        workers,
+        cpw,
+        gpw,
+        max(1, min(wanted, fits)),
+        max_failures=config.max_failures,
+        in_process=workers == 1 and config.trial_backend == "auto",
+    )
 
 
 def cluster_nodes() -> list[Node]:

@@ -34,6 +34,17 @@ def batches(
         yield {k: v.to(device) for k, v in batch.items()} if device is not None else batch
 
 
+def shard(indices: Sequence[int], rank: int, world: int) -> list[int]:
+    """This rank's share of ``indices``, padded by wrap-around so every rank has the same count
+    and so runs the same number of steps (unequal step counts leave DDP waiting on an
+    all-reduce for good). With one worker: every index, in order."""
+    if world == 1:
+        return list(indices)
+    total = math.ceil(len(indices) / world) * world
+    padded = [*indices, *indices[: total - len(indices)]]
+    return padded[rank::world]
+
+
 def make_optimizer(
     model: torch.nn.Module, params: TrainingParams, total_steps: int
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:

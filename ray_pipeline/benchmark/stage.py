@@ -236,9 +236,14 @@ def _fan_out(
     by_variant = {t.variant.name: t for t, _ in todo}
     # Readable, unique names in the Ray dashboard (two pipelines may benchmark at once).
     prefix = f"benchmark-{config.experiment.name}-{os.getpid()}"
+    retries = config.resources.max_failures  # a lost actor restarts; its job runs again
     actors = [
         BenchmarkActor.options(  # type: ignore[attr-defined]
-            name=f"{prefix}-{i}", num_cpus=plan.cpus, num_gpus=plan.gpus
+            name=f"{prefix}-{i}",
+            num_cpus=plan.cpus,
+            num_gpus=plan.gpus,
+            max_restarts=retries,
+            max_task_retries=retries,
         ).remote()
         for i in range(count)
     ]

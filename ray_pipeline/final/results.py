@@ -70,6 +70,8 @@ class FinalMetrics(Record):
     epochs: list[EpochRecord]
     resumed_from_epoch: int | None
     """The first epoch this (resumed) run trained; None when it started from scratch."""
+    failures: list[str] = Field(default_factory=list)
+    """The cause of each worker-group failure Ray Train recovered from (resources.max_failures)."""
     workers: int
     seconds: float
 

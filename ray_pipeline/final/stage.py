@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ray_pipeline import tracking
+from ray_pipeline import faults, tracking
 from ray_pipeline.artifacts import read_json
 from ray_pipeline.data.splits import load_splits
 from ray_pipeline.errors import ConfigError, PipelineError
@@ -187,6 +187,7 @@ def _train_and_export(
     from ray.train.torch import TorchTrainer
 
     started = datetime.now(timezone.utc)
+    failure_log = variant.path / faults.FAILURE_LOG
     job = FinalJob(
         variant=variant.name,
         backbone=backbone,
@@ -204,6 +205,17 @@ def _train_and_export(
             name=CHECKPOINTS_DIR,
             storage_path=str(variant.path),
             checkpoint_config=CheckpointConfig(num_to_keep=config.final_training.keep_checkpoints),
+            # A lost worker or node: the worker group restarts from the last epoch checkpoint.
+            failure_config=faults.train_failure_config(plan.max_failures),
+            callbacks=[
+                faults.train_failure_callback(
+                    failure_log,
+                    None,
+                    f"final {variant.name}",
+                    f"Ray Train retries from the last epoch checkpoint "
+                    f"(resources.max_failures={plan.max_failures})",
+                )
+            ],
         ),
     )
     result = trainer.fit()
@@ -225,6 +237,7 @@ def _train_and_export(
         test_examples=len(splits.test),
         epochs=[],
         resumed_from_epoch=start or None,
+        failures=[f.cause for f in faults.read_failures(failure_log)],
         workers=plan.workers,
         seconds=(datetime.now(timezone.utc) - started).total_seconds(),
     )

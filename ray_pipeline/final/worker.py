@@ -14,7 +14,7 @@ from ray_pipeline.data.encode import encode
 from ray_pipeline.data.splits import load_splits
 from ray_pipeline.final.results import EpochRecord, FinalJob, FinalState
 from ray_pipeline.models import build_model, load_tokenizer
-from ray_pipeline.training import batches, evaluate, make_optimizer, train_epoch
+from ray_pipeline.training import batches, evaluate, make_optimizer, shard, train_epoch
 
 if TYPE_CHECKING:
     import torch
@@ -93,17 +93,19 @@ def train_final(config: dict[str, Any]) -> None:
     pad_id = int(tokenizer.pad_token_id or 0)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    shard = rows[rank::world]
+    own = shard(range(len(rows)), rank, world)  # every rank the same number of steps
+    train_rows = [rows[i] for i in own]
     model = build_model(job.backbone, job.task, splits.labels, seed=job.seed)
     device = ray.train.torch.get_device()
     ddp = ray.train.torch.prepare_model(model)
-    optimizer, scheduler = make_optimizer(ddp, p, p.epochs * math.ceil(len(shard) / p.batch_size))
+    steps = p.epochs * math.ceil(len(train_rows) / p.batch_size)
+    optimizer, scheduler = make_optimizer(ddp, p, steps)
     state = _restore(model, optimizer, scheduler, device)
     start = state.next_epoch
     if start:
         print(f"final {job.variant}: resuming after epoch {start} of {p.epochs}")
     for epoch in range(start, p.epochs):
-        data = batches(shard, p.batch_size, pad_id, job.seed * 10_007 + epoch, device)
+        data = batches(train_rows, p.batch_size, pad_id, job.seed * 10_007 + epoch, device)
         begin = time.perf_counter()
         loss = train_epoch(ddp, data, optimizer, scheduler)
         record = EpochRecord(

@@ -8,6 +8,9 @@ from pydantic import Field
 
 from ray_pipeline.artifacts import Record
 
+CHECKPOINT_KEY = "checkpoint"
+"""In a trial's outcome (its last Tune metrics): the path of the trial's last checkpoint."""
+
 TrialState = Literal["COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING"]
 
 
@@ -27,13 +30,31 @@ class FoldResult(Record):
     """DDP workers that trained the fold."""
     node: str | None = None
     """Ray node id of the rank-0 worker (which node trained it, on a multi-node cluster)."""
+    gpu_ids: list[str] = Field(default_factory=list)
+    """The GPUs Ray gave the rank-0 worker (several trials may share one: fractional GPUs)."""
+
+
+class FoldProgress(Record):
+    """The fold in progress, as of its last epoch checkpoint."""
+
+    fold: int
+    epochs_done: int = 0
+    losses: list[float] = Field(default_factory=list)
+    step_seconds: float = 0.0
+    seconds: float = 0.0
+    """Wall time of the fold so far, over every attempt."""
 
 
 class FoldState(Record):
-    """The fold loop's state, saved with every fold checkpoint so a retried trial resumes."""
+    """The fold loop's state, saved with every checkpoint so a retried trial resumes after its
+    last finished fold, or inside a fold after its last checkpointed epoch."""
 
     folds: list[FoldResult] = Field(default_factory=list)
     best_fold: int | None = None
+    current: FoldProgress | None = None
+    """The fold being trained (epoch checkpoints only)."""
+    resumes: list[str] = Field(default_factory=list)
+    """Where each retry of the trial picked up, e.g. ``fold 1 epoch 2``."""
 
     @property
     def next_fold(self) -> int:
@@ -52,7 +73,12 @@ class TrialRecord(Record):
     trial_key_hash: str
     best_fold: int | None = None
     checkpoint: str | None = None
-    """The best fold's checkpoint directory (model + tokenizer), while it is kept."""
+    """The trial's last checkpoint (its ``model/`` is the best fold's), while it is kept;
+    ``<variant>/best`` for the best trial once the variant is complete."""
+    resumes: list[str] = Field(default_factory=list)
+    """Where each retry picked up (see FoldState.resumes): finished folds are not retrained."""
+    failures: list[str] = Field(default_factory=list)
+    """The cause of each failed attempt that was retried (or was the last)."""
 
 
 class HpoResult(Record):

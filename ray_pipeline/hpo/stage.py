@@ -14,11 +14,11 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from ray_pipeline import tracking
+from ray_pipeline import faults, tracking
 from ray_pipeline.artifacts import read_json, write_json
 from ray_pipeline.data.splits import check_foldable, load_splits
 from ray_pipeline.errors import PipelineError
-from ray_pipeline.hpo.results import FoldState, HpoResult, TrialRecord
+from ray_pipeline.hpo.results import CHECKPOINT_KEY, FoldState, HpoResult, TrialRecord
 from ray_pipeline.hpo.study import count_finished, fail_running, load_study, study_storage
 from ray_pipeline.hpo.worker import MODEL_DIR, TrialJob
 from ray_pipeline.identity import stable_hash, study_key, trial_key_hash
@@ -70,6 +70,7 @@ def _job(
         metric=hpo.objective.metric,
         direction=hpo.objective.direction,
         report_every_epoch=hpo.report_every_epoch,
+        every_epoch=hpo.checkpoint.every_epoch,
     )
 
 
@@ -149,11 +150,12 @@ def _run_rounds(
 
     variant, hpo, backbone = decision.variant, config.hpo, job.backbone
     train_dir = variant.path / TRAIN_DIR
+    failure_log = variant.path / faults.FAILURE_LOG
     outcomes: dict[int, dict[str, Any]] = {}
     rounds = _rounds(variant)
     if decision.action == "resume" and rounds:
         print(f"hpo {backbone.name}: resuming {variant.name} ({rounds[-1].name})")
-        grid = tuning.restore_round(rounds[-1], job, plan, train_dir)
+        grid = tuning.restore_round(rounds[-1], job, plan, train_dir, failure_log)
         outcomes |= tuning.round_results(grid) if grid is not None else {}
     stale = fail_running(study)
     if stale:
@@ -177,6 +179,7 @@ def _run_rounds(
             sampler=hpo.sampler,
             num_samples=missing,
             train_dir=train_dir,
+            failure_log=failure_log,
         )
         outcomes |= tuning.round_results(grid)
         fail_running(study)
@@ -198,6 +201,9 @@ def _track_variant(parent: RunRef, result: HpoResult, config_file: Path, hpo_fil
         tracking.set_tags(
             parent, best_trial=result.best.number, best_trial_key_hash=result.best.trial_key_hash
         )
+    for trial in result.trials:
+        if trial.resumes or trial.failures:
+            tracking.note_retries(parent, trial.number, trial.failures, trial.resumes)
     for path in (config_file, hpo_file):
         if path.is_file():
             tracking.log_artifact(parent, str(path))
@@ -219,14 +225,21 @@ def _collect(
     key: dict[str, Any],
 ) -> HpoResult:
     study_hash = stable_hash(key)
+    failures: dict[int, list[str]] = {}
+    for failure in faults.read_failures(variant.path / faults.FAILURE_LOG):
+        failures.setdefault(failure.trial if failure.trial is not None else -1, []).append(
+            f"{failure.source}: {failure.cause}"
+        )
     trials = []
     for frozen in study.get_trials(deepcopy=False):
         outcome = outcomes.get(frozen.number)
+        old = previous.get(frozen.number)
+        checkpoint = old.checkpoint if old is not None else None
         if outcome is not None and "fold_state" in outcome:
             state = FoldState.model_validate_json(outcome["fold_state"])
-        elif frozen.number in previous:
-            old = previous[frozen.number]
-            state = FoldState(folds=old.folds, best_fold=old.best_fold)
+            checkpoint = outcome.get(CHECKPOINT_KEY, checkpoint)
+        elif old is not None:
+            state = FoldState(folds=old.folds, best_fold=old.best_fold, resumes=old.resumes)
         else:
             state = FoldState()
         values = [f.objective for f in state.folds]
@@ -240,6 +253,9 @@ def _collect(
                 folds=state.folds,
                 trial_key_hash=trial_key_hash(study_hash, dict(frozen.params)),
                 best_fold=state.best_fold,
+                checkpoint=checkpoint,
+                resumes=state.resumes,
+                failures=failures.get(frozen.number, []),
             )
         )
     complete = [t for t in trials if t.state == "COMPLETE" and t.objective_mean is not None]
@@ -260,27 +276,30 @@ def _collect(
 
 
 def _keep_best(result: HpoResult, variant: Variant, train_dir: Path, only_best: bool) -> HpoResult:
-    """Copy the best trial's best-fold model to ``<variant>/best``; drop other checkpoints."""
-    from ray_pipeline.hpo.tuning import trial_name
-
+    """Copy the best trial's best-fold model (in its last checkpoint) to ``<variant>/best``;
+    with ``only_best``, drop every trial's checkpoint."""
     best_dir = variant.path / BEST_DIR
     best = result.best
-    if best is not None and best.best_fold is not None:
-        source = train_dir / trial_name(best.number) / f"fold_{best.best_fold}" / MODEL_DIR
+    if best is not None and best.checkpoint is not None and Path(best.checkpoint) != best_dir:
+        source = Path(best.checkpoint) / MODEL_DIR
         if source.is_dir():
             staging = variant.path / f".{BEST_DIR}.tmp"
             shutil.rmtree(staging, ignore_errors=True)
             shutil.copytree(source, staging)
             shutil.rmtree(best_dir, ignore_errors=True)
             staging.rename(best_dir)
-    if only_best and train_dir.is_dir():
-        shutil.rmtree(train_dir)  # every kept model now lives in <variant>/best
-    trials = [
-        t.model_copy(update={"checkpoint": str(best_dir)})
-        if best is not None and t.number == best.number and best_dir.is_dir()
-        else t
-        for t in result.trials
-    ]
+    if only_best:
+        for trial in result.trials:
+            if trial.checkpoint is not None and Path(trial.checkpoint) != best_dir:
+                shutil.rmtree(trial.checkpoint, ignore_errors=True)
+        shutil.rmtree(train_dir, ignore_errors=True)  # every kept model now lives in best/
+
+    def kept(trial: TrialRecord) -> str | None:
+        if best is not None and trial.number == best.number and best_dir.is_dir():
+            return str(best_dir)
+        return None if only_best else trial.checkpoint
+
+    trials = [t.model_copy(update={"checkpoint": kept(t)}) for t in result.trials]
     best_record = next((t for t in trials if best is not None and t.number == best.number), None)
     return result.model_copy(
         update={
@@ -298,4 +317,6 @@ def _print_summary(result: HpoResult) -> None:
         std = "" if t.objective_std is None else f" ± {t.objective_std:.4f}"
         folds = ", ".join(f"{f.objective:.3f}" for f in t.folds)
         mark = "  <- best" if result.best is not None and t.number == result.best.number else ""
+        if t.resumes:
+            mark += f"  (retried: resumed at {', '.join(t.resumes)})"
         print(f"  trial {t.number:>3} {t.state:<8} {result.metric} {mean}{std}  [{folds}]{mark}")

@@ -1,29 +1,37 @@
-"""Ray Tune: the trial driver (one TorchTrainer per trial) and the Tuner around it.
+"""Ray Tune: the trial (the fold loop in-process, or one TorchTrainer) and the Tuner around it.
 
 The only module that imports ``ray.tune``. A trial's hyperparameters come from Optuna through
 ``OptunaSearch`` over the variant's persisted study, so finished trials of earlier runs inform
-the sampler. Names are deterministic: trial ``n`` of the study is ``trial_<n>`` in the Tune
-experiment and its Train run, so a restored trial finds its own fold checkpoints.
+the sampler. A one-worker trial runs the fold loop inside its Tune trial (``TuneSession``), in a
+process Tune reuses for the next trial; a multi-worker trial drives one Ray Train worker group.
+Names are deterministic: trial ``n`` of the study is ``trial_<n>`` in the Tune experiment and
+its Train run, so a restored trial finds its own checkpoints. Lost trials are retried
+(``resources.max_failures``) from their last checkpoint; each failure is recorded.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from ray.tune import Callback
 from ray.tune.search.optuna import OptunaSearch
 
-from ray_pipeline import monitoring, tracking
+from ray_pipeline import faults, monitoring, tracking
+from ray_pipeline.hpo.results import CHECKPOINT_KEY
 from ray_pipeline.hpo.search_space import to_distributions
-from ray_pipeline.hpo.worker import TrialJob, train_folds
+from ray_pipeline.hpo.worker import TrialJob, run_folds, summary, train_folds
 from ray_pipeline.identity import trial_key_hash
 from ray_pipeline.resources import DRIVER_MEMORY_BYTES, TrialPlan, scaling_config
 from ray_pipeline.schema import ParamSpec, SchedulerConfig, TrainingParams
 from ray_pipeline.tracking import RunRef
 
 if TYPE_CHECKING:
+    import torch
     from optuna.storages import BaseStorage
     from ray.tune import ResultGrid
     from ray.tune.experiment import Trial
@@ -33,6 +41,10 @@ log = logging.getLogger(__name__)
 TRIAL_NUMBER = "optuna_trial_number"
 """Config key carrying the Optuna trial number into the trial driver."""
 OBJECTIVE = "objective"
+CHECKPOINT_PATH_KEY = "checkpoint_path"
+NO_AUTO_LOGGERS_ENV = "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"
+SNAPSHOT_WARNING_ENV = "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S"
+"""Ray Train's TuneReportCallback puts a reported checkpoint's path under this key."""
 
 
 def trial_name(number: int) -> str:
@@ -57,6 +69,8 @@ class StudySearch(OptunaSearch):
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         from optuna.exceptions import UpdateFinishedTrialError
 
+        if math.isnan(float(result.get(OBJECTIVE, math.nan))):
+            return  # no fold finished yet: nothing for Optuna to learn from
         try:
             super().on_trial_result(trial_id, result)
         except UpdateFinishedTrialError:
@@ -108,14 +122,40 @@ class RoundSpec:
     job: dict[str, Any]
     train_dir: str
     plan: dict[str, Any]
+    failure_log: str
 
 
-def _trial_driver(config: dict[str, Any], spec: RoundSpec) -> None:
-    """One trial: a TorchTrainer whose workers run the k folds; metrics flow back to Tune."""
-    from ray.train import CheckpointConfig, RunConfig
-    from ray.train.torch import TorchTrainer
-    from ray.tune.integration.ray_train import TuneReportCallback
+class TuneSession:
+    """The fold loop inside the Tune trial itself: one worker, this process's CPU/GPU."""
 
+    rank = 0
+    world_size = 1
+
+    def __init__(self) -> None:
+        import ray
+        import torch
+
+        cuda = bool(ray.get_gpu_ids()) and torch.cuda.is_available()
+        # Ray sets CUDA_VISIBLE_DEVICES to the trial's GPU: it is device 0 here.
+        self.device: torch.device = torch.device("cuda", 0) if cuda else torch.device("cpu")
+
+    def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model.to(self.device)
+
+    def checkpoint(self) -> Any | None:
+        from ray import tune
+
+        return tune.get_checkpoint()
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
+        from ray import tune
+
+        checkpoint = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        tune.report(metrics, checkpoint=checkpoint)
+
+
+def _start_trial(config: dict[str, Any], spec: RoundSpec) -> tuple[TrialJob, RunRef | None]:
+    """The trial's job (its hyperparameters applied) and its MLflow run (reused on a retry)."""
     number = int(config[TRIAL_NUMBER])
     params = {k: v for k, v in config.items() if k != TRIAL_NUMBER}
     job = TrialJob.model_validate(spec.job)
@@ -130,15 +170,56 @@ def _trial_driver(config: dict[str, Any], spec: RoundSpec) -> None:
             "trial_key_hash": key,
         }
     )
+    return job, trial_run
+
+
+def _end_trial(trial_run: RunRef | None, final: dict[str, Any]) -> None:
+    if trial_run is None:
+        return
+    keys = ("objective", "objective_std", "folds_done")
+    tracking.log(trial_run, metrics={k: float(final[k]) for k in keys if k in final})
+    tracking.end(trial_run)
+
+
+def _trial_in_process(config: dict[str, Any], spec: RoundSpec) -> None:
+    """A one-worker trial: the fold loop right here, in the (reused) Tune trial process."""
+    job, trial_run = _start_trial(config, spec)
+    try:
+        state = run_folds(job, TuneSession())
+    except BaseException:
+        if trial_run is not None:  # unless the stage already ended it (an interruption: KILLED)
+            tracking.end(trial_run, "FAILED", only_if_running=True)
+        raise
+    _end_trial(trial_run, summary(state))
+
+
+def _trial_driver(config: dict[str, Any], spec: RoundSpec) -> None:
+    """A multi-worker trial: one TorchTrainer whose workers run the fold loop under DDP."""
+    from ray.train import CheckpointConfig, RunConfig
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    job, trial_run = _start_trial(config, spec)
+    assert job.trial is not None
+    label = f"hpo {job.variant} trial {job.trial}"
     trainer = TorchTrainer(
         train_folds,
         train_loop_config=job.model_dump(mode="json"),
         scaling_config=scaling_config(TrialPlan(**spec.plan)),
         run_config=RunConfig(
-            name=trial_name(number),
+            name=trial_name(job.trial),
             storage_path=spec.train_dir,
-            callbacks=[TuneReportCallback()],  # type: ignore[no-untyped-call,list-item]
-            checkpoint_config=CheckpointConfig(num_to_keep=None),
+            callbacks=[
+                TuneReportCallback(),  # type: ignore[no-untyped-call,list-item]
+                faults.train_failure_callback(
+                    Path(spec.failure_log), job.trial, label, "the trial ends and Tune retries it"
+                ),
+            ],
+            checkpoint_config=CheckpointConfig(num_to_keep=1),
+            # Retries happen once, at the trial: Tune restarts this driver, whose trainer (same
+            # name and storage) resumes the Train run from its last checkpoint. Retrying in
+            # Train as well would multiply the attempts of a failure that always recurs.
+            failure_config=faults.train_failure_config(0),
         ),
     )
     try:
@@ -147,12 +228,7 @@ def _trial_driver(config: dict[str, Any], spec: RoundSpec) -> None:
         if trial_run is not None:  # unless the stage already ended it (an interruption: KILLED)
             tracking.end(trial_run, "FAILED", only_if_running=True)
         raise
-    if trial_run is not None:
-        final = result.metrics or {}
-        keys = ("objective", "objective_std", "folds_done")
-        summary: dict[str, float] = {k: float(final[k]) for k in keys if k in final}
-        tracking.log(trial_run, metrics=summary)
-        tracking.end(trial_run)
+    _end_trial(trial_run, result.metrics or {})
 
 
 def _open_trial_run(job: TrialJob, number: int, params: dict[str, Any], key: str) -> RunRef | None:
@@ -176,8 +252,45 @@ def _open_trial_run(job: TrialJob, number: int, params: dict[str, Any], key: str
 def _trainable(spec: RoundSpec) -> Any:
     from ray import tune
 
+    plan = TrialPlan(**spec.plan)
+    if plan.in_process:  # the trial holds its worker's CPU/GPU and trains right there
+        trial = tune.with_parameters(_trial_in_process, spec=spec)
+        return tune.with_resources(
+            trial, {"cpu": plan.cpus_per_worker, "gpu": plan.gpus_per_worker}
+        )
     driver = tune.with_parameters(_trial_driver, spec=spec)
     return tune.with_resources(driver, {"cpu": 0, "memory": DRIVER_MEMORY_BYTES})
+
+
+class RecordRetries(Callback):
+    """Prints and records (``failures.jsonl``) each failed trial attempt with its cause."""
+
+    def __init__(self, failure_log: str, label: str, max_failures: int) -> None:
+        self.failure_log, self.label, self.max_failures = failure_log, label, max_failures
+
+    def _record(self, trial: Trial, outcome: str) -> None:
+        number = int(trial.config.get(TRIAL_NUMBER, -1))
+        cause = _last_error(trial)
+        print(f"{self.label}: trial {number} failed ({cause}); {outcome}")
+        faults.record_failure(Path(self.failure_log), number, "tune", cause)
+
+    def on_trial_recover(self, iteration: int, trials: Any, trial: Trial, **info: Any) -> None:
+        attempt = trial.run_metadata.num_failures
+        self._record(trial, f"retry {attempt} of {self.max_failures} from its last checkpoint")
+
+    def on_trial_error(self, iteration: int, trials: Any, trial: Trial, **info: Any) -> None:
+        self._record(trial, f"no retries left (resources.max_failures={self.max_failures})")
+
+
+def _last_error(trial: Trial) -> str:
+    """The first line of the trial's latest error (Tune appends each to its error file)."""
+    path = trial.error_file
+    if path is None or not Path(path).is_file():
+        return "unknown cause"
+    last = Path(path).read_text(encoding="utf-8", errors="replace").split("Failure # ")[-1]
+    lines = [line.strip() for line in last.splitlines()[1:] if line.strip()]
+    raised = [line for line in lines if line.split(":")[0].endswith(("Error", "Exception"))]
+    return faults.cause_of((raised or lines or ["unknown cause"])[-1 if raised else 0])
 
 
 def _dirname(trial: Trial) -> str:
@@ -219,6 +332,7 @@ def run_round(
     sampler: Literal["tpe", "random"],
     num_samples: int,
     train_dir: Path,
+    failure_log: Path,
 ) -> ResultGrid:
     """Run ``num_samples`` new trials of the study as a fresh Tune experiment."""
     from ray import tune
@@ -235,7 +349,7 @@ def run_round(
         storage=storage,
         k_folds=job.k_folds,
     )
-    spec = RoundSpec(job.model_dump(mode="json"), str(train_dir), asdict(plan))
+    spec = RoundSpec(job.model_dump(mode="json"), str(train_dir), asdict(plan), str(failure_log))
     tuner = tune.Tuner(
         _trainable(spec),
         tune_config=tune.TuneConfig(
@@ -245,16 +359,56 @@ def run_round(
             max_concurrent_trials=plan.max_concurrent_trials,
             trial_name_creator=_dirname,
             trial_dirname_creator=_dirname,
+            # The next trial reuses a finished trial's process and its cached data and model.
+            reuse_actors=plan.in_process,
         ),
         run_config=tune.RunConfig(
-            name=experiment_dir.name, storage_path=str(experiment_dir.parent)
+            name=experiment_dir.name,
+            storage_path=str(experiment_dir.parent),
+            failure_config=tune.FailureConfig(max_failures=plan.max_failures),
+            # The last checkpoint holds everything: the fold state and the best fold's model.
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            callbacks=_callbacks(job, plan, failure_log),
         ),
     )
-    return tuner.fit()
+    return _fit(tuner)
+
+
+def _fit(tuner: Any) -> ResultGrid:
+    """``tuner.fit()`` with this module's Tune settings in the environment for its duration
+    only (they would otherwise change a caller's own Tune runs in the same process)."""
+    settings = {
+        # No TensorBoard logger (JSON and CSV are added explicitly): its import costs ~3 s
+        # of every search, and MLflow holds the curves.
+        NO_AUTO_LOGGERS_ENV: "1",
+        # Snapshots are forced by num_to_keep=1 at every checkpoint; they are small and cheap.
+        SNAPSHOT_WARNING_ENV: "0",
+    }
+    saved = {name: os.environ.get(name) for name in settings}
+    os.environ.update({k: v for k, v in settings.items() if saved[k] is None})
+    try:
+        grid: ResultGrid = tuner.fit()
+        return grid
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+
+
+def _callbacks(job: TrialJob, plan: TrialPlan, failure_log: Path) -> list[Any]:
+    """Tune's JSON and CSV result files and the retry recorder."""
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
+    label = f"hpo {job.backbone.name}"
+    return [
+        JsonLoggerCallback(),  # type: ignore[no-untyped-call]
+        CSVLoggerCallback(),  # type: ignore[no-untyped-call]
+        RecordRetries(str(failure_log), label, plan.max_failures),
+    ]
 
 
 def restore_round(
-    experiment_dir: Path, job: TrialJob, plan: TrialPlan, train_dir: Path
+    experiment_dir: Path, job: TrialJob, plan: TrialPlan, train_dir: Path, failure_log: Path
 ) -> ResultGrid | None:
     """Continue an interrupted round: finished trials stay finished, unfinished ones resume
     from their last fold checkpoint. None when there is nothing restorable."""
@@ -262,14 +416,14 @@ def restore_round(
 
     if not tune.Tuner.can_restore(str(experiment_dir)):
         return None
-    spec = RoundSpec(job.model_dump(mode="json"), str(train_dir), asdict(plan))
+    spec = RoundSpec(job.model_dump(mode="json"), str(train_dir), asdict(plan), str(failure_log))
     tuner = tune.Tuner.restore(
         str(experiment_dir),
         trainable=_trainable(spec),
         resume_unfinished=True,
         resume_errored=False,
     )
-    return tuner.fit()
+    return _fit(tuner)
 
 
 def round_results(grid: ResultGrid) -> dict[int, dict[str, Any]]:
@@ -280,6 +434,12 @@ def round_results(grid: ResultGrid) -> dict[int, dict[str, Any]]:
         if TRIAL_NUMBER not in config:
             continue
         metrics = dict(result.metrics or {})
+        # The trial's last checkpoint (its model/ is the best fold's): Tune's own for an
+        # in-process trial, the one Ray Train reported for a worker-group trial.
+        if result.checkpoint is not None:
+            metrics[CHECKPOINT_KEY] = result.checkpoint.path
+        elif CHECKPOINT_PATH_KEY in metrics:
+            metrics[CHECKPOINT_KEY] = metrics[CHECKPOINT_PATH_KEY]
         if result.error is not None:
             metrics["error"] = str(result.error).splitlines()[0][:500]
         out[int(config[TRIAL_NUMBER])] = metrics

@@ -1,43 +1,50 @@
-"""The per-worker loop of one trial: train and evaluate the k folds one after another.
+"""The fold loop of one trial: train and evaluate the k folds one after another.
 
-Runs on every Ray Train worker (DDP over gloo on CPU, nccl on GPU), so the worker group is
-started once per trial, not once per fold. After each fold all workers report; rank 0 attaches
-a checkpoint holding the fold loop's state (and the model when the fold is the trial's best so
-far), so a retried trial resumes after its last finished fold. Knows nothing of Tune or Optuna.
+One loop, two homes (docs/hpo.md): inside the Ray Tune trial itself when the trial has one
+worker (``tuning.TuneSession``: a reused process with cached data and weights), or on every
+worker of one Ray Train worker group per trial (``TrainSession``: DDP over gloo on CPU, nccl on
+GPU). Either way every epoch is reported (``global_step``, ``fold``, ``epoch``); the trial's
+``objective`` is the mean over finished folds only (NaN until the first fold finishes).
+
+Rank 0 attaches a checkpoint at the end of every fold, and after every epoch when epoch
+checkpoints are on. It holds the loop's state, the best fold's model so far and, inside a fold,
+the model/optimiser/scheduler state: a retried trial never trains a finished fold again and
+loses at most one epoch. Knows nothing of Tune or Optuna.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
-import statistics
+import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
 from ray_pipeline import monitoring
-from ray_pipeline.data.encode import Row, encode
-from ray_pipeline.data.examples import DatasetSplits
-from ray_pipeline.data.splits import fold_indices, load_splits
-from ray_pipeline.hpo.results import FoldResult, FoldState
-from ray_pipeline.models import build_model, load_tokenizer
+from ray_pipeline.data.splits import fold_indices
+from ray_pipeline.hpo.cache import Prepared, fresh_model, prepared
+from ray_pipeline.hpo.results import FoldProgress, FoldResult, FoldState
 from ray_pipeline.schema import BackboneConfig, DataConfig, Task, TrainingParams
 from ray_pipeline.tracking import RunRef
-from ray_pipeline.training import batches, evaluate, make_optimizer, train_epoch
+from ray_pipeline.training import batches, evaluate, make_optimizer, shard, train_epoch
 
 if TYPE_CHECKING:
     import torch
-    from transformers import PreTrainedTokenizerBase
 
 STATE_FILE = "fold_state.json"
+TRAINING_STATE = "training_state.pt"
 MODEL_DIR = "model"
+CHECKPOINT_LOGGERS = ("ray.train._internal.storage", "ray.train.v2._internal.execution.storage")
+"""Ray's loggers that print "Checkpoint successfully created" at INFO for every checkpoint."""
 
 
 class TrialJob(BaseModel):
-    """Everything a worker needs for one trial (crosses the Ray boundary as a plain dict)."""
+    """Everything the fold loop needs for one trial (crosses the Ray boundary as a plain dict)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -50,6 +57,8 @@ class TrialJob(BaseModel):
     metric: str
     direction: Literal["maximize", "minimize"]
     report_every_epoch: bool
+    every_epoch: bool | None
+    """Epoch checkpoints inside a fold (None: when the fold has more than one epoch)."""
     variant: str
     study_key_hash: str
     parent_run: RunRef | None = None
@@ -61,102 +70,288 @@ class TrialJob(BaseModel):
     trial_key_hash: str | None = None
     """Set by the trial driver: the hash of the study and this trial's hyperparameters."""
 
-
-def _shard(indices: list[int], rank: int, world: int) -> list[int]:
-    """This rank's share, padded by wrap-around so every rank runs the same number of steps
-    (unequal step counts would leave DDP waiting on an all-reduce)."""
-    total = math.ceil(len(indices) / world) * world
-    padded = indices + indices[: total - len(indices)]
-    return padded[rank::world]
+    @property
+    def epoch_checkpoints(self) -> bool:
+        return self.every_epoch if self.every_epoch is not None else self.training.epochs > 1
 
 
-def _restore(checkpoint: Any) -> FoldState:
-    if checkpoint is None:
-        return FoldState()
-    with checkpoint.as_directory() as directory:
-        return FoldState.model_validate_json((Path(directory) / STATE_FILE).read_text())
+class Session(Protocol):
+    """What the loop needs of the place it runs in (a Tune trial or a Train worker)."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+
+    def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The model on this worker's device (wrapped for DDP when there are several)."""
+        ...
+
+    def checkpoint(self) -> Any | None:
+        """The last checkpoint this trial reported before a retry (a ``ray.train.Checkpoint``)."""
+        ...
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
+        """Report ``metrics`` (a barrier across workers), with the directory as a checkpoint."""
+        ...
+
+
+class TrainSession:
+    """The loop on a Ray Train worker: DDP across the worker group."""
+
+    def __init__(self) -> None:
+        import ray.train
+        import ray.train.torch
+
+        context = ray.train.get_context()
+        self.rank, self.world_size = context.get_world_rank(), context.get_world_size()
+        self.device: torch.device = ray.train.torch.get_device()
+
+    def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
+        import ray.train.torch
+
+        prepared_model: torch.nn.Module = ray.train.torch.prepare_model(model)
+        return prepared_model
+
+    def checkpoint(self) -> Any | None:
+        import ray.train
+
+        return ray.train.get_checkpoint()
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
+        import ray.train
+
+        checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+
+class FoldRun:
+    """One fold's data shard, model and optimiser on this worker (also used by
+    benchmarks/hpo_overhead.py to time the one-TorchTrainer-per-fold pattern)."""
+
+    def __init__(self, job: TrialJob, fold: int, inputs: Prepared, session: Session) -> None:
+        self.job, self.fold, self.inputs, self.workers = job, fold, inputs, session.world_size
+        rows, splits = inputs.rows, inputs.splits
+        fit, val = fold_indices(len(rows), splits.train.strata, job.k_folds, job.seed, fold)
+        self.fit_rows = [rows[i] for i in shard(fit, session.rank, session.world_size)]
+        self.val_rows = [rows[i] for i in val]  # rank 0 evaluates the whole validation set
+        self.n_fit = len(fit)
+        # Every fold starts from the backbone's weights with its own seed.
+        self.model = fresh_model(job.backbone, job.task, splits.labels, seed=job.seed + fold)
+        self.device = session.device
+        self.ddp = session.prepare(self.model)
+        p = job.training
+        steps = p.epochs * math.ceil(len(self.fit_rows) / p.batch_size)
+        self.optimizer, self.scheduler = make_optimizer(self.ddp, p, steps)
+
+    def train_epoch(self, epoch: int) -> tuple[float, float]:
+        seed = self.job.seed * 10_007 + self.fold * 101 + epoch
+        pad = self.inputs.pad_id
+        data = batches(self.fit_rows, self.job.training.batch_size, pad, seed, self.device)
+        start = time.perf_counter()
+        loss = train_epoch(self.ddp, data, self.optimizer, self.scheduler)
+        return loss, time.perf_counter() - start
+
+    def evaluate(self) -> dict[str, float]:
+        size = max(self.job.training.batch_size, 32)
+        labels, pad = self.inputs.splits.labels, self.inputs.pad_id
+        return evaluate(self.model, self.val_rows, labels, self.job.task, size, pad, self.device)
+
+    def save_training_state(self, path: Path) -> None:
+        import torch
+
+        torch.save(
+            {
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+            },
+            path,
+        )
+
+    def load_training_state(self, path: Path) -> None:
+        import torch
+
+        saved = torch.load(path, map_location=self.device)
+        self.model.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
 
 
 def _better(job: TrialJob, a: float, b: float) -> bool:
     return a > b if job.direction == "maximize" else a < b
 
 
-def _summary(job: TrialJob, state: FoldState, pending: float | None = None) -> dict[str, Any]:
-    """What Tune sees: the mean objective over finished folds (plus the fold in progress,
-    for epoch reports), so a scheduler can compare trials after any fold."""
-    values = [f.objective for f in state.folds] + ([pending] if pending is not None else [])
+def summary(state: FoldState) -> dict[str, float]:
+    """The trial's objective: mean and spread over its finished folds only (NaN until one
+    has finished; on ranks other than 0, which do not evaluate, NaN throughout)."""
+    values = [f.objective for f in state.folds]
+    if not values:
+        return {"folds_done": 0, "objective": math.nan, "objective_std": 0.0}
+    mean = math.fsum(values) / len(values)
+    spread = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / len(values))
+    return {"folds_done": len(values), "objective": mean, "objective_std": spread}
+
+
+def _metrics(job: TrialJob, state: FoldState, fold: int, epoch: int, loss: float) -> dict[str, Any]:
+    """What Tune sees after every epoch."""
     return {
-        "folds_done": len(state.folds),
-        "objective": statistics.fmean(values),
-        "objective_std": statistics.pstdev(values) if len(values) > 1 else 0.0,
+        "global_step": fold * job.training.epochs + epoch + 1,
+        "fold": fold,
+        "epoch": epoch,
+        "train_loss": loss,
+        **summary(state),
         "fold_state": state.model_dump_json(),
     }
 
 
-class FoldRun:
-    """One fold's data, model and optimiser on this Ray Train worker (also used by
-    benchmarks/hpo_overhead.py to time the one-TorchTrainer-per-fold pattern)."""
+def _report(
+    session: Session,
+    metrics: dict[str, Any],
+    state: FoldState,
+    best_model: Path,
+    fold: FoldRun | None = None,
+    *,
+    checkpoint: bool = True,
+) -> None:
+    """Every worker reports (a barrier); rank 0 attaches the checkpoint: the state, the best
+    model so far and, with ``fold``, the fold's training state."""
+    if session.rank != 0 or not checkpoint:
+        session.report(metrics, None)
+        return
+    with tempfile.TemporaryDirectory(prefix="ray_pipeline_ckpt_") as directory:
+        path = Path(directory)
+        (path / STATE_FILE).write_text(state.model_dump_json())
+        if best_model.is_dir():
+            shutil.copytree(best_model, path / MODEL_DIR)
+        if fold is not None:
+            fold.save_training_state(path / TRAINING_STATE)
+        session.report(metrics, path)
 
-    def __init__(self, job: TrialJob, fold: int, rows: list[Row], splits: DatasetSplits) -> None:
-        import ray.train
-        import ray.train.torch
 
-        ctx = ray.train.get_context()
-        self.job, self.fold, self.rank = job, fold, ctx.get_world_rank()
-        self.workers = ctx.get_world_size()
-        fit, val = fold_indices(len(rows), splits.train.strata, job.k_folds, job.seed, fold)
-        self.fit_rows = [rows[i] for i in _shard(fit, self.rank, ctx.get_world_size())]
-        self.val_rows = [rows[i] for i in val]
-        self.n_fit = len(fit)
-        self.labels = splits.labels
-        # Every fold starts from the backbone's weights with its own seed.
-        self.model = build_model(job.backbone, job.task, splits.labels, seed=job.seed + fold)
-        self.device: torch.device = ray.train.torch.get_device()
-        self.ddp = ray.train.torch.prepare_model(self.model)
-        p = job.training
-        steps = p.epochs * math.ceil(len(self.fit_rows) / p.batch_size)
-        self.optimizer, self.scheduler = make_optimizer(self.ddp, p, steps)
-
-    def train_epoch(self, epoch: int, pad_id: int) -> tuple[float, float]:
-        seed = self.job.seed * 10_007 + self.fold * 101 + epoch
-        data = batches(self.fit_rows, self.job.training.batch_size, pad_id, seed, self.device)
-        start = time.perf_counter()
-        loss = train_epoch(self.ddp, data, self.optimizer, self.scheduler)
-        return loss, time.perf_counter() - start
-
-    def evaluate(self, pad_id: int) -> dict[str, float]:
-        size = max(self.job.training.batch_size, 32)
-        return evaluate(
-            self.model, self.val_rows, self.labels, self.job.task, size, pad_id, self.device
+def _resume(
+    job: TrialJob, session: Session, inputs: Prepared, best_model: Path
+) -> tuple[FoldState, FoldRun | None]:
+    """The state of the last checkpoint (and the fold it was inside), or a fresh start."""
+    checkpoint = session.checkpoint()
+    if checkpoint is None:
+        return FoldState(), None
+    fold = None
+    with checkpoint.as_directory() as directory:
+        path = Path(directory)
+        state = FoldState.model_validate_json((path / STATE_FILE).read_text())
+        if (path / MODEL_DIR).is_dir():
+            shutil.copytree(path / MODEL_DIR, best_model)
+        if state.current is not None:
+            fold = FoldRun(job, state.current.fold, inputs, session)
+            fold.load_training_state(path / TRAINING_STATE)
+    current = state.current
+    where = (
+        f"fold {current.fold} epoch {current.epochs_done}"
+        if current
+        else f"fold {len(state.folds)}"
+    )
+    if session.rank == 0:
+        inside = (
+            f", inside fold {current.fold} after {current.epochs_done} epoch(s)" if current else ""
         )
+        print(
+            f"{job.variant} trial {job.trial}: resuming after {len(state.folds)} of "
+            f"{job.k_folds} finished fold(s){inside}"
+        )
+    return state.model_copy(update={"resumes": [*state.resumes, where]}), fold
 
 
-def _report_epoch(job: TrialJob, state: FoldState, fold: FoldRun, epoch: int, pad_id: int) -> None:
-    """A mid-fold report (``report_every_epoch``): every worker reports, rank 0 evaluates."""
-    import ray.train
+def _quiet() -> None:
+    """No line per checkpoint (one per epoch) and no progress bar per saved model."""
+    from transformers.utils import logging as transformers_logging
 
-    if fold.rank != 0:  # only rank 0's metrics reach Tune; the others join the barrier
-        ray.train.report({"folds_done": len(state.folds)})
-        return
-    value = fold.evaluate(pad_id)[job.metric]
-    ray.train.report({**_summary(job, state, pending=value), "fold": fold.fold, "epoch": epoch})
+    transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    for name in CHECKPOINT_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def _report(job: TrialJob, state: FoldState, fold: FoldRun, tokenizer: Any, **extra: Any) -> None:
-    """All workers report (a barrier); rank 0 attaches the fold checkpoint."""
-    import ray.train
+def run_folds(job: TrialJob, session: Session) -> FoldState:
+    """The k folds of one trial, resuming where the last checkpoint left off."""
+    _quiet()
+    inputs = prepared(job.data, job.backbone, job.training.max_length)
+    with tempfile.TemporaryDirectory(prefix="ray_pipeline_best_") as keep:
+        best_model = Path(keep) / MODEL_DIR  # rank 0: the best fold's model so far
+        state, fold = _resume(job, session, inputs, best_model)
+        if len(state.folds) >= job.k_folds:
+            # Every fold is in the checkpoint (the trial finished just before its process was
+            # stopped): report the result again instead of training anything.
+            last = state.folds[-1]
+            metrics = _metrics(job, state, last.fold, job.training.epochs - 1, last.train_loss)
+            _report(session, metrics, state, best_model)
+            return state
+        for number in range(len(state.folds), job.k_folds):
+            run = fold if fold is not None else FoldRun(job, number, inputs, session)
+            state = _train_fold(job, session, state, run, best_model)
+            fold = None
+    return state
 
-    if fold.rank != 0:  # only rank 0's metrics reach Tune; the others join the barrier
-        ray.train.report({"folds_done": len(state.folds)})
-        return
-    metrics = {**_summary(job, state), "fold": fold.fold, **extra}
-    with tempfile.TemporaryDirectory() as directory:
-        (Path(directory) / STATE_FILE).write_text(state.model_dump_json())
-        if state.best_fold == fold.fold:
-            fold.model.save_pretrained(Path(directory) / MODEL_DIR)
-            tokenizer.save_pretrained(Path(directory) / MODEL_DIR)
-        checkpoint = ray.train.Checkpoint.from_directory(directory)
-        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"fold_{fold.fold}")
+
+def _train_fold(
+    job: TrialJob, session: Session, state: FoldState, fold: FoldRun, best_model: Path
+) -> FoldState:
+    """Train the fold's remaining epochs, evaluate it and report it with a checkpoint."""
+    number, epochs = fold.fold, job.training.epochs
+    progress = state.current or FoldProgress(fold=number)
+    for epoch in range(progress.epochs_done, epochs):
+        begin = time.perf_counter()
+        loss, seconds = fold.train_epoch(epoch)
+        progress = progress.model_copy(
+            update={
+                "epochs_done": epoch + 1,
+                "losses": [*progress.losses, loss],
+                "step_seconds": progress.step_seconds + seconds,
+                "seconds": progress.seconds + time.perf_counter() - begin,
+            }
+        )
+        if epoch == epochs - 1:
+            break
+        state = state.model_copy(update={"current": progress})
+        metrics = _metrics(job, state, number, epoch, loss)
+        if job.report_every_epoch:
+            metrics["epoch_objective"] = fold.evaluate()[job.metric] if session.rank == 0 else 0.0
+        saved = fold if job.epoch_checkpoints else None
+        _report(session, metrics, state, best_model, saved, checkpoint=saved is not None)
+    begin = time.perf_counter()
+    scores = fold.evaluate() if session.rank == 0 else {}
+    result = FoldResult(
+        fold=number,
+        objective=scores.get(job.metric, math.nan),
+        metrics=scores,
+        train_loss=progress.losses[-1],
+        train_examples=fold.n_fit,
+        validation_examples=len(fold.val_rows),
+        seconds=progress.seconds + time.perf_counter() - begin,
+        train_step_seconds=progress.step_seconds,
+        workers=fold.workers,
+        **_placement(),
+    )
+    best = state.best_fold
+    if best is None or _better(job, result.objective, state.folds[best].objective):
+        best = number
+        if session.rank == 0:
+            shutil.rmtree(best_model, ignore_errors=True)
+            fold.model.save_pretrained(best_model)
+            fold.inputs.tokenizer.save_pretrained(best_model)
+    state = FoldState(folds=[*state.folds, result], best_fold=best, resumes=state.resumes)
+    if session.rank == 0:
+        _track_fold(job, result)
+        monitoring.fold_seconds(job.variant, result.seconds)
+    metrics = _metrics(job, state, number, epochs - 1, result.train_loss)
+    _report(session, {**metrics, "fold_metrics": json.dumps(scores)}, state, best_model)
+    return state
+
+
+def _placement() -> dict[str, Any]:
+    """Where this worker runs: its Ray node and the GPUs Ray assigned to it."""
+    import ray
+
+    gpus = [str(g) for g in ray.get_gpu_ids()]
+    return {"node": str(ray.get_runtime_context().get_node_id()), "gpu_ids": gpus}
 
 
 def _track_fold(job: TrialJob, result: FoldResult) -> None:
@@ -189,50 +384,5 @@ def _track_fold(job: TrialJob, result: FoldResult) -> None:
 
 
 def train_folds(config: dict[str, Any]) -> None:
-    """``train_loop_per_worker``: the k folds of one trial, resuming after the last finished."""
-    import ray.train
-
-    job = TrialJob.model_validate(config)
-    splits = load_splits(job.data)
-    tokenizer: PreTrainedTokenizerBase = load_tokenizer(job.backbone)
-    rows = encode(tokenizer, splits.train, splits.label2id, job.training.max_length)
-    pad_id = int(tokenizer.pad_token_id or 0)
-    state = _restore(ray.train.get_checkpoint())
-    if state.folds:
-        print(f"resuming after {state.next_fold} of {job.k_folds} finished fold(s)")
-    if state.next_fold >= job.k_folds:
-        # Every fold is in the checkpoint (the trial finished just before its driver was
-        # stopped): report the result again instead of training anything.
-        ray.train.report({**_summary(job, state), "fold": job.k_folds - 1})
-        return
-    for fold_number in range(state.next_fold, job.k_folds):
-        start = time.perf_counter()
-        fold = FoldRun(job, fold_number, rows, splits)
-        losses, step_seconds = [], 0.0
-        for epoch in range(job.training.epochs):
-            loss, seconds = fold.train_epoch(epoch, pad_id)
-            losses.append(loss)
-            step_seconds += seconds
-            if job.report_every_epoch and epoch < job.training.epochs - 1:
-                _report_epoch(job, state, fold, epoch, pad_id)
-        metrics = fold.evaluate(pad_id) if fold.rank == 0 else {}
-        result = FoldResult(
-            fold=fold_number,
-            objective=metrics.get(job.metric, float("nan")),
-            metrics=metrics,
-            train_loss=losses[-1],
-            train_examples=fold.n_fit,
-            validation_examples=len(fold.val_rows),
-            seconds=time.perf_counter() - start,
-            train_step_seconds=step_seconds,
-            workers=fold.workers,
-            node=ray.get_runtime_context().get_node_id(),
-        )
-        best = state.best_fold
-        if best is None or _better(job, result.objective, state.folds[best].objective):
-            best = fold_number
-        state = FoldState(folds=[*state.folds, result], best_fold=best)
-        if fold.rank == 0:
-            _track_fold(job, result)
-            monitoring.fold_seconds(job.variant, result.seconds)
-        _report(job, state, fold, tokenizer, fold_metrics=json.dumps(metrics))
+    """``train_loop_per_worker`` of a multi-worker trial: the fold loop under DDP."""
+    run_folds(TrialJob.model_validate(config), TrainSession())

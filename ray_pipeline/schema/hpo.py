@@ -109,6 +109,10 @@ class StudyCheckpoint(Section):
     """Under reuse_if_exists, resume an incomplete latest variant (false: refuse instead)."""
     save_only_best: bool = True
     """Keep only the best trial's model checkpoint; delete the others when a variant ends."""
+    every_epoch: bool | None = None
+    """Checkpoint inside a fold after every epoch (model, optimiser, scheduler), so a retried
+    trial loses at most one epoch. null: on when a fold has more than one epoch. Finished
+    folds are always checkpointed."""
 
     @field_validator("study_name")
     @classmethod
@@ -147,7 +151,9 @@ class HpoConfig(Section):
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     """Tune trial scheduler."""
     report_every_epoch: bool = False
-    """Report to Tune after every epoch too, not only after every fold."""
+    """Also evaluate the fold's validation set after every epoch and report it to Tune as
+    ``epoch_objective`` (every epoch is reported either way; the trial's ``objective`` is always
+    the mean over finished folds)."""
     checkpoint: StudyCheckpoint = Field(default_factory=StudyCheckpoint)
     """Study naming and storage."""
 

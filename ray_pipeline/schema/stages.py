@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from ray_pipeline.naming import check_safe_name
 from ray_pipeline.schema.base import (
@@ -113,6 +113,25 @@ class ResourcesConfig(Section):
     """GPUs each worker reserves (0: CPU training with gloo)."""
     max_concurrent_trials: PositiveInt | None = None
     """null: as many as the cluster fits."""
+    max_failures: int = Field(default=3, ge=0)
+    """Retries after a lost worker, actor or node: per HPO trial (Ray Tune), per worker group
+    (Ray Train: DDP trials and final training) and per benchmark actor. Every retry resumes from
+    the last fold or epoch checkpoint. 0: fail at the first loss. 3 suits spot clusters."""
+    trial_backend: Literal["auto", "train"] = "auto"
+    """auto: a one-worker trial trains inside its Ray Tune trial (a reused process with cached
+    data and weights: seconds of start-up); more workers use a Ray Train worker group (DDP).
+    train: always a Ray Train worker group, also for one worker."""
+
+    @model_validator(mode="after")
+    def _whole_gpus_for_ddp(self) -> ResourcesConfig:
+        if self.workers_per_trial > 1 and 0 < self.gpus_per_worker < 1:
+            raise ValueError(
+                f"gpus_per_worker={self.gpus_per_worker:g} with workers_per_trial="
+                f'{self.workers_per_trial}: DDP ranks sharing a GPU fail in NCCL ("Duplicate '
+                'GPU detected", Ray issue 48012). Use whole GPUs (gpus_per_worker=1) for DDP, '
+                "or workers_per_trial=1 to pack several trials on one GPU"
+            )
+        return self
 
 
 class ExperimentConfig(Section):

@@ -1,0 +1,92 @@
+"""Surviving lost workers, actors and nodes: Ray Train's failure settings, and the failure log
+that tells the console, the result files and MLflow which attempts failed and why.
+
+``resources.max_failures`` is the one knob: Ray Tune retries a trial, Ray Train restarts a
+worker group and Ray restarts a benchmark actor up to that many times. Every retry resumes
+from the last checkpoint that was reported, so finished folds and epochs are never trained
+again. Each failure seen is appended to ``failures.jsonl`` in the variant's directory (one
+JSON line per failure, written by whichever process saw it).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+from ray_pipeline.artifacts import Record
+
+FAILURE_LOG = "failures.jsonl"
+"""In a variant's directory: one line per failed attempt of a trial or a worker group."""
+
+
+class Failure(Record):
+    """One failed attempt that was retried (or was the last one)."""
+
+    trial: int | None
+    """The HPO trial number (None: final training)."""
+    source: Literal["tune", "train"]
+    """Who saw it: Ray Tune (the trial's process or node) or Ray Train (a worker group)."""
+    cause: str
+    """The error's first line."""
+    at: str
+
+
+def cause_of(error: BaseException | str) -> str:
+    """A one-line cause: the exception's type and the first line of its message."""
+    if isinstance(error, BaseException):
+        text = str(error).strip().splitlines()
+        first = next((line for line in text if line.strip()), "")
+        return f"{type(error).__name__}: {first}"[:300]
+    line = (error.strip().splitlines() or [""])[0]
+    sentence = line.split(". ")[0]  # Ray's messages go on for several sentences
+    return (sentence if len(line) > 120 else line)[:300]
+
+
+def record_failure(
+    log: Path, trial: int | None, source: Literal["tune", "train"], cause: str
+) -> None:
+    """Append one failure to ``log`` (an append of one short line: safe across processes)."""
+    failure = Failure(
+        trial=trial,
+        source=source,
+        cause=cause,
+        at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("a", encoding="utf-8") as handle:
+        handle.write(failure.model_dump_json() + "\n")
+
+
+def read_failures(log: Path) -> list[Failure]:
+    """Every failure recorded in ``log`` (none when it does not exist)."""
+    if not log.is_file():
+        return []
+    lines = log.read_text(encoding="utf-8").splitlines()
+    return [Failure.model_validate(json.loads(line)) for line in lines if line.strip()]
+
+
+def train_failure_config(max_failures: int) -> Any:
+    """Ray Train's FailureConfig: restart a lost worker group up to ``max_failures`` times.
+
+    The controller limit is bounded too: Ray's default (-1) reschedules a worker group that
+    can never start forever."""
+    from ray.train.v2.api.config import FailureConfig
+
+    return FailureConfig(max_failures=max_failures, controller_failure_limit=max_failures)
+
+
+def train_failure_callback(log: Path, trial: int | None, label: str, then: str) -> Any:
+    """A Ray Train callback that prints (``label: ... failed (cause); then``) and records each
+    worker-group failure."""
+    from ray.train.v2.api.callback import UserCallback
+
+    class _RecordFailures(UserCallback):
+        def after_exception(self, run_context: Any, worker_exceptions: dict[int, Any]) -> None:
+            for rank, error in sorted(worker_exceptions.items()):
+                cause = f"rank {rank}: {cause_of(error)}"
+                print(f"{label}: worker group failed ({cause}); {then}")
+                record_failure(log, trial, "train", cause)
+
+    return _RecordFailures()
