@@ -3,6 +3,7 @@
 <outputs_root>/<experiment>/
   config.resolved.yaml
   mlflow.db
+  mlartifacts/                 the embedded MLflow store's artifacts
   hpo/<backbone>/<variant>/    variant.json study.db tune/ hpo.json benchmark.json best/
   selection/selection.json
   final/<backbone>/<variant>/  model/ metrics.json lineage.json checkpoints/
@@ -54,6 +55,11 @@ class OutputsLayout:
     @property
     def mlflow_db(self) -> Path:
         return self.root / "mlflow.db"
+
+    @property
+    def mlflow_artifacts(self) -> Path:
+        """The embedded MLflow store's artifacts (MLflow would use ./mlruns otherwise)."""
+        return self.root / "mlartifacts"
 
     @property
     def selection_file(self) -> Path:

@@ -103,8 +103,9 @@ def _client(uri: str) -> MlflowClient:
     return MlflowClient(uri)
 
 
-def experiment_id(uri: str, name: str) -> str:
-    """The experiment's id, created if missing (a concurrent creator wins the race harmlessly)."""
+def experiment_id(uri: str, name: str, artifact_location: str | None = None) -> str:
+    """The experiment's id, created if missing (a concurrent creator wins the race harmlessly)
+    with its artifacts at ``artifact_location`` (None: the store's default)."""
     from mlflow.exceptions import MlflowException
 
     client = _client(uri)
@@ -112,7 +113,7 @@ def experiment_id(uri: str, name: str) -> str:
     if existing is not None:
         return str(existing.experiment_id)
     try:
-        return str(client.create_experiment(name))
+        return str(client.create_experiment(name, artifact_location=artifact_location))
     except MlflowException:
         again = client.get_experiment_by_name(name)
         if again is None:
@@ -143,7 +144,13 @@ def _experiment(config: PipelineConfig) -> tuple[str, str] | None:
     uri = tracking_uri(config)
     if uri is None:
         return None
-    return uri, experiment_id(uri, config.tracking.experiment_name or config.experiment.name)
+    layout = OutputsLayout(config.outputs_root, config.experiment.name)
+    # The embedded store keeps its artifacts beside it, under outputs/ (MLflow's default is
+    # ./mlruns of the working directory); a server or a store the user named decides itself.
+    embedded = uri == f"sqlite:///{layout.mlflow_db}"
+    location = layout.mlflow_artifacts.resolve().as_uri() if embedded else None
+    name = config.tracking.experiment_name or config.experiment.name
+    return uri, experiment_id(uri, name, location)
 
 
 def open_stage_run(
@@ -309,6 +316,18 @@ def end_trial_runs(parent: RunRef, trials: list[int], status: EndStatus) -> None
         if found is not None:
             client.set_terminated(found.info.run_id, status)
             end_open_runs(RunRef(**{**parent.model_dump(), "run_id": found.info.run_id}), status)
+
+
+def note_retries(parent: RunRef, trial: int, failures: list[str], resumes: list[str]) -> None:
+    """Record on a trial's run why its attempts failed and where each retry resumed."""
+    key = run_tags("trial", parent=parent.run_id, trial=trial)
+    found = _find(parent.tracking_uri, parent.experiment_id, key)
+    if found is None:
+        return
+    run = RunRef(**{**parent.model_dump(), "run_id": found.info.run_id})
+    log(run, metrics={"retries": float(max(len(failures), len(resumes)))})
+    notes = {"failures": "; ".join(failures), "resumed_at": "; ".join(resumes)}
+    set_tags(run, **{k: v[:5000] for k, v in notes.items() if v})
 
 
 def end_open_runs(parent: RunRef, status: EndStatus = "KILLED") -> int:
