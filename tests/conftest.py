@@ -100,3 +100,17 @@ def ray_cluster() -> Iterator[None]:
     ray.init(num_cpus=2, include_dashboard=False)
     yield
     ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def ray_with_state_api() -> Iterator[None]:
+    """A 2-CPU local cluster with its dashboard, so the state API tells which process runs
+    which actor (fault tests kill exactly the process they mean)."""
+    import ray
+
+    from ray_pipeline.cluster import TRAIN_POLL_ENV, TRAIN_POLL_SECONDS
+
+    os.environ.setdefault(TRAIN_POLL_ENV, TRAIN_POLL_SECONDS)
+    ray.init(num_cpus=2, include_dashboard=True)
+    yield
+    ray.shutdown()

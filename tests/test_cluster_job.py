@@ -9,7 +9,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -24,15 +23,9 @@ import pytest
 from ray_pipeline.artifacts import read_json
 from ray_pipeline.hpo.results import HpoResult
 from tests.conftest import REPO
+from tests.local_cluster import RAY, free_port
 
 pytestmark = pytest.mark.slow
-RAY = str(Path(sys.executable).parent / "ray")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass(frozen=True)
@@ -91,7 +84,7 @@ def two_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TwoNodes]:
         "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25",
     }
     env.pop("RAY_ADDRESS", None)
-    gcs, dash, m1, m2 = (_free_port() for _ in range(4))
+    gcs, dash, m1, m2 = (free_port() for _ in range(4))
     # Each node has its own temp dir: nothing is left in /tmp/ray for a later ray.init() to
     # find, two nodes on one machine do not delete each other's runtime_env files, and the
     # teardown can stop exactly this cluster. One CPU per node: the smoke search's two
@@ -171,7 +164,8 @@ def test_job_stopped_mid_hpo_then_resumed_on_two_nodes(two_nodes: TwoNodes, tmp_
         "--config",
         "config/experiment/smoke.yaml",
     ]
-    smoke += [f"outputs_root={outputs}"]
+    # Trials long enough (40 epochs per fold) for the stop to land mid-search.
+    smoke += [f"outputs_root={outputs}", "hpo.training.epochs=40"]
     clock = time.monotonic()
 
     # Submit, stop with `ray job stop` once a trial has finished.

@@ -10,14 +10,14 @@ import pytest
 from ray_pipeline.errors import ConfigError
 from ray_pipeline.hpo.search_space import to_distributions
 from ray_pipeline.hpo.study import count_finished, fail_running, load_study, study_storage
-from ray_pipeline.hpo.worker import _shard
 from ray_pipeline.resources import Node, plan_trials
 from ray_pipeline.schema import HpoConfig, ResourcesConfig, StudyCheckpoint
+from ray_pipeline.training import shard
 
 LAPTOP = [Node(cpus=2, gpus=0)]
 
 
-def _res(**kw: float) -> ResourcesConfig:
+def _res(**kw: float | str) -> ResourcesConfig:
     return ResourcesConfig.model_validate(kw)
 
 
@@ -28,6 +28,16 @@ def test_plan_packs_trials_into_the_cluster() -> None:
     gpus = [Node(cpus=8, gpus=4), Node(cpus=8, gpus=4)]
     plan = plan_trials(_res(workers_per_trial=2, cpus_per_worker=2, gpus_per_worker=1), gpus)
     assert plan.use_gpu and plan.max_concurrent_trials == 4
+
+
+def test_fractional_gpus_pack_one_worker_trials_and_pick_the_trial_backend() -> None:
+    two_gpus = [Node(cpus=4, gpus=2)]
+    plan = plan_trials(_res(gpus_per_worker=0.5), two_gpus)
+    assert plan.max_concurrent_trials == 4 and plan.in_process  # 2 trials per GPU
+    assert plan_trials(_res(gpus_per_worker=0.25), two_gpus).max_concurrent_trials == 4  # CPUs
+    assert not plan_trials(_res(trial_backend="train"), LAPTOP).in_process
+    assert not plan_trials(_res(workers_per_trial=2), LAPTOP).in_process
+    assert plan_trials(_res(max_failures=5), LAPTOP).max_failures == 5
 
 
 def test_infeasible_cpu_request_names_what_was_asked_and_what_exists() -> None:
@@ -69,7 +79,7 @@ def test_search_space_becomes_optuna_distributions() -> None:
 @pytest.mark.parametrize(("n", "world"), [(10, 1), (10, 2), (11, 2), (7, 3), (2, 4)])
 def test_every_rank_gets_the_same_number_of_examples(n: int, world: int) -> None:
     indices = list(range(100, 100 + n))
-    shards = [_shard(indices, rank, world) for rank in range(world)]
+    shards = [shard(indices, rank, world) for rank in range(world)]
     assert len({len(s) for s in shards}) == 1  # equal steps: DDP never waits forever
     assert set().union(*shards) == set(indices)  # every example is used
 

@@ -1,0 +1,42 @@
+"""DDP in every stage: two workers per trial and for final training on a row count that does
+not divide evenly (33 rows, batch 16: unpadded shards would give the ranks 2 and 1 steps, and
+the rank with fewer would leave the other waiting in an all-reduce for good)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ray_pipeline.artifacts import read_json
+from ray_pipeline.cli import main
+from ray_pipeline.final.results import FinalMetrics
+from ray_pipeline.hpo.results import HpoResult
+from tests.conftest import SMOKE
+from tests.waits import InThread
+
+pytestmark = pytest.mark.slow
+
+
+def test_two_workers_on_uneven_rows_complete_every_stage(ray_cluster: None, tmp_path: Path) -> None:
+    outputs = tmp_path / "outputs"
+    args = ["run", "--config", str(SMOKE), f"outputs_root={outputs}"]
+    args += ["resources.workers_per_trial=2", "data.max_train_examples=33"]
+    args += ["hpo.training.batch_size=16", "hpo.num_samples=2"]
+    run = InThread(main, args)
+    assert run.result(timeout=600) == 0  # a DDP hang fails here instead of blocking the suite
+
+    root = outputs / "smoke"
+    hpo = read_json(root / "hpo" / "tiny-bert" / "hpo_tiny-bert" / "hpo.json", HpoResult)
+    assert [t.state for t in hpo.trials] == ["COMPLETE"] * 2
+    assert {f.workers for t in hpo.trials for f in t.folds} == {2}
+    # Each fold is validated on its whole held-out part (33 rows, 2 folds), not on a shard.
+    assert sorted(f.validation_examples for f in hpo.trials[0].folds) == [16, 17]
+    final = root / "final" / "tiny-bert" / "final_tiny-bert"
+    metrics = read_json(final / "metrics.json", FinalMetrics)
+    assert metrics.workers == 2 and metrics.train_examples == 33
+    assert metrics.test_examples == 16  # the test metrics cover the whole test set
+    from transformers import pipeline
+
+    classify = pipeline("text-classification", model=str(final / "model"))
+    assert classify("Fresh and tasty tea.")[0]["label"] in {"great", "other"}

@@ -1,0 +1,218 @@
+"""Faults survived on a real local Ray cluster: a killed Train worker of a DDP trial, a killed
+one-worker trial process, a killed benchmark actor and a killed final-training worker. Each
+test kills exactly what it started (a pid Ray reports for the actor it runs, or an actor with
+``ray.kill``) and checks from the results and MLflow that finished work was not redone."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+from pydantic import BaseModel
+
+from ray_pipeline.artifacts import read_json
+from ray_pipeline.cli import main
+from ray_pipeline.final.results import FinalMetrics
+from ray_pipeline.hpo.results import FoldState, HpoResult
+from ray_pipeline.loading import load_config
+from tests.builders import add_hpo_variant
+from tests.waits import InThread, wait_for
+
+MakeExp = Callable[..., Path]
+pytestmark = pytest.mark.slow
+TRIAL_PROCESS = "ImplicitFunc"  # the actor class Ray Tune runs a function trainable in
+TRAIN_WORKER = "RayTrainWorker"
+M = TypeVar("M", bound=BaseModel)
+
+
+def _alive_pids(class_name: str) -> list[int]:
+    """Pids of the live actors of Ray class ``class_name`` (Tune's trainable class is reported
+    as ``ImplicitFunc`` or ``wrap_function.<locals>.ImplicitFunc``)."""
+    from ray.util.state import list_actors
+
+    found = list_actors(filters=[("state", "=", "ALIVE")])
+    return sorted(int(a.pid) for a in found if a.class_name.split(".")[-1] == class_name and a.pid)
+
+
+def _last_checkpoints(root: Path, trial_run: str | None) -> list[Path]:
+    """The checkpoints a retry would resume from: for a Ray Train run (``trial_run`` under
+    ``root``), the latest one its controller registered (it can lag behind what is on disk);
+    for Tune trials, every one on disk (Tune registers a trial's report before it returns)."""
+    if trial_run is None:
+        return list(root.glob("*/checkpoint_*"))
+    try:
+        snapshot = json.loads((root / trial_run / "checkpoint_manager_snapshot.json").read_text())
+    except (OSError, ValueError):
+        return []
+    latest = snapshot.get("latest_checkpoint_result") or {}
+    name = latest.get("checkpoint_dir_name")
+    return [root / trial_run / name] if name else []
+
+
+def _state(checkpoint: Path, model: type[M]) -> M | None:
+    try:
+        return model.model_validate_json(next(checkpoint.glob("*_state.json")).read_text())
+    except (OSError, ValueError, StopIteration):  # mid-write, or deleted by num_to_keep
+        return None
+
+
+def _inside_fold(root: Path, trial_run: str | None, fold: int) -> FoldState | None:
+    """A resumable checkpoint taken inside ``fold`` (or later) after one of its epochs."""
+    for checkpoint in _last_checkpoints(root, trial_run):
+        state = _state(checkpoint, FoldState)
+        if state is not None and state.current is not None and state.current.fold >= fold:
+            return state
+    return None
+
+
+def _fold_histories(outputs: Path) -> dict[str, list[int]]:
+    """Per fold run name: the steps at which its trial logged ``fold_objective`` and how many
+    times the fold run logged its ``objective`` (a retrained fold would log twice)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{outputs / 't' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("t")
+    assert experiment is not None
+    runs = client.search_runs([experiment.experiment_id])
+    assert not [r.info.run_name for r in runs if r.info.status == "RUNNING"]
+    out = {}
+    for run in runs:
+        kind = run.data.tags.get("ray_pipeline.kind")
+        if kind == "fold":
+            out[run.info.run_name] = [1] * len(
+                client.get_metric_history(run.info.run_id, "objective")
+            )
+        elif kind == "trial":
+            history = client.get_metric_history(run.info.run_id, "fold_objective")
+            out[run.info.run_name] = sorted(m.step for m in history)
+    return out
+
+
+def _resumed_at(resume: str) -> tuple[int, int]:
+    """``fold F epoch E`` -> (F, E)."""
+    words = resume.split()
+    assert words[0] == "fold" and words[2] == "epoch", resume
+    return int(words[1]), int(words[3])
+
+
+@pytest.mark.parametrize(
+    ("workers", "victim", "checkpoints", "trial_run", "folds"),
+    [
+        (1, TRIAL_PROCESS, "tune/round_1", None, 2),
+        # Ray Train registers reports a few seconds behind the workers: a third fold leaves
+        # time to kill a worker before the trial ends.
+        (2, TRAIN_WORKER, "train", "trial_0", 3),
+    ],
+    ids=["trial-process", "ddp-train-worker"],
+)
+def test_killed_trial_resumes_inside_its_fold(
+    ray_with_state_api: None,
+    smoke_experiment: MakeExp,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    workers: int,
+    victim: str,
+    checkpoints: str,
+    trial_run: str | None,
+    folds: int,
+) -> None:
+    path = smoke_experiment()
+    args = ["hpo", "--config", str(path), "hpo.num_samples=1", f"hpo.k_folds={folds}"]
+    args += ["hpo.training.epochs=30", f"resources.workers_per_trial={workers}"]
+    variant = tmp_path / "outputs" / "t" / "hpo" / "tiny-bert" / "hpo_tiny-bert"
+    run = InThread(main, args)
+    seen = wait_for(
+        lambda: _inside_fold(variant / checkpoints, trial_run, 1),
+        "an epoch checkpoint inside fold 1",
+        timeout=180,
+        still_running=run.running,
+    )
+    assert seen.current is not None and len(seen.folds) >= 1
+    pid = wait_for(lambda: _alive_pids(victim), f"a live {victim}", 60)[0]
+    os.kill(pid, signal.SIGKILL)
+
+    assert run.result(timeout=300) == 0
+    (trial,) = read_json(variant / "hpo.json", HpoResult).trials
+    assert trial.state == "COMPLETE"
+    assert [f.fold for f in trial.folds] == list(range(folds))
+    assert all(f.workers == workers for f in trial.folds)
+    # One retry, picked up inside a fold at (or after) the epoch checkpoint seen before the kill.
+    (resume,) = trial.resumes
+    assert _resumed_at(resume) >= (seen.current.fold, seen.current.epochs_done)
+    assert trial.failures, "the failure's cause is recorded in hpo.json"
+    # Every fold was trained and logged once: a retrained fold would log its objective again.
+    histories = _fold_histories(tmp_path / "outputs")
+    assert histories["hpo_tiny-bert_trial_0"] == list(range(folds))
+    assert {name: n for name, n in histories.items() if "_fold" in name} == {
+        f"hpo_tiny-bert_trial_0_fold{k}": [1] for k in range(folds)
+    }
+    out = capsys.readouterr().out
+    assert "resuming after" in out and "failed" in out
+
+
+def test_killed_benchmark_actor_is_restarted_and_every_benchmark_lands(
+    ray_with_state_api: None, smoke_experiment: MakeExp, tmp_path: Path
+) -> None:
+    import ray
+    from ray.util.state import list_tasks
+
+    path = smoke_experiment(
+        benchmark={"benchmarking": {"batch_sizes": [1], "iterations": 3000, "max_length": 16}},
+        resources={"cpus_per_worker": 1, "max_failures": 2},
+    )
+    config = load_config(path)
+    for trial, score in enumerate((0.6, 0.7, 0.8)):
+        add_hpo_variant(config, "tiny-bert", score, trial=trial)
+    run = InThread(main, ["benchmark", "--config", str(path)])
+
+    def measuring() -> list[object]:
+        tasks = list_tasks(filters=[("name", "=", "BenchmarkActor.run"), ("state", "=", "RUNNING")])
+        return list(tasks)
+
+    wait_for(measuring, "a benchmark actor measuring", timeout=120, still_running=run.running)
+    name = f"benchmark-t-{os.getpid()}-0"
+    ray.kill(ray.get_actor(name), no_restart=False)  # like a lost node: Ray may restart it
+
+    assert run.result(timeout=300) == 0
+    found = sorted(p.parent.name for p in (tmp_path / "outputs").glob("t/hpo/*/*/benchmark.json"))
+    assert found == ["hpo_tiny-bert", "hpo_tiny-bert_v2", "hpo_tiny-bert_v3"]
+    from ray.util.state import list_actors
+
+    (actor,) = list_actors(filters=[("name", "=", name)], detail=True)
+    assert actor.num_restarts == 1  # restarted once after the kill, then ended by the stage
+
+
+def test_killed_final_training_worker_resumes_from_its_epoch_checkpoint(
+    ray_with_state_api: None, smoke_experiment: MakeExp, tmp_path: Path
+) -> None:
+    epochs = 40
+    path = smoke_experiment()
+    add_hpo_variant(load_config(path), "tiny-bert", 0.5, trial=1)
+    args = ["train", "--config", str(path), "final_training.source.variant=hpo_tiny-bert"]
+    args += [f"final_training.epochs={epochs}"]
+    variant = tmp_path / "outputs" / "t" / "final" / "tiny-bert" / "final_tiny-bert"
+    run = InThread(main, args)
+    wait_for(
+        lambda: _last_checkpoints(variant, "checkpoints"),
+        "final training's first registered epoch checkpoint",
+        timeout=180,
+        still_running=run.running,
+    )
+    pid = wait_for(lambda: _alive_pids(TRAIN_WORKER), "a live final-training worker", 60)[0]
+    os.kill(pid, signal.SIGKILL)
+
+    assert run.result(timeout=300) == 0
+    metrics = read_json(variant / "metrics.json", FinalMetrics)
+    start = metrics.resumed_from_epoch
+    assert start is not None and 1 <= start < epochs, start
+    assert [e.epoch for e in metrics.epochs] == list(range(epochs))  # each epoch exactly once
+    assert metrics.failures, "the worker group's failure is recorded"
+    from transformers import pipeline
+
+    classify = pipeline("text-classification", model=str(variant / "model"))
+    assert classify("Fresh and tasty tea.")[0]["label"] in {"great", "other"}

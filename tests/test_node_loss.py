@@ -1,0 +1,170 @@
+"""A worker node lost mid-search: a real two-node Ray cluster on this machine (`ray start
+--head` + `ray start --address`, each with its own temp dir), the smoke search driven from a
+separate process, and the worker node stopped by killing the `ray start` this test launched
+while one of its trials is between folds. Every trial must complete, the lost one resumed from
+its checkpoint, and nothing may be left RUNNING in MLflow."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from ray_pipeline.artifacts import read_json
+from ray_pipeline.hpo.results import FoldState, HpoResult
+from tests.conftest import REPO, SMOKE
+from tests.local_cluster import RAY, accepts, free_port
+from tests.waits import wait_for
+
+pytestmark = pytest.mark.slow
+
+
+@dataclass
+class Cluster:
+    address: str
+    env: dict[str, str]
+    head: subprocess.Popen[bytes]
+    worker: subprocess.Popen[bytes]
+
+
+def _start(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        return subprocess.Popen(argv, env=env, stdout=out, stderr=out, start_new_session=True)
+
+
+def _alive_nodes(address: str, env: dict[str, str]) -> list[str]:
+    """The alive nodes' ids, the head first (asked by a short-lived driver)."""
+    code = (
+        f"import ray; ray.init(address={address!r}, logging_level='ERROR');"
+        "n=[x for x in ray.nodes() if x['Alive']];"
+        "n.sort(key=lambda x: 'node:__internal_head__' not in x['Resources']);"
+        "print(' '.join(x['NodeID'] for x in n))"
+    )
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=30
+        )
+    except subprocess.TimeoutExpired:  # the head is still starting: ask again
+        return []
+    return done.stdout.split() if done.returncode == 0 else []
+
+
+@pytest.fixture
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    port = free_port()
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": secrets.token_hex(16),
+        "HF_HUB_OFFLINE": "1",
+        "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25",
+        # The head declares a lost node dead after ~2 s instead of ~15 s.
+        "RAY_health_check_period_ms": "500",
+        "RAY_health_check_failure_threshold": "4",
+    }
+    env.pop("RAY_ADDRESS", None)
+    common = ["--block", "--num-cpus=1", "--disable-usage-stats"]
+    # Short paths: Ray's socket paths under the temp dir must stay under 108 bytes.
+    head_dir, node_dir = tmp_path_factory.mktemp("head"), tmp_path_factory.mktemp("node")
+    head_args = [f"--port={port}", "--include-dashboard=false", f"--temp-dir={head_dir}"]
+    head = _start(
+        [RAY, "start", "--head", *head_args, *common],
+        env,
+        head_dir / "start.log",
+    )
+    address = f"127.0.0.1:{port}"
+    started = [head]
+    try:
+        wait_for(
+            lambda: accepts(port),
+            "the head node's GCS port",
+            120,
+            still_running=lambda: head.poll() is None,
+        )
+        wait_for(lambda: len(_alive_nodes(address, env)) == 1, "the head node", 120)
+        worker = _start(
+            [RAY, "start", f"--address={address}", *common, f"--temp-dir={node_dir}"],
+            env,
+            node_dir / "start.log",
+        )
+        started.append(worker)
+        wait_for(lambda: len(_alive_nodes(address, env)) == 2, "the worker node", 120)
+        yield Cluster(address, env, head, worker)
+    finally:
+        for process in reversed(started):  # exactly the `ray start`s this fixture launched
+            with contextlib.suppress(OSError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def _trial_between_folds_on(node: str, tune_dir: Path) -> FoldState | None:
+    """A checkpoint of an unfinished trial whose first fold trained on ``node``."""
+    for path in tune_dir.glob("round_1/trial_*/checkpoint_*/fold_state.json"):
+        try:
+            state = FoldState.model_validate_json(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if state.folds and state.folds[0].node == node and len(state.folds) < 2:
+            return state
+    return None
+
+
+def test_worker_node_lost_mid_hpo_every_trial_completes(cluster: Cluster, tmp_path: Path) -> None:
+    outputs = tmp_path / "outputs"
+    variant = outputs / "smoke" / "hpo" / "tiny-bert" / "hpo_tiny-bert"
+    head_node, worker_node = _alive_nodes(cluster.address, cluster.env)
+    argv = [sys.executable, "-m", "ray_pipeline", "hpo", "--config", str(SMOKE)]
+    argv += [f"outputs_root={outputs}", "hpo.num_samples=4", "hpo.training.epochs=40"]
+    log = tmp_path / "hpo.log"
+    with log.open("wb") as out:
+        driver = subprocess.Popen(
+            argv,
+            cwd=REPO,
+            env={**cluster.env, "RAY_ADDRESS": cluster.address},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        wait_for(
+            lambda: _trial_between_folds_on(worker_node, variant / "tune"),
+            "a trial between folds on the worker node",
+            timeout=240,
+            still_running=lambda: driver.poll() is None,
+        )
+        os.killpg(cluster.worker.pid, signal.SIGKILL)  # the node goes, as a spot node would
+        cluster.worker.wait()
+        assert driver.wait(timeout=400) == 0, log.read_text()[-4000:]
+    finally:
+        with contextlib.suppress(OSError):
+            os.killpg(driver.pid, signal.SIGKILL)
+
+    hpo = read_json(variant / "hpo.json", HpoResult)
+    assert [t.state for t in hpo.trials] == ["COMPLETE"] * 4  # none lost
+    assert all([f.fold for f in t.folds] == [0, 1] for t in hpo.trials)
+    retried = [t for t in hpo.trials if t.resumes]
+    assert retried and all(t.failures for t in retried), [
+        (t.resumes, t.failures) for t in hpo.trials
+    ]
+    # The retried trial resumed after its first fold: that fold, trained on the lost node, stays.
+    assert any(t.folds[0].node == worker_node and t.folds[1].node == head_node for t in retried)
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{outputs / 'smoke' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("smoke")
+    assert experiment is not None
+    runs = client.search_runs([experiment.experiment_id])
+    assert not [r.info.run_name for r in runs if r.info.status == "RUNNING"]
+    trials = [r for r in runs if r.data.tags.get("ray_pipeline.kind") == "trial"]
+    assert sorted(r.info.status for r in trials) == ["FINISHED"] * 4
+    text = log.read_text()
+    assert "failed" in text and "retry 1 of 3" in text
