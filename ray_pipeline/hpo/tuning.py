@@ -21,13 +21,13 @@ from typing import TYPE_CHECKING, Any, Literal
 from ray.tune import Callback
 from ray.tune.search.optuna import OptunaSearch
 
-from ray_pipeline import faults, monitoring, tracking
+from ray_pipeline import faults, monitoring
+from ray_pipeline.hpo import trial_runs
 from ray_pipeline.hpo.results import CHECKPOINT_KEY
 from ray_pipeline.hpo.search_space import to_distributions
 from ray_pipeline.hpo.worker import TrialJob, run_folds, summary, train_folds
-from ray_pipeline.identity import trial_key_hash
 from ray_pipeline.resources import DRIVER_MEMORY_BYTES, TrialPlan, scaling_config
-from ray_pipeline.schema import ParamSpec, SchedulerConfig, TrainingParams
+from ray_pipeline.schema import ParamSpec, SchedulerConfig
 from ray_pipeline.tracking import RunRef
 
 if TYPE_CHECKING:
@@ -155,42 +155,16 @@ class TuneSession:
 
 
 def _start_trial(config: dict[str, Any], spec: RoundSpec) -> tuple[TrialJob, RunRef | None]:
-    """The trial's job (its hyperparameters applied) and its MLflow run (reused on a retry)."""
-    number = int(config[TRIAL_NUMBER])
     params = {k: v for k, v in config.items() if k != TRIAL_NUMBER}
-    job = TrialJob.model_validate(spec.job)
-    training = TrainingParams.model_validate({**job.training.model_dump(), **params})
-    key = trial_key_hash(job.study_key_hash, params)
-    trial_run = _open_trial_run(job, number, params, key)
-    job = job.model_copy(
-        update={
-            "training": training,
-            "trial": number,
-            "trial_run": trial_run,
-            "trial_key_hash": key,
-        }
-    )
-    return job, trial_run
-
-
-def _end_trial(trial_run: RunRef | None, final: dict[str, Any]) -> None:
-    if trial_run is None:
-        return
-    keys = ("objective", "objective_std", "folds_done")
-    tracking.log(trial_run, metrics={k: float(final[k]) for k in keys if k in final})
-    tracking.end(trial_run)
+    return trial_runs.start(TrialJob.model_validate(spec.job), int(config[TRIAL_NUMBER]), params)
 
 
 def _trial_in_process(config: dict[str, Any], spec: RoundSpec) -> None:
     """A one-worker trial: the fold loop right here, in the (reused) Tune trial process."""
     job, trial_run = _start_trial(config, spec)
-    try:
+    with trial_runs.failing(trial_run):
         state = run_folds(job, TuneSession())
-    except BaseException:
-        if trial_run is not None:  # unless the stage already ended it (an interruption: KILLED)
-            tracking.end(trial_run, "FAILED", only_if_running=True)
-        raise
-    _end_trial(trial_run, summary(state))
+    trial_runs.finish(trial_run, summary(state))
 
 
 def _trial_driver(config: dict[str, Any], spec: RoundSpec) -> None:
@@ -222,31 +196,9 @@ def _trial_driver(config: dict[str, Any], spec: RoundSpec) -> None:
             failure_config=faults.train_failure_config(0),
         ),
     )
-    try:
+    with trial_runs.failing(trial_run):
         result = trainer.fit()
-    except BaseException:
-        if trial_run is not None:  # unless the stage already ended it (an interruption: KILLED)
-            tracking.end(trial_run, "FAILED", only_if_running=True)
-        raise
-    _end_trial(trial_run, result.metrics or {})
-
-
-def _open_trial_run(job: TrialJob, number: int, params: dict[str, Any], key: str) -> RunRef | None:
-    if job.parent_run is None:
-        return None
-    run = tracking.open_child(
-        job.parent_run,
-        "trial",
-        tracking.run_name(job.variant, number),
-        stage="hpo",
-        backbone=job.backbone.name,
-        variant=job.variant,
-        study_key_hash=job.study_key_hash,
-        trial=number,
-        trial_key_hash=key,
-    )
-    tracking.log(run, params=params)
-    return run
+    trial_runs.finish(trial_run, result.metrics or {})
 
 
 def _trainable(spec: RoundSpec) -> Any:

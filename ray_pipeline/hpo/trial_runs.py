@@ -1,0 +1,63 @@
+"""A trial's bookkeeping where it runs: its job with the hyperparameters applied, and its
+MLflow run, opened (or found again, on a retry) when the trial starts and ended when it stops.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from ray_pipeline import tracking
+from ray_pipeline.hpo.worker import TrialJob
+from ray_pipeline.identity import trial_key_hash
+from ray_pipeline.schema import TrainingParams
+from ray_pipeline.tracking import RunRef
+
+
+def start(job: TrialJob, number: int, params: dict[str, Any]) -> tuple[TrialJob, RunRef | None]:
+    """Trial ``number``'s job and its MLflow run (the same run again when a trial is retried)."""
+    training = TrainingParams.model_validate({**job.training.model_dump(), **params})
+    key = trial_key_hash(job.study_key_hash, params)
+    run = _open(job, number, params, key)
+    update = {"training": training, "trial": number, "trial_run": run, "trial_key_hash": key}
+    return job.model_copy(update=update), run
+
+
+@contextmanager
+def failing(run: RunRef | None) -> Iterator[None]:
+    """End the trial's run FAILED if the block raises (unless the stage already ended it:
+    an interruption ends it KILLED)."""
+    try:
+        yield
+    except BaseException:
+        if run is not None:
+            tracking.end(run, "FAILED", only_if_running=True)
+        raise
+
+
+def finish(run: RunRef | None, final: dict[str, Any]) -> None:
+    """Log the trial's objective, its spread and finished folds, and end its run."""
+    if run is None:
+        return
+    keys = ("objective", "objective_std", "folds_done")
+    tracking.log(run, metrics={k: float(final[k]) for k in keys if k in final})
+    tracking.end(run)
+
+
+def _open(job: TrialJob, number: int, params: dict[str, Any], key: str) -> RunRef | None:
+    if job.parent_run is None:
+        return None
+    run = tracking.open_child(
+        job.parent_run,
+        "trial",
+        tracking.run_name(job.variant, number),
+        stage="hpo",
+        backbone=job.backbone.name,
+        variant=job.variant,
+        study_key_hash=job.study_key_hash,
+        trial=number,
+        trial_key_hash=key,
+    )
+    tracking.log(run, params=params)
+    return run
