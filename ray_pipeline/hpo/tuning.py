@@ -42,9 +42,9 @@ TRIAL_NUMBER = "optuna_trial_number"
 """Config key carrying the Optuna trial number into the trial driver."""
 OBJECTIVE = "objective"
 CHECKPOINT_PATH_KEY = "checkpoint_path"
+"""Ray Train's TuneReportCallback puts a reported checkpoint's path under this key."""
 NO_AUTO_LOGGERS_ENV = "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"
 SNAPSHOT_WARNING_ENV = "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S"
-"""Ray Train's TuneReportCallback puts a reported checkpoint's path under this key."""
 
 
 def trial_name(number: int) -> str:
