@@ -22,8 +22,10 @@ REPO = Path(__file__).resolve().parent.parent
 
 def _job(checkpoint_dir: Path, iterations: int, max_length: int) -> Any:
     from ray_pipeline.benchmark.results import BenchmarkJob
-    from ray_pipeline.benchmark.stage import encode_for_checkpoint, settings_hash
+    from ray_pipeline.benchmark.scope import settings_hash
+    from ray_pipeline.benchmark.stage import encode_for_checkpoint
     from ray_pipeline.data.splits import load_splits, take
+    from ray_pipeline.hpo.results import TrialRecord
     from ray_pipeline.loading import load_config
     from ray_pipeline.models import build_model, load_tokenizer
 
@@ -50,12 +52,23 @@ def _job(checkpoint_dir: Path, iterations: int, max_length: int) -> Any:
     rows, labels = encode_for_checkpoint(checkpoint_dir, examples, settings.max_length)
     shown = settings.model_dump(include={"batch_sizes", "iterations", "warmup_iterations"})
     print(f"model: {backbone.name}; max_length {settings.max_length}; {shown}")
-    return BenchmarkJob(
+    trial = TrialRecord(  # not from a search: this script times a random-init model
         variant="latency_check",
         backbone=backbone.name,
-        trial=0,
-        trial_key_hash="-",
+        number=0,
+        state="COMPLETE",
+        params={},
+        training=config.hpo.training,
+        seed=0,
+        metric=config.hpo.objective.metric,
+        objective_mean=None,
+        objective_std=None,
+        folds=[],
         study_key_hash="-",
+        trial_key_hash="-",
+    )
+    return BenchmarkJob(
+        trial=trial,
         checkpoint=checkpoint_dir,
         task=config.data.task,
         settings=settings,

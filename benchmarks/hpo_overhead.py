@@ -74,17 +74,18 @@ def _one_fold(config: dict[str, Any]) -> None:
     import ray.train
 
     from ray_pipeline.hpo.cache import prepared
-    from ray_pipeline.hpo.worker import FoldRun, TrainSession, TrialJob
+    from ray_pipeline.hpo.jobs import TrialJob
+    from ray_pipeline.hpo.worker import FoldRun, TrainSession
 
     job = TrialJob.model_validate(config["job"])
     session = TrainSession()
-    inputs = prepared(job.data, job.backbone, job.training.max_length)
+    inputs = prepared(job.study.data, job.study.backbone, job.training.max_length)
     fold = FoldRun(job, config["fold"], inputs, session)
     step_seconds = sum(fold.train_epoch(e)[1] for e in range(job.training.epochs))
     if session.rank != 0:
         ray.train.report({})
         return
-    metrics = {"objective": fold.evaluate()[job.metric], "step_seconds": step_seconds}
+    metrics = {"objective": fold.evaluate()[job.study.metric], "step_seconds": step_seconds}
     # Train V2 keeps only metrics reported with a checkpoint (ours checkpoints every fold too).
     with tempfile.TemporaryDirectory() as directory:
         (Path(directory) / "metrics.json").write_text(json.dumps(metrics))
@@ -98,20 +99,21 @@ def per_fold(outputs: Path, trials: int, folds: int) -> tuple[float, float]:
     from ray.train.torch import TorchTrainer
     from ray.tune.search.optuna import OptunaSearch
 
+    from ray_pipeline.hpo.jobs import TrialJob
     from ray_pipeline.hpo.search_space import to_distributions
     from ray_pipeline.hpo.stage import _job
 
     config = _config(outputs, trials, folds)
-    job = _job(config, config.model.backbones[0], "per_fold", "", None)
+    study = _job(config, config.model.backbones[0], "per_fold", "", None)
 
     def trial(params: dict[str, Any]) -> None:
         values, steps = [], 0.0
-        training = job.training.model_copy(update=params)
+        job = TrialJob(study=study, trial=0, params=params, trial_key_hash="")
         for fold in range(folds):
             trainer = TorchTrainer(
                 _one_fold,
                 train_loop_config={
-                    "job": job.model_copy(update={"training": training}).model_dump(mode="json"),
+                    "job": job.model_dump(mode="json"),
                     "fold": fold,
                 },
                 scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1}),

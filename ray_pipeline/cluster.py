@@ -12,13 +12,15 @@ from ray_pipeline.errors import ConfigError
 
 TRAIN_POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
 TRAIN_POLL_SECONDS = "0.25"
-"""Ray Train's controller collects worker reports on this interval (default 2 s); each fold
-report waits for it, so a short interval cuts ~1.7 s per fold (benchmarks/hpo_overhead.py)."""
+"""Ray Train's controller collects worker reports on this interval (default 2 s); each report
+of a worker group (DDP or trial_backend=train trials, final training) waits for it. One-worker
+trials report through Tune and do not."""
 
 
 def ensure_ray(address: str | None = None) -> None:
     """Initialise Ray unless it already is: ``address`` (``resources.address``), else
-    RAY_ADDRESS (inside ``ray job submit`` the job's cluster), else a new local cluster."""
+    RAY_ADDRESS (inside ``ray job submit`` the job's cluster), else a Ray already running on
+    this machine, else a new local cluster."""
     import ray
 
     if ray.is_initialized():

@@ -37,7 +37,10 @@ class Problem:
 
 
 class ConfigError(PipelineError):
-    """Bad configuration or bad input: exit 2, nothing written, Ray not started."""
+    """Bad configuration or bad input: exit 2. The stage checks raise it before anything is
+    written; where an input only exists once an earlier stage of the same run has finished
+    (selection's candidates and latency limit, final training's source), the later stage
+    raises it when it starts, and the earlier stages' results are kept."""
 
     exit_code = EXIT_BAD_INPUT
 

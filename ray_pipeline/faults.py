@@ -1,8 +1,9 @@
 """Surviving lost workers, actors and nodes: Ray Train's failure settings, and the failure log
 that tells the console, the result files and MLflow which attempts failed and why.
 
-``resources.max_failures`` is the one knob: Ray Tune retries a trial, Ray Train restarts a
-worker group and Ray restarts a benchmark actor up to that many times. Every retry resumes
+``resources.max_failures`` is the one knob: Ray Tune retries a trial (a DDP trial's lost
+worker fails the trial), Ray Train restarts final training's worker group and Ray restarts a
+benchmark actor up to that many times. Every retry resumes
 from the last checkpoint that was reported, so finished folds and epochs are never trained
 again. Each failure seen is appended to ``failures.jsonl`` in the variant's directory (one
 JSON line per failure, written by whichever process saw it).
@@ -16,9 +17,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ray_pipeline.artifacts import Record
-
-FAILURE_LOG = "failures.jsonl"
-"""In a variant's directory: one line per failed attempt of a trial or a worker group."""
 
 
 class Failure(Record):
@@ -42,6 +40,17 @@ def cause_of(error: BaseException | str) -> str:
     line = (error.strip().splitlines() or [""])[0]
     sentence = line.split(". ")[0]  # Ray's messages go on for several sentences
     return (sentence if len(line) > 120 else line)[:300]
+
+
+def last_tune_error(error_file: str | None) -> str:
+    """The first line of a Tune trial's latest error (Tune appends each to its error file)."""
+    if error_file is None or not Path(error_file).is_file():
+        return "unknown cause"
+    text = Path(error_file).read_text(encoding="utf-8", errors="replace")
+    lines = [line.strip() for line in text.split("Failure # ")[-1].splitlines()[1:]]
+    lines = [line for line in lines if line]
+    raised = [line for line in lines if line.split(":")[0].endswith(("Error", "Exception"))]
+    return cause_of((raised or lines or ["unknown cause"])[-1 if raised else 0])
 
 
 def record_failure(

@@ -1,7 +1,7 @@
 """Identity of studies and trials: the one place hashes are computed.
 
 ``study_key_hash`` covers what defines a study (data, backbone, search space, fixed
-training settings, CV, seed, objective); ``num_samples`` and the scheduler are left out
+training settings, CV, seed, sampler, objective); ``num_samples`` and the scheduler are left out
 so a study can grow or be scheduled differently and still be the same study.
 ``trial_key_hash`` adds one trial's hyperparameters. Hashes are SHA-256 over canonical
 JSON, stable across processes, machines and Python versions (never ``hash()``).
@@ -75,11 +75,6 @@ def study_key(config: PipelineConfig, backbone: BackboneConfig) -> dict[str, Any
     }
 
 
-def study_key_hash(key: dict[str, Any]) -> str:
-    """Hash of a study key built by ``study_key``."""
-    return stable_hash(key)
-
-
 def trial_key_hash(study_hash: str, params: dict[str, Any]) -> str:
     """Hash of a study hash plus one trial's hyperparameters."""
     return stable_hash({"study_key_hash": study_hash, "params": params})
@@ -101,7 +96,7 @@ def final_key(
 def benchmark_key(settings: BenchmarkSettings) -> dict[str, Any]:
     """What makes two benchmarks comparable: the timing settings and the test file's content
     (not which variants get benchmarked)."""
-    key = settings.model_dump(mode="json", exclude={"benchmark_all_variants", "benchmark_strategy"})
+    key = settings.model_dump(mode="json", exclude={"benchmark_strategy"})
     test = settings.test_data
     key["test_data"] = None if test is None else file_digest(test) if test.is_file() else test.name
     return key

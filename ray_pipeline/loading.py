@@ -32,7 +32,7 @@ from pydantic import BaseModel, ValidationError
 
 from ray_pipeline.errors import ConfigError, Problem
 from ray_pipeline.paths import expand_data_cache
-from ray_pipeline.schema import SECTIONS, PathMarker, PipelineConfig
+from ray_pipeline.schema import REMOVED_KEYS, SECTIONS, PathMarker, PipelineConfig
 
 Loc = tuple[str | int, ...]
 COMMAND_LINE = "command line"
@@ -252,6 +252,8 @@ def _explain(err: Any, loc: Loc) -> tuple[str, bool]:
     if kind == "missing":
         return "required key is missing; add it", False
     if kind == "extra_forbidden":
+        if tuple(map(str, loc)) in REMOVED_KEYS:
+            return REMOVED_KEYS[tuple(map(str, loc))], False
         allowed = sorted(_allowed_keys(loc[:-1]))
         close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
         hint = f"did you mean {close[0]!r}?" if close else f"allowed keys: {', '.join(allowed)}"

@@ -2,10 +2,10 @@
 Prometheus show about a running pipeline. Each node's metrics agent exports them (Prometheus
 text at ``ray start --metrics-export-port``), prefixed ``ray_``:
 
-  ray_pipeline_trials{variant, event=started|finished|pruned|failed}   counter
-  ray_pipeline_fold_seconds{variant}                                   histogram
-  ray_pipeline_best_objective{variant}                                 gauge
-  ray_pipeline_benchmark_p95_ms{variant, batch_size}                   gauge
+  ray_pipeline_trials_total{variant, event=started|finished|pruned|failed}   counter
+  ray_pipeline_fold_seconds_bucket/_sum/_count{variant}                      histogram
+  ray_pipeline_best_objective{variant}                                       gauge
+  ray_pipeline_benchmark_p95_ms{variant, batch_size}                         gauge
 
 A metric object lives in the process that records it; each is created on first use there.
 """

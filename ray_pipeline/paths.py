@@ -1,12 +1,20 @@
-"""The outputs layout (a contract that tests and tools read) and the demo data cache.
+"""The outputs layout: every path and file name the pipeline writes (a contract that tests and
+tools read), and the demo data cache. No other module spells a name in this tree.
 
 <outputs_root>/<experiment>/
   config.resolved.yaml
   mlflow.db
   mlartifacts/                 the embedded MLflow store's artifacts
-  hpo/<backbone>/<variant>/    variant.json study.db tune/ hpo.json benchmark.json best/
+  hpo/<backbone>/<variant>/    variant.json study.db tune/ train/ hpo.json benchmark.json
+                               failures.jsonl best/
   selection/selection.json
-  final/<backbone>/<variant>/  model/ metrics.json lineage.json checkpoints/
+  final/<backbone>/<variant>/  variant.json model/ metrics.json lineage.json checkpoints/
+                               failures.jsonl
+  report/                      index.html leaderboard.json plots/
+
+Inside a checkpoint (a trial's or final training's): ``model/`` (a ``save_pretrained``
+directory), ``training_state.pt`` (model, optimiser and scheduler state inside a fold or run)
+and the loop's state, ``fold_state.json`` (HPO) or ``final_state.json`` (final training).
 """
 
 from __future__ import annotations
@@ -14,11 +22,25 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ray_pipeline.naming import VariantStage, check_safe_name
 
+if TYPE_CHECKING:
+    from ray_pipeline.schema import PipelineConfig
+
 DATA_CACHE_ENV = "RAY_PIPELINE_DATA_CACHE"
 DATA_CACHE_TOKEN = "{data_cache}"
+DEFAULT_STUDY_PATH = "{study_name}/study.db"
+"""``hpo.checkpoint.storage_path``'s default, relative to the backbone's HPO directory."""
+
+# Inside a checkpoint directory.
+CHECKPOINT_MODEL = "model"
+TRAINING_STATE = "training_state.pt"
+FOLD_STATE = "fold_state.json"
+FINAL_STATE = "final_state.json"
+MODEL_CARD = "README.md"
+"""The model card inside an exported ``model/`` (the Hugging Face convention)."""
 
 
 def data_cache_dir() -> Path:
@@ -37,12 +59,22 @@ def expand_data_cache(path: Path) -> Path:
     return path
 
 
+def staging_for(path: Path) -> Path:
+    """Where ``path`` is assembled before an atomic rename into place (a hidden sibling)."""
+    return path.with_name(f".{path.name}.tmp")
+
+
 @dataclass(frozen=True)
 class OutputsLayout:
-    """Every path the pipeline writes, derived from the outputs root and experiment name."""
+    """Every experiment-level path, derived from the outputs root and experiment name."""
 
     outputs_root: Path
     experiment: str
+
+    @classmethod
+    def of(cls, config: PipelineConfig) -> OutputsLayout:
+        """The layout of ``config``'s experiment."""
+        return cls(config.outputs_root, config.experiment.name)
 
     @property
     def root(self) -> Path:
@@ -65,6 +97,97 @@ class OutputsLayout:
     def selection_file(self) -> Path:
         return self.root / "selection" / "selection.json"
 
+    @property
+    def report_dir(self) -> Path:
+        return self.root / "report"
+
+    @property
+    def report_index(self) -> Path:
+        return self.report_dir / "index.html"
+
+    @property
+    def leaderboard_file(self) -> Path:
+        return self.report_dir / "leaderboard.json"
+
+    @property
+    def report_plots(self) -> Path:
+        """Optuna plots, ``<variant>_<plot>.png`` and ``.html``; linked relative to the index."""
+        return self.report_dir / "plots"
+
     def stage_dir(self, stage: VariantStage, backbone: str) -> Path:
         """The directory holding one backbone's variants of ``stage``."""
         return self.root / stage / check_safe_name(backbone, "backbone name")
+
+
+@dataclass(frozen=True)
+class VariantFiles:
+    """The files of one variant directory (HPO or final training)."""
+
+    path: Path
+
+    @property
+    def record(self) -> Path:
+        """``variant.json``: the variant's status and study key."""
+        return self.path / "variant.json"
+
+    @property
+    def failures(self) -> Path:
+        """``failures.jsonl``: every lost worker, trial or actor, one JSON line each."""
+        return self.path / "failures.jsonl"
+
+    # HPO
+    @property
+    def hpo_result(self) -> Path:
+        return self.path / "hpo.json"
+
+    @property
+    def benchmark(self) -> Path:
+        return self.path / "benchmark.json"
+
+    @property
+    def tune_dir(self) -> Path:
+        """Ray Tune experiments, one ``round_<n>`` per run that added trials."""
+        return self.path / "tune"
+
+    def round_dir(self, number: int) -> Path:
+        return self.tune_dir / f"round_{number}"
+
+    def rounds(self) -> list[Path]:
+        """The Tune rounds so far, oldest first."""
+        tune = self.tune_dir
+        found = [p for p in tune.glob("round_*") if p.is_dir()] if tune.is_dir() else []
+        return sorted(found, key=lambda p: int(p.name.split("_")[1]))
+
+    @property
+    def train_dir(self) -> Path:
+        """Trial checkpoints (Ray Tune / Ray Train storage)."""
+        return self.path / "train"
+
+    @property
+    def best(self) -> Path:
+        """The best trial's best-fold model, kept for the benchmark."""
+        return self.path / "best"
+
+    def study_file(self, storage_path: str, study_name: str) -> Path:
+        """The Optuna study file for ``hpo.checkpoint.storage_path`` (relative to the
+        backbone's HPO directory, ``{study_name}`` replaced)."""
+        return self.path.parent / storage_path.replace("{study_name}", study_name)
+
+    # final training
+    @property
+    def model(self) -> Path:
+        """The exported model (``transformers.pipeline`` loads it)."""
+        return self.path / "model"
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / "metrics.json"
+
+    @property
+    def lineage(self) -> Path:
+        return self.path / "lineage.json"
+
+    @property
+    def checkpoints_name(self) -> str:
+        """Ray Train's run name for final training: its checkpoints live under this."""
+        return "checkpoints"

@@ -79,7 +79,7 @@ def parse_stages(text: str) -> tuple[str, ...]:
 
 def write_resolved_config(config: PipelineConfig) -> Path:
     """``<outputs>/<experiment>/config.resolved.yaml``: what this run actually used."""
-    path = OutputsLayout(config.outputs_root, config.experiment.name).resolved_config
+    path = OutputsLayout.of(config).resolved_config
     write_text_atomic(path, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
     return path
 

@@ -18,18 +18,15 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from ray_pipeline.artifacts import read_json, write_text_atomic
-from ray_pipeline.benchmark.results import BenchmarkResult
-from ray_pipeline.final.export import METRICS_FILE
+from ray_pipeline.benchmark.scope import VariantBest, current_benchmark
 from ray_pipeline.final.results import FinalMetrics
-from ray_pipeline.hpo.results import HpoResult
-from ray_pipeline.hpo.stage import HPO_FILE
+from ray_pipeline.hpo.results import read_hpo
 from ray_pipeline.hpo.study import study_storage
 from ray_pipeline.paths import OutputsLayout
 from ray_pipeline.schema import PipelineConfig
 from ray_pipeline.selection import SelectionResult
 from ray_pipeline.variants import Variant, experiment_variants
 
-REPORT_DIR = "report"
 PLOTS = {
     "history": "plot_optimization_history",
     "importances": "plot_param_importances",
@@ -61,7 +58,7 @@ class LeaderRow(BaseModel):
 
 
 def _selection(config: PipelineConfig) -> SelectionResult | None:
-    path = OutputsLayout(config.outputs_root, config.experiment.name).selection_file
+    path = OutputsLayout.of(config).selection_file
     return read_json(path, SelectionResult) if path.is_file() else None
 
 
@@ -72,13 +69,11 @@ def leaderboard(config: PipelineConfig) -> list[LeaderRow]:
     batch = config.selection.latency_batch_size
     rows = []
     for variant in experiment_variants(config, "hpo"):
-        hpo_file = variant.path / HPO_FILE
-        hpo = read_json(hpo_file, HpoResult) if hpo_file.is_file() else None
-        bench_file = variant.path / config.benchmark.output.filename
-        bench = read_json(bench_file, BenchmarkResult) if bench_file.is_file() else None
+        hpo = read_hpo(variant.files)
         best = hpo.best if hpo else None
-        if bench is not None and (best is None or bench.trial_key_hash != best.trial_key_hash):
-            bench = None  # measured another trial: not this row's numbers
+        bench = None  # shown only when it measured this row's trial with today's settings
+        if hpo is not None and best is not None:
+            bench = current_benchmark(VariantBest(variant, hpo), config.benchmark.benchmarking)
         timing = bench.at_batch(batch) if bench else None
         rank = ranks.get(variant.name)
         rows.append(
@@ -159,7 +154,7 @@ def _plots(config: PipelineConfig, variant: Variant, out: Path) -> dict[str, str
     import optuna.visualization as plotly_vis
     import optuna.visualization.matplotlib as mpl_vis
 
-    storage = study_storage(variant.path, variant.name, config.hpo.checkpoint)
+    storage = study_storage(variant.files, variant.name, config.hpo.checkpoint)
     study = optuna.load_study(study_name=variant.name, storage=storage)
     done: dict[str, str] = {}
     for stem, function in PLOTS.items():
@@ -185,14 +180,13 @@ def _plots(config: PipelineConfig, variant: Variant, out: Path) -> dict[str, str
 
 def write_report(config: PipelineConfig) -> Path:
     """Write the report directory; returns its index.html."""
-    layout = OutputsLayout(config.outputs_root, config.experiment.name)
-    out = layout.root / REPORT_DIR
-    plots_dir = out / "plots"
+    layout = OutputsLayout.of(config)
+    plots_dir = layout.report_plots
     plots_dir.mkdir(parents=True, exist_ok=True)
     rows = leaderboard(config)
     batch = config.selection.latency_batch_size
     write_text_atomic(
-        out / "leaderboard.json",
+        layout.leaderboard_file,
         "[\n" + ",\n".join(r.model_dump_json() for r in rows) + "\n]\n",
     )
     sections = [_html_table(_header(rows, batch), [_cells(r) for r in rows])]
@@ -204,13 +198,13 @@ def write_report(config: PipelineConfig) -> Path:
     )
     sections.append(_final_section(config))
     for variant in experiment_variants(config, "hpo"):
-        if not (variant.path / HPO_FILE).is_file():
+        if not variant.files.hpo_result.is_file():
             continue
         print(f"report: plotting {variant.name}")
         plots = _plots(config, variant, plots_dir)
         items = "".join(f"<li>{stem}: {cell}</li>" for stem, cell in plots.items())
         sections.append(f"<h2>{html.escape(variant.name)}</h2><ul>{items}</ul>")
-    index = out / "index.html"
+    index = layout.report_index
     title = f"ray_pipeline report: {html.escape(config.experiment.name)}"
     write_text_atomic(
         index,
@@ -225,18 +219,17 @@ def write_report(config: PipelineConfig) -> Path:
 
 
 def _final_section(config: PipelineConfig) -> str:
-    layout = OutputsLayout(config.outputs_root, config.experiment.name)
-    found = sorted(layout.root.glob(f"final/*/*/{METRICS_FILE}"))
+    found = [v.files for v in experiment_variants(config, "final") if v.files.metrics.is_file()]
     if not found:
         return "<h2>Final model</h2><p>not trained yet (`ray-pipeline train`)</p>"
     items = []
-    for path in found:
-        metrics = read_json(path, FinalMetrics)
+    for files in found:
+        metrics = read_json(files.metrics, FinalMetrics)
         scores = ", ".join(f"{k} {v:.4f}" for k, v in metrics.test_metrics.items())
         items.append(
-            f"<li>{html.escape(metrics.variant)} (from {html.escape(metrics.source.variant)} "
-            f"trial {metrics.source.trial}): test {html.escape(scores)}; model: "
-            f"<code>{html.escape(str(path.parent / 'model'))}</code></li>"
+            f"<li>{html.escape(metrics.variant)} (from {html.escape(metrics.source.trial.label)}"
+            f"): test {html.escape(scores)}; model: <code>{html.escape(str(files.model))}</code>"
+            "</li>"
         )
     return "<h2>Final model</h2><ul>" + "".join(items) + "</ul>"
 

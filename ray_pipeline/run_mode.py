@@ -1,12 +1,13 @@
 """run.mode: one type, one reader. No other module reads ``run.mode``.
 
-| mode                 | HPO / final training                | benchmark       | selection   |
-|----------------------|-------------------------------------|-----------------|-------------|
-| reuse_if_exists      | reuse latest (resume if unfinished) | keep existing   | reuse cache |
-| force_new            | create the next variant             | benchmark again | recompute   |
-| resume_if_incomplete | resume latest if unfinished,        | as reuse        | not allowed |
-|                      | else create the next variant        |                 |             |
-| null                 | -                                   | inherit HPO's   | -           |
+| mode                 | HPO / final training                | benchmark          | selection   |
+|----------------------|-------------------------------------|--------------------|-------------|
+| reuse_if_exists      | reuse latest (resume if unfinished) | keep current ones, | reuse cache |
+|                      |                                     | re-measure stale   |             |
+| force_new            | create the next variant             | benchmark again    | recompute   |
+| resume_if_incomplete | resume latest if unfinished,        | not allowed (as    | not allowed |
+|                      | else create the next variant        | reuse if inherited)|             |
+| null                 | -                                   | inherit HPO's      | -           |
 """
 
 from __future__ import annotations
@@ -44,16 +45,6 @@ def get_run_mode(section: HasRunSection, default: RunMode | None = None) -> RunM
     if mode not in RUN_MODES:  # the schema rejects these; guard against hand-built objects
         raise ValueError(f"unknown run mode {mode!r}; choose one of {', '.join(RUN_MODES)}")
     return mode
-
-
-def is_force_new(section: HasRunSection, default: RunMode | None = None) -> bool:
-    """Whether the stage makes a new variant / result regardless of existing ones."""
-    return get_run_mode(section, default) == "force_new"
-
-
-def is_reuse_if_exists(section: HasRunSection, default: RunMode | None = None) -> bool:
-    """Whether the stage reuses what exists (the default everywhere)."""
-    return get_run_mode(section, default) == "reuse_if_exists"
 
 
 def benchmark_run_mode(benchmark: HasRunSection, hpo: HasRunSection) -> RunMode:

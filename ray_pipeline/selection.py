@@ -20,14 +20,14 @@ from typing import Literal
 
 from ray_pipeline import tracking
 from ray_pipeline.artifacts import Record, read_json, write_json
-from ray_pipeline.benchmark.stage import (
-    VariantBest,
+from ray_pipeline.benchmark.scope import (
     read_benchmark,
     settings_hash,
     stale_reason,
     variants_in_scope,
 )
 from ray_pipeline.errors import ConfigError
+from ray_pipeline.hpo.results import TrialRecord
 from ray_pipeline.identity import file_digest, stable_hash
 from ray_pipeline.paths import OutputsLayout
 from ray_pipeline.run_mode import get_run_mode
@@ -45,14 +45,10 @@ class SelectionRules(Record):
 
 
 class Candidate(Record):
-    """The best trial of one benchmarked variant."""
+    """The best trial of one benchmarked variant, with the numbers the rules compare."""
 
-    backbone: str
-    variant: str
-    trial: int
-    trial_key_hash: str
-    study_key_hash: str
-    params: dict[str, object]
+    trial: TrialRecord
+    """As HPO recorded it (``hpo.json``)."""
     objective: float
     """Cross-validated mean of the rules' metric."""
     objective_std: float
@@ -60,12 +56,15 @@ class Candidate(Record):
     """p95 latency per batch at the rules' batch size."""
     parameters: int
     size_mb: float
-    checkpoint: str
     hpo_file: str
     benchmark_file: str
     inputs_sha256: str
     """Digest of this candidate's hpo.json + benchmark.json bytes (part of the cache key)."""
     benchmark_run_id: str | None = None
+
+    @property
+    def variant(self) -> str:
+        return self.trial.variant
 
 
 class Scored(Record):
@@ -138,7 +137,7 @@ def select_best(candidates: Sequence[Candidate], rules: SelectionRules) -> list[
         raise ConfigError.at(
             "selection.max_latency_ms",
             f"no candidate meets p95 <= {limit:g} ms at batch {rules.latency_batch_size}; the "
-            f"fastest, {fastest.variant} trial {fastest.trial}, takes {fastest.latency_ms:.2f} "
+            f"fastest, {fastest.trial.label}, takes {fastest.latency_ms:.2f} "
             "ms. Raise the limit, or benchmark a smaller model",
         )
     sign = 1.0 if rules.direction == "maximize" else -1.0
@@ -174,7 +173,7 @@ def explain(ranked: Sequence[Scored], rules: SelectionRules) -> str:
     win = ranked[0].candidate
     feasible = sum(s.feasible for s in ranked)
     text = (
-        f"{win.variant} trial {win.trial} ({win.backbone}) wins with {rules.metric} "
+        f"{win.trial.label} ({win.trial.backbone}) wins with {rules.metric} "
         f"{win.objective:.4f} ± {win.objective_std:.4f} ({rules.direction}) and p95 "
         f"{win.latency_ms:.2f} ms at batch {rules.latency_batch_size}, out of {len(ranked)} "
         "candidate(s)"
@@ -189,17 +188,13 @@ def explain(ranked: Sequence[Scored], rules: SelectionRules) -> str:
     return text + (f". Others: {losers}." if losers else ".")
 
 
-def _objective(target: VariantBest, metric: str) -> tuple[float, float]:
-    best = target.hpo.best
-    assert best is not None and best.objective_mean is not None
-    if metric == target.hpo.metric:
+def _objective(best: TrialRecord, metric: str) -> tuple[float, float]:
+    assert best.objective_mean is not None  # a variant's best trial is complete
+    if metric == best.metric:
         return best.objective_mean, best.objective_std or 0.0
     values = [f.metrics[metric] for f in best.folds if metric in f.metrics]
     if not values:
-        raise ConfigError.at(
-            "selection.objective.metric",
-            f"{target.variant.name} trial {best.number} recorded no {metric}",
-        )
+        raise ConfigError.at("selection.objective.metric", f"{best.label} recorded no {metric}")
     return statistics.fmean(values), statistics.pstdev(values)
 
 
@@ -215,24 +210,17 @@ def gather_candidates(config: PipelineConfig, rules: SelectionRules) -> list[Can
             problems.append(f"{target.variant.name} ({reason})")
             continue
         timing = bench.at_batch(rules.latency_batch_size)
-        best = target.hpo.best
-        assert timing is not None and best is not None
-        objective, std = _objective(target, rules.metric)
+        assert timing is not None  # the schema requires the rules' batch size be benchmarked
+        objective, std = _objective(target.best, rules.metric)
         digest = stable_hash([file_digest(target.hpo_file), file_digest(target.benchmark_file)])
         out.append(
             Candidate(
-                backbone=target.hpo.backbone,
-                variant=target.variant.name,
-                trial=best.number,
-                trial_key_hash=best.trial_key_hash,
-                study_key_hash=target.hpo.study_key_hash,
-                params=best.params,
+                trial=target.best,
                 objective=objective,
                 objective_std=std,
                 latency_ms=timing.p95_ms,
                 parameters=bench.parameters,
                 size_mb=bench.size_mb,
-                checkpoint=target.hpo.best_checkpoint or "",
                 hpo_file=str(target.hpo_file),
                 benchmark_file=str(target.benchmark_file),
                 inputs_sha256=digest,
@@ -271,7 +259,7 @@ def run_select(config: PipelineConfig, prepared: object = None) -> SelectionResu
     rules = rules_of(config)
     candidates = gather_candidates(config, rules)
     key = cache_key(candidates, rules)
-    path = OutputsLayout(config.outputs_root, config.experiment.name).selection_file
+    path = OutputsLayout.of(config).selection_file
     if get_run_mode(config.selection) == "reuse_if_exists" and path.is_file():
         cached = read_json(path, SelectionResult)
         if cached.cache_key == key:
@@ -302,18 +290,9 @@ def run_select(config: PipelineConfig, prepared: object = None) -> SelectionResu
 
 def _open_run(config: PipelineConfig, result: SelectionResult) -> tracking.RunRef | None:
     win = result.winner
-    run = tracking.open_selection_run(
-        config,
-        result.cache_key,
-        backbone=win.backbone,
-        variant=win.variant,
-        trial=win.trial,
-        trial_key_hash=win.trial_key_hash,
-        study_key_hash=win.study_key_hash,
-        benchmark_run_id=win.benchmark_run_id,
-    )
+    run = tracking.open_selection_run(config, result.cache_key, win.trial, win.benchmark_run_id)
     if run is not None:
         metrics = {"objective": win.objective, "latency_ms": win.latency_ms}
-        params = {**result.rules.model_dump(), "winner": f"{win.variant}/trial_{win.trial}"}
+        params = {**result.rules.model_dump(), "winner": f"{win.variant}/trial_{win.trial.number}"}
         tracking.log(run, metrics={**metrics, "candidates": len(result.candidates)}, params=params)
     return run

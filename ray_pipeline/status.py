@@ -43,8 +43,7 @@ class StatusReport(BaseModel):
 
 def collect_status(config: PipelineConfig) -> StatusReport:
     """Read every variant of every backbone and stage; writes nothing."""
-    layout = OutputsLayout(config.outputs_root, config.experiment.name)
-    benchmark_file = config.benchmark.output.filename
+    layout = OutputsLayout.of(config)
     rows = []
     for backbone in config.model.backbones:
         current = stable_hash(study_key(config, backbone))
@@ -61,7 +60,7 @@ def collect_status(config: PipelineConfig) -> StatusReport:
                         matches_config=stage != "hpo" or rec.study_key_hash == current,
                         created_at=rec.created_at,
                         path=str(variant.path),
-                        has_benchmark=(variant.path / benchmark_file).is_file(),
+                        has_benchmark=variant.files.benchmark.is_file(),
                     )
                 )
     selection = layout.selection_file

@@ -36,6 +36,9 @@ from ray_pipeline.schema import PipelineConfig
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
+    from ray_pipeline.final.results import SourceTrial
+    from ray_pipeline.hpo.results import TrialRecord
+
 TAG = "ray_pipeline."
 PARENT_TAG = "mlflow.parentRunId"
 RunKind = Literal["variant", "trial", "fold", "benchmark", "selection"]
@@ -62,7 +65,7 @@ def tracking_uri(config: PipelineConfig) -> str | None:
     from_env = os.environ.get("MLFLOW_TRACKING_URI")
     if from_env:
         return from_env
-    return f"sqlite:///{OutputsLayout(config.outputs_root, config.experiment.name).mlflow_db}"
+    return f"sqlite:///{OutputsLayout.of(config).mlflow_db}"
 
 
 def check_tracking(config: PipelineConfig) -> None:
@@ -144,7 +147,7 @@ def _experiment(config: PipelineConfig) -> tuple[str, str] | None:
     uri = tracking_uri(config)
     if uri is None:
         return None
-    layout = OutputsLayout(config.outputs_root, config.experiment.name)
+    layout = OutputsLayout.of(config)
     # The embedded store keeps its artifacts beside it, under outputs/ (MLflow's default is
     # ./mlruns of the working directory); a server or a store the user named decides itself.
     embedded = uri == f"sqlite:///{layout.mlflow_db}"
@@ -180,38 +183,47 @@ def open_variant_run(
     )
 
 
-def open_benchmark_run(
-    config: PipelineConfig,
-    variant: str,
-    backbone: str,
-    trial: int,
-    trial_key_hash: str,
-    study_key_hash: str,
-) -> RunRef | None:
+def _lineage(config: PipelineConfig, trial: TrialRecord) -> dict[str, Any]:
+    """The tags that tie a later stage's run to the HPO trial it used."""
+    return {
+        "backbone": trial.backbone,
+        "trial": trial.number,
+        "trial_key_hash": trial.trial_key_hash,
+        "study_key_hash": trial.study_key_hash,
+        "hpo_run_id": find_run_id(config, "variant", stage="hpo", variant=trial.variant),
+    }
+
+
+def open_benchmark_run(config: PipelineConfig, trial: TrialRecord) -> RunRef | None:
     """The run of one variant's benchmark (a re-benchmark of the same trial reuses it)."""
-    hpo_run = find_run_id(config, "variant", stage="hpo", variant=variant)
     return open_stage_run(
         config,
         "benchmark",
-        f"benchmark_{variant}",
-        {"variant": variant, "trial_key_hash": trial_key_hash},
+        f"benchmark_{trial.variant}",
+        {"variant": trial.variant, "trial_key_hash": trial.trial_key_hash},
         stage="benchmark",
-        backbone=backbone,
-        trial=trial,
-        study_key_hash=study_key_hash,
-        hpo_run_id=hpo_run,
+        **_lineage(config, trial),
     )
 
 
-def open_selection_run(config: PipelineConfig, cache_key: str, **lineage: Any) -> RunRef | None:
+def open_selection_run(
+    config: PipelineConfig, cache_key: str, winner: TrialRecord, benchmark_run_id: str | None
+) -> RunRef | None:
     """The run of one selection (its cache key identifies it), tagged with the winner."""
     return open_stage_run(
-        config, "selection", "selection", {"cache_key": cache_key}, stage="select", **lineage
+        config,
+        "selection",
+        "selection",
+        {"cache_key": cache_key},
+        stage="select",
+        variant=winner.variant,
+        benchmark_run_id=benchmark_run_id,
+        **_lineage(config, winner),
     )
 
 
 def open_final_run(
-    config: PipelineConfig, variant: str, source: Any, final_key_hash: str
+    config: PipelineConfig, variant: str, source: SourceTrial, final_key_hash: str
 ) -> RunRef | None:
     """The final variant's run (a resumed refit continues it), tagged with its source trial."""
     return open_stage_run(
@@ -219,16 +231,12 @@ def open_final_run(
         "variant",
         run_name(variant),
         {"stage": "final", "variant": variant},
-        backbone=source.backbone,
         final_key_hash=final_key_hash,
-        source_variant=source.variant,
-        trial=source.trial,
-        trial_key_hash=source.trial_key_hash,
-        study_key_hash=source.study_key_hash,
+        source_variant=source.trial.variant,
         chosen_by=source.chosen_by,
-        hpo_run_id=find_run_id(config, "variant", stage="hpo", variant=source.variant),
         selection_run_id=source.selection_run_id,
         benchmark_run_id=source.benchmark_run_id,
+        **_lineage(config, source.trial),
     )
 
 

@@ -24,11 +24,10 @@ from ray_pipeline.artifacts import read_json, write_json
 from ray_pipeline.errors import ConfigError, PipelineError
 from ray_pipeline.identity import changed_keys, stable_hash
 from ray_pipeline.naming import VariantStage, variant_base_name, variant_name, variant_number
-from ray_pipeline.paths import OutputsLayout
+from ray_pipeline.paths import OutputsLayout, VariantFiles
 from ray_pipeline.run_mode import RunMode
 from ray_pipeline.schema import PipelineConfig
 
-VARIANT_FILE = "variant.json"
 VariantStatus = Literal["running", "complete", "failed"]
 Action = Literal["create", "reuse", "resume"]
 _MAX_CREATE_ATTEMPTS = 1000
@@ -68,6 +67,10 @@ class Variant:
         return self.record.name
 
     @property
+    def files(self) -> VariantFiles:
+        return VariantFiles(self.path)
+
+    @property
     def complete(self) -> bool:
         return self.record.status == "complete"
 
@@ -86,6 +89,13 @@ def base_name_for(config: PipelineConfig, stage: VariantStage, backbone: str) ->
     return variant_base_name(stage, backbone, template)
 
 
+def stage_place(config: PipelineConfig, stage: VariantStage, backbone: str) -> tuple[Path, str]:
+    """Where ``backbone``'s variants of ``stage`` live, and their base name."""
+    return OutputsLayout.of(config).stage_dir(stage, backbone), base_name_for(
+        config, stage, backbone
+    )
+
+
 def list_variants(stage_dir: Path, base: str) -> list[Variant]:
     """The variants of ``base`` under ``stage_dir``, oldest first."""
     if not stage_dir.is_dir():
@@ -93,16 +103,16 @@ def list_variants(stage_dir: Path, base: str) -> list[Variant]:
     found = []
     for child in stage_dir.iterdir():
         number = variant_number(base, child.name)
-        if number is None or not (child / VARIANT_FILE).is_file():
+        record = VariantFiles(child).record
+        if number is None or not record.is_file():
             continue
-        found.append((number, Variant(child, read_json(child / VARIANT_FILE, VariantRecord))))
+        found.append((number, Variant(child, read_json(record, VariantRecord))))
     return [v for _, v in sorted(found, key=lambda item: item[0])]
 
 
 def backbone_variants(config: PipelineConfig, stage: VariantStage, backbone: str) -> list[Variant]:
     """The variants of ``stage`` for ``backbone`` in this experiment's outputs, oldest first."""
-    layout = OutputsLayout(config.outputs_root, config.experiment.name)
-    return list_variants(layout.stage_dir(stage, backbone), base_name_for(config, stage, backbone))
+    return list_variants(*stage_place(config, stage, backbone))
 
 
 def experiment_variants(config: PipelineConfig, stage: VariantStage) -> list[Variant]:
@@ -140,7 +150,7 @@ def create_variant(
             pid=os.getpid(),
         )
         staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=stage_dir))
-        write_json(staging / VARIANT_FILE, record)
+        write_json(VariantFiles(staging).record, record)
         try:
             # rename(2) onto an existing non-empty directory fails: the name is taken.
             os.rename(staging, stage_dir / name)
@@ -155,14 +165,18 @@ def create_variant(
 def set_status(variant: Variant, status: VariantStatus) -> Variant:
     """Record a new status in ``variant.json`` (atomically) and return the updated variant."""
     record = variant.record.model_copy(update={"status": status, "updated_at": _now()})
-    write_json(variant.path / VARIANT_FILE, record)
+    write_json(variant.files.record, record)
     return Variant(variant.path, record)
+
+
+SECTIONS: dict[VariantStage, str] = {"hpo": "hpo", "final": "final_training"}
+"""The config section of each variant stage (where its ``run.mode`` is set)."""
 
 
 def _check_same_study(variant: Variant, key: dict[str, Any], mode: RunMode) -> None:
     if variant.record.study_key_hash == stable_hash(key):
         return
-    stage = variant.record.stage
+    stage = SECTIONS[variant.record.stage]
     verb = "reuse" if variant.complete else "resume"
     changes = "; ".join(changed_keys(variant.record.study_key, key)) or "unknown"
     message = (
@@ -171,6 +185,40 @@ def _check_same_study(variant: Variant, key: dict[str, Any], mode: RunMode) -> N
         "or restore the old values."
     )
     raise ConfigError.at(f"{stage}.run.mode", message)
+
+
+def plan_variant(
+    stage_dir: Path,
+    base: str,
+    key: dict[str, Any],
+    mode: RunMode,
+    *,
+    auto_resume: bool = True,
+) -> tuple[Action, Variant | None]:
+    """What ``resolve_variant`` would do, and to which existing variant; writes nothing.
+
+    reuse_if_exists: the latest variant (resumed if incomplete), or the first if none.
+    force_new: always the next variant. resume_if_incomplete: the latest variant if it is
+    incomplete, else the next. Reusing or resuming a variant made for another study key
+    raises ConfigError naming the changed keys.
+    """
+    existing = list_variants(stage_dir, base)
+    latest = existing[-1] if existing else None
+    if mode == "force_new" or latest is None:
+        return "create", None
+    if mode == "resume_if_incomplete" and latest.complete:
+        return "create", None
+    _check_same_study(latest, key, mode)
+    if latest.complete:
+        return "reuse", latest
+    if mode == "reuse_if_exists" and not auto_resume:
+        stage = SECTIONS[latest.record.stage]
+        raise ConfigError.at(
+            f"{stage}.checkpoint.auto_resume",
+            f"{latest.name} is incomplete ({latest.record.status}) and auto_resume is false; "
+            f"set {stage}.run.mode=resume_if_incomplete to continue it, or force_new",
+        )
+    return "resume", latest
 
 
 def resolve_variant(
@@ -183,30 +231,11 @@ def resolve_variant(
     *,
     auto_resume: bool = True,
 ) -> Decision:
-    """Apply ``mode`` to the existing variants and return what the stage should do.
-
-    reuse_if_exists: the latest variant (resumed if incomplete), or the first if none.
-    force_new: always the next variant. resume_if_incomplete: the latest variant if it is
-    incomplete, else the next. Reusing or resuming a variant made for another study key
-    raises ConfigError naming the changed keys.
-    """
-
-    def create() -> Decision:
+    """Apply ``mode`` to the existing variants (``plan_variant``): create the next variant,
+    or mark the one to resume ``running``, and return what the stage should do."""
+    action, existing = plan_variant(stage_dir, base, key, mode, auto_resume=auto_resume)
+    if existing is None:
         return Decision("create", create_variant(stage_dir, base, stage, backbone, key))
-
-    existing = list_variants(stage_dir, base)
-    latest = existing[-1] if existing else None
-    if mode == "force_new" or latest is None:
-        return create()
-    if mode == "resume_if_incomplete" and latest.complete:
-        return create()
-    _check_same_study(latest, key, mode)
-    if latest.complete:
-        return Decision("reuse", latest)
-    if mode == "reuse_if_exists" and not auto_resume:
-        raise ConfigError.at(
-            f"{stage}.checkpoint.auto_resume",
-            f"{latest.name} is incomplete ({latest.record.status}) and auto_resume is false; "
-            f"set {stage}.run.mode=resume_if_incomplete to continue it, or force_new",
-        )
-    return Decision("resume", set_status(latest, "running"))
+    if action == "resume":
+        return Decision("resume", set_status(existing, "running"))
+    return Decision(action, existing)

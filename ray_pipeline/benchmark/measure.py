@@ -144,11 +144,7 @@ def measure(job: BenchmarkJob, actor_id: str = "in-process") -> BenchmarkResult:
             model, job.test_rows, job.labels, job.task, eval_batch, pad_id, device
         )
     return BenchmarkResult(
-        variant=job.variant,
-        backbone=job.backbone,
         trial=job.trial,
-        trial_key_hash=job.trial_key_hash,
-        study_key_hash=job.study_key_hash,
         checkpoint=str(job.checkpoint),
         settings_hash=job.settings_hash,
         device=describe_device(device),

@@ -6,18 +6,17 @@ from pathlib import Path
 
 from ray_pipeline.artifacts import Record
 from ray_pipeline.data.encode import Row
+from ray_pipeline.hpo.results import TrialRecord
 from ray_pipeline.schema import BenchmarkSettings, Task
 
 
 class BenchmarkJob(Record):
     """One checkpoint to measure (crosses the Ray boundary as a plain dict)."""
 
-    variant: str
-    backbone: str
-    trial: int
-    trial_key_hash: str
-    study_key_hash: str
+    trial: TrialRecord
+    """The trial measured: its variant's best."""
     checkpoint: Path
+    """Its best-fold model (``<variant>/best``)."""
     task: Task
     settings: BenchmarkSettings
     settings_hash: str
@@ -50,11 +49,9 @@ class LatencyStats(Record):
 class BenchmarkResult(Record):
     """``benchmark.json``, written atomically into the variant it measured."""
 
-    variant: str
-    backbone: str
-    trial: int
-    trial_key_hash: str
-    study_key_hash: str
+    trial: TrialRecord
+    """The trial measured (as HPO recorded it): the benchmark is current while it is still its
+    variant's best."""
     checkpoint: str
     settings_hash: str
     device: str

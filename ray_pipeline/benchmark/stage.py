@@ -1,10 +1,8 @@
-"""The benchmark stage: which variants need a benchmark, and a Ray actor pool that measures them.
+"""The benchmark stage: a Ray actor pool that measures the variants in scope (``scope``).
 
-Scope (``benchmark_all_variants`` + ``benchmark_strategy``): the best trial of every complete
-HPO variant of every backbone (``best_per_variant``), or of each backbone's latest complete
-variant (``latest_only``). A variant in scope is benchmarked when it has no ``benchmark.json``,
-when its benchmark measured another trial (another ``trial_key_hash``) or used other settings,
-or when run.mode is ``force_new``. Each result is written atomically as soon as it arrives.
+A variant in scope is benchmarked when its ``benchmark.json`` is missing or not current (it
+measured another trial or used other settings), or when run.mode is ``force_new``. Each
+result is written atomically as soon as it arrives.
 """
 
 from __future__ import annotations
@@ -16,32 +14,22 @@ from pathlib import Path
 from typing import Any
 
 from ray_pipeline import monitoring, tracking
-from ray_pipeline.artifacts import read_json, write_json
+from ray_pipeline.artifacts import write_json
 from ray_pipeline.benchmark.results import BenchmarkJob, BenchmarkResult
+from ray_pipeline.benchmark.scope import (
+    VariantBest,
+    read_benchmark,
+    settings_hash,
+    stale_reason,
+    variants_in_scope,
+)
 from ray_pipeline.data.encode import Row, encode
 from ray_pipeline.data.examples import Examples
 from ray_pipeline.data.splits import load_splits, read_labelled_file, take
 from ray_pipeline.errors import ConfigError, PipelineError
-from ray_pipeline.hpo.results import HpoResult
-from ray_pipeline.hpo.stage import HPO_FILE
-from ray_pipeline.identity import benchmark_key, stable_hash
 from ray_pipeline.resources import Node, cluster_nodes
 from ray_pipeline.run_mode import benchmark_run_mode
 from ray_pipeline.schema import BenchmarkSettings, PipelineConfig
-from ray_pipeline.variants import Variant, backbone_variants
-
-
-@dataclass(frozen=True)
-class VariantBest:
-    """A complete HPO variant and its best trial: a benchmark target and selection candidate."""
-
-    variant: Variant
-    hpo: HpoResult
-    benchmark_file: Path
-
-    @property
-    def hpo_file(self) -> Path:
-        return self.variant.path / HPO_FILE
 
 
 @dataclass(frozen=True)
@@ -60,54 +48,6 @@ class BenchmarkInputs:
     actors: ActorPlan
     timing: Examples
     test: Examples | None
-
-
-def variants_in_scope(config: PipelineConfig) -> tuple[list[VariantBest], list[str]]:
-    """The variants whose best trial the strategy covers, and a note on each one left out."""
-    settings = config.benchmark.benchmarking
-    latest_only = (
-        not settings.benchmark_all_variants or settings.benchmark_strategy == "latest_only"
-    )
-    chosen: list[VariantBest] = []
-    notes: list[str] = []
-    for backbone in config.model.backbones:
-        usable: list[VariantBest] = []
-        for variant in backbone_variants(config, "hpo", backbone.name):
-            hpo_file = variant.path / HPO_FILE
-            if not variant.complete or not hpo_file.is_file():
-                notes.append(f"{variant.name}: {variant.record.status}, not a candidate")
-                continue
-            hpo = read_json(hpo_file, HpoResult)
-            if hpo.best is None or hpo.best_checkpoint is None:
-                notes.append(f"{variant.name}: no best trial with a kept checkpoint")
-                continue
-            usable.append(
-                VariantBest(variant, hpo, variant.path / config.benchmark.output.filename)
-            )
-        chosen.extend(usable[-1:] if latest_only else usable)
-    return chosen, notes
-
-
-def settings_hash(settings: BenchmarkSettings) -> str:
-    return stable_hash(benchmark_key(settings))
-
-
-def stale_reason(target: VariantBest, current: BenchmarkResult | None, settings: str) -> str | None:
-    """Why ``target`` needs a (new) benchmark, or None when ``current`` still holds."""
-    best = target.hpo.best
-    assert best is not None
-    if current is None:
-        return "no benchmark yet"
-    if current.trial_key_hash != best.trial_key_hash:
-        return f"benchmark measured trial {current.trial}, the best is now trial {best.number}"
-    if current.settings_hash != settings:
-        return "benchmark settings changed"
-    return None
-
-
-def read_benchmark(target: VariantBest) -> BenchmarkResult | None:
-    path = target.benchmark_file
-    return read_json(path, BenchmarkResult) if path.is_file() else None
 
 
 def plan_actors(settings: BenchmarkSettings, nodes: list[Node]) -> ActorPlan:
@@ -162,8 +102,7 @@ def _job(
     config: PipelineConfig, target: VariantBest, inputs: BenchmarkInputs, threads: int
 ) -> BenchmarkJob:
     settings = config.benchmark.benchmarking
-    best, checkpoint = target.hpo.best, Path(target.hpo.best_checkpoint or "")
-    assert best is not None
+    checkpoint = target.model
     timing_rows, labels = encode_for_checkpoint(checkpoint, inputs.timing, settings.max_length)
     test_rows = None
     if inputs.test is not None:
@@ -171,11 +110,7 @@ def _job(
             0
         ]
     return BenchmarkJob(
-        variant=target.variant.name,
-        backbone=target.hpo.backbone,
-        trial=best.number,
-        trial_key_hash=best.trial_key_hash,
-        study_key_hash=target.hpo.study_key_hash,
+        trial=target.best,
         checkpoint=checkpoint,
         task=config.data.task,
         settings=settings,
@@ -208,16 +143,11 @@ def run_benchmark(config: PipelineConfig, inputs: BenchmarkInputs) -> list[Bench
         f"{len(targets) - len(todo)} up to date ({mode})"
     )
     for target, reason in todo:
-        print(f"  {target.variant.name} trial {_best_number(target)}: {reason}")
+        print(f"  {target.best.label}: {reason}")
     if todo:
         measured = _fan_out(config, inputs, todo)
-        current.update({r.variant: r for r in measured})
+        current.update({r.trial.variant: r for r in measured})
     return [r for t in targets if (r := current[t.variant.name]) is not None]
-
-
-def _best_number(target: VariantBest) -> int:
-    assert target.hpo.best is not None
-    return target.hpo.best.number
 
 
 def _fan_out(
@@ -259,9 +189,9 @@ def _fan_out(
             except ray.exceptions.RayError as exc:
                 failures.append(str(exc).splitlines()[0])
                 continue
-            result = _record(config, by_variant[result.variant], result)
+            result = _record(config, by_variant[result.trial.variant], result)
             for stats in result.latency:  # from the driver: it outlives the actors
-                monitoring.benchmark_p95(result.variant, stats.batch_size, stats.p95_ms)
+                monitoring.benchmark_p95(result.trial.variant, stats.batch_size, stats.p95_ms)
             results.append(result)
             _print_result(result)
     finally:
@@ -279,14 +209,7 @@ def _record(
     config: PipelineConfig, target: VariantBest, result: BenchmarkResult
 ) -> BenchmarkResult:
     """Log ``result`` to MLflow, then write it (with its run id) into the variant."""
-    run = tracking.open_benchmark_run(
-        config,
-        result.variant,
-        result.backbone,
-        result.trial,
-        result.trial_key_hash,
-        result.study_key_hash,
-    )
+    run = tracking.open_benchmark_run(config, result.trial)
     if run is not None:
         result = result.model_copy(update={"mlflow_run_id": run.run_id})
     write_json(target.benchmark_file, result)
@@ -317,6 +240,6 @@ def _print_result(result: BenchmarkResult) -> None:
     if result.test_metrics:
         test = " | test " + ", ".join(f"{k} {v:.3f}" for k, v in result.test_metrics.items())
     print(
-        f"benchmark {result.variant} trial {result.trial} on {result.device}: {timings}; "
+        f"benchmark {result.trial.label} on {result.device}: {timings}; "
         f"{result.parameters / 1e6:.1f}M params, {result.size_mb:.1f} MB{test}"
     )

@@ -19,12 +19,10 @@ from ray_pipeline import tracking
 from ray_pipeline.artifacts import write_json, write_text_atomic
 from ray_pipeline.final.results import FinalMetrics, Lineage
 from ray_pipeline.identity import data_fingerprint, stable_hash
+from ray_pipeline.paths import MODEL_CARD, staging_for
 from ray_pipeline.schema import PipelineConfig, TrainingParams
 from ray_pipeline.variants import Variant
 
-METRICS_FILE = "metrics.json"
-LINEAGE_FILE = "lineage.json"
-EXPORT_DIR = "model"
 PIPELINE_TASKS = {
     "sequence_classification": "text-classification",
     "token_classification": "token-classification",
@@ -68,7 +66,7 @@ def export(
         labels=labels,
         mlflow={
             "hpo_run_id": tracking.find_run_id(
-                config, "variant", stage="hpo", variant=source.variant
+                config, "variant", stage="hpo", variant=source.trial.variant
             ),
             "benchmark_run_id": source.benchmark_run_id,
             "selection_run_id": source.selection_run_id,
@@ -77,15 +75,15 @@ def export(
         packages=package_versions(),
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
-    model_dir = variant.path / EXPORT_DIR
-    staging = variant.path / f".{EXPORT_DIR}.tmp"
+    files = variant.files
+    model_dir, staging = files.model, staging_for(files.model)
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(checkpoint_model, staging)
-    write_text_atomic(staging / "README.md", model_card(config, metrics, lineage))
+    write_text_atomic(staging / MODEL_CARD, model_card(config, metrics, lineage))
     shutil.rmtree(model_dir, ignore_errors=True)
     staging.rename(model_dir)
-    write_json(variant.path / METRICS_FILE, metrics)
-    write_json(variant.path / LINEAGE_FILE, lineage)
+    write_json(files.metrics, metrics)
+    write_json(files.lineage, lineage)
     if run is not None:
         _track(config, run, variant, metrics, model_dir)
     return model_dir
@@ -101,8 +99,8 @@ def _track(
     for record in metrics.epochs:
         tracking.log(run, metrics={"train_loss": record.train_loss}, step=record.epoch)
     tracking.log(run, metrics={f"test_{k}": v for k, v in metrics.test_metrics.items()})
-    for name in (METRICS_FILE, LINEAGE_FILE):
-        tracking.log_artifact(run, str(variant.path / name))
+    for path in (variant.files.metrics, variant.files.lineage):
+        tracking.log_artifact(run, str(path))
     if config.final_training.register_model:
         name = f"{config.experiment.name}-{variant.record.backbone}"
         version = tracking.register_model(run, model_dir, name)
@@ -111,23 +109,23 @@ def _track(
 
 def model_card(config: PipelineConfig, metrics: FinalMetrics, lineage: Lineage) -> str:
     """The exported model's README.md: what it is, how good, how it was chosen, how to use it."""
-    source = metrics.source
+    source, trial = metrics.source, metrics.source.trial
     task = PIPELINE_TASKS[metrics.task]
     rows = "\n".join(f"| {k} | {v:.4f} |" for k, v in metrics.test_metrics.items())
-    params = ", ".join(f"{k}={v}" for k, v in source.params.items()) or "(none searched)"
+    params = ", ".join(f"{k}={v}" for k, v in trial.params.items()) or "(none searched)"
     chosen = (
         "the winner of best-model selection (`selection/selection.json`)"
         if source.chosen_by == "selection"
         else "named in `final_training.source`"
     )
-    objective = "-" if source.objective is None else f"{source.objective:.4f}"
+    objective = "-" if trial.objective_mean is None else f"{trial.objective_mean:.4f}"
     return f"""---
 pipeline_tag: {task}
 library_name: transformers
 ---
 # {config.experiment.name} / {metrics.variant}
 
-A `{metrics.task}` model fine-tuned from backbone `{source.backbone}` by ray_pipeline.
+A `{metrics.task}` model fine-tuned from backbone `{trial.backbone}` by ray_pipeline.
 Labels: {", ".join(lineage.labels)}.
 
 ## Test metrics ({metrics.test_examples} held-out examples)
@@ -138,7 +136,7 @@ Labels: {", ".join(lineage.labels)}.
 
 ## How it was chosen
 
-HPO variant `{source.variant}`, trial {source.trial} ({source.metric} {objective} in
+HPO variant `{trial.variant}`, trial {trial.number} ({trial.metric} {objective} in
 cross-validation), {chosen}; hyperparameters: {params}. Refit on all
 {metrics.train_examples} training examples for {len(metrics.epochs)} epoch(s) with
 {metrics.workers} Ray Train worker(s). Lineage (hashes, MLflow run ids, package versions):

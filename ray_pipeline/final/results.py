@@ -3,25 +3,21 @@ written next to the exported model (``metrics.json``, ``lineage.json``)."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from ray_pipeline.artifacts import Record
+from ray_pipeline.hpo.results import TrialRecord
 from ray_pipeline.schema import BackboneConfig, DataConfig, Task, TrainingParams
 
 
 class SourceTrial(Record):
-    """The HPO trial a final variant refits."""
+    """The HPO trial a final variant refits, and how it was chosen."""
 
-    variant: str
-    backbone: str
-    trial: int
-    trial_key_hash: str
-    study_key_hash: str
-    params: dict[str, object]
-    objective: float | None
-    """Its cross-validated objective in HPO."""
-    metric: str
-    chosen_by: str
+    trial: TrialRecord
+    """As HPO recorded it: the refit takes its ``training`` settings and ``seed``."""
+    chosen_by: Literal["selection", "config"]
     """``selection`` (the winner of selection.json) or ``config`` (final_training.source)."""
     selection_cache_key: str | None = None
     selection_run_id: str | None = None

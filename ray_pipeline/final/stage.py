@@ -1,8 +1,8 @@
 """The final-training stage: source trial -> run.mode -> final variant -> Ray Train -> export.
 
 The source is the selection's winner, or ``final_training.source`` (a variant, and a trial or
-its best). The refit starts from the backbone's weights with the trial's hyperparameters (the
-training settings recorded in its HPO variant) on all training data. The variant
+its best). The refit starts from the backbone's weights with the settings and seed the trial
+trained with (its ``TrialRecord``) on all training data. The variant
 ``final/<backbone>/final_<backbone>[_vN]`` is keyed by the source trial, the settings and the
 data, so reuse and resume only ever continue the same refit.
 """
@@ -18,13 +18,13 @@ from ray_pipeline import faults, tracking
 from ray_pipeline.artifacts import read_json
 from ray_pipeline.data.splits import load_splits
 from ray_pipeline.errors import ConfigError, PipelineError
-from ray_pipeline.final.export import METRICS_FILE, export
+from ray_pipeline.final.export import export
 from ray_pipeline.final.results import FinalJob, FinalMetrics, FinalState, SourceTrial
-from ray_pipeline.final.worker import MODEL_DIR, STATE_FILE, TEST_PREFIX, train_final
-from ray_pipeline.hpo.results import HpoResult, TrialRecord
-from ray_pipeline.hpo.stage import HPO_FILE
+from ray_pipeline.final.worker import TEST_PREFIX, train_final
+from ray_pipeline.hpo.results import HpoResult, TrialRecord, read_hpo
 from ray_pipeline.identity import final_key, stable_hash
-from ray_pipeline.paths import OutputsLayout
+from ray_pipeline.naming import variant_number
+from ray_pipeline.paths import CHECKPOINT_MODEL, FINAL_STATE, OutputsLayout
 from ray_pipeline.resources import TrialPlan, cluster_nodes, plan_trials, scaling_config
 from ray_pipeline.run_mode import get_run_mode
 from ray_pipeline.schema import BackboneConfig, PipelineConfig, TrainingParams
@@ -33,22 +33,45 @@ from ray_pipeline.variants import (
     Variant,
     base_name_for,
     experiment_variants,
+    plan_variant,
     resolve_variant,
     set_status,
+    stage_place,
 )
-
-CHECKPOINTS_DIR = "checkpoints"
 
 
 def check_final(config: PipelineConfig, stages: Sequence[str]) -> TrialPlan:
-    """Input problems, before anything is written: data, tracking, resources, and (run
-    without the stages that produce it) the source trial."""
+    """Input problems, before anything is written: data, tracking, resources, a source
+    variant that cannot exist, and (run without the stages that produce it) the source trial
+    and what run.mode would do with the final variant."""
     load_splits(config.data)
     tracking.check_tracking(config)
     plan = plan_trials(config.resources, cluster_nodes())
+    _check_source_name(config)
     if "hpo" not in stages and "select" not in stages:
-        resolve_source(config)
+        source = resolve_source(config)
+        plan_variant(
+            *stage_place(config, "final", source.trial.backbone),
+            _final_key(config, source),
+            get_run_mode(config.final_training),
+        )
     return plan
+
+
+def _check_source_name(config: PipelineConfig) -> None:
+    """``final_training.source.variant`` names an HPO variant of a configured backbone (it
+    may not exist yet when this run's HPO stage creates it)."""
+    wanted = config.final_training.source.variant
+    if wanted is None:
+        return
+    bases = [base_name_for(config, "hpo", b.name) for b in config.model.backbones]
+    if not any(variant_number(base, wanted) is not None for base in bases):
+        existing = ", ".join(v.name for v in experiment_variants(config, "hpo")) or "none yet"
+        raise ConfigError.at(
+            "final_training.source.variant",
+            f"{wanted!r} is not an HPO variant of a configured backbone (names: "
+            f"{', '.join(f'{b}, {b}_v2, ...' for b in bases)}; existing: {existing})",
+        )
 
 
 def _hpo_variant(config: PipelineConfig, name: str) -> Variant:
@@ -75,9 +98,9 @@ def _trial(hpo: HpoResult, number: int | None, where: str) -> TrialRecord:
     raise ConfigError.at(where, f"{hpo.variant} has no complete trial {number} (complete: {done})")
 
 
-def resolve_source(config: PipelineConfig) -> tuple[SourceTrial, Variant]:
-    """The trial to refit and its HPO variant; ConfigError when it cannot be found."""
-    layout = OutputsLayout(config.outputs_root, config.experiment.name)
+def resolve_source(config: PipelineConfig) -> SourceTrial:
+    """The trial to refit; ConfigError when it cannot be found."""
+    layout = OutputsLayout.of(config)
     wanted = config.final_training.source
     selection: SelectionResult | None = None
     if wanted.variant is not None:
@@ -91,38 +114,32 @@ def resolve_source(config: PipelineConfig) -> tuple[SourceTrial, Variant]:
             )
         selection = read_json(layout.selection_file, SelectionResult)
         variant = _hpo_variant(config, selection.winner.variant)
-        number, where = selection.winner.trial, "variant"
-    hpo_file = variant.path / HPO_FILE
-    if not variant.complete or not hpo_file.is_file():
+        number, where = selection.winner.trial.number, "variant"
+    hpo = read_hpo(variant.files) if variant.complete else None
+    if hpo is None:
         raise ConfigError.at(
             f"final_training.source.{where}", f"{variant.name} is {variant.record.status}"
         )
-    hpo = read_json(hpo_file, HpoResult)
-    trial = _trial(hpo, number, f"final_training.source.{where}")
     source = SourceTrial(
-        variant=variant.name,
-        backbone=variant.record.backbone,
-        trial=trial.number,
-        trial_key_hash=trial.trial_key_hash,
-        study_key_hash=hpo.study_key_hash,
-        params=trial.params,
-        objective=trial.objective_mean,
-        metric=hpo.metric,
+        trial=_trial(hpo, number, f"final_training.source.{where}"),
         chosen_by="selection" if selection is not None else "config",
         selection_cache_key=selection.cache_key if selection else None,
         selection_run_id=selection.mlflow_run_id if selection else None,
         benchmark_run_id=selection.winner.benchmark_run_id if selection else None,
     )
-    return source, variant
+    return source
 
 
-def _training(config: PipelineConfig, source: SourceTrial, hpo_variant: Variant) -> TrainingParams:
-    """The settings the trial trained with (as its variant recorded them), with its
-    hyperparameters, and ``final_training.epochs`` when set."""
-    recorded = hpo_variant.record.study_key["hpo"]["training"]
-    params = TrainingParams.model_validate({**recorded, **source.params})
+def _training(config: PipelineConfig, source: SourceTrial) -> TrainingParams:
+    """The settings the trial trained with, and ``final_training.epochs`` when set."""
     epochs = config.final_training.epochs
-    return params.model_copy(update={"epochs": epochs}) if epochs is not None else params
+    trained = source.trial.training
+    return trained.model_copy(update={"epochs": epochs}) if epochs is not None else trained
+
+
+def _final_key(config: PipelineConfig, source: SourceTrial) -> dict[str, Any]:
+    training = _training(config, source).model_dump(mode="json")
+    return final_key(config, source.trial.trial_key_hash, training)
 
 
 def _backbone(config: PipelineConfig, name: str) -> BackboneConfig:
@@ -136,14 +153,12 @@ def _backbone(config: PipelineConfig, name: str) -> BackboneConfig:
 
 def run_final(config: PipelineConfig, plan: TrialPlan) -> FinalMetrics:
     """Refit, evaluate and export (or reuse a complete final variant)."""
-    source, hpo_variant = resolve_source(config)
-    backbone = _backbone(config, source.backbone)
-    training = _training(config, source, hpo_variant)
-    key = final_key(config, source.trial_key_hash, training.model_dump(mode="json"))
-    layout = OutputsLayout(config.outputs_root, config.experiment.name)
+    source = resolve_source(config)
+    backbone = _backbone(config, source.trial.backbone)
+    training = _training(config, source)
+    key = _final_key(config, source)
     decision = resolve_variant(
-        layout.stage_dir("final", backbone.name),
-        base_name_for(config, "final", backbone.name),
+        *stage_place(config, "final", backbone.name),
         "final",
         backbone.name,
         key,
@@ -151,12 +166,12 @@ def run_final(config: PipelineConfig, plan: TrialPlan) -> FinalMetrics:
     )
     variant = decision.variant
     print(
-        f"final {backbone.name}: {decision.action} {variant.name} <- {source.variant} trial "
-        f"{source.trial} ({source.chosen_by}); {training.epochs} epoch(s)"
+        f"final {backbone.name}: {decision.action} {variant.name} <- {source.trial.label} "
+        f"({source.chosen_by}); {training.epochs} epoch(s)"
     )
     if decision.action == "reuse":
-        metrics = read_json(variant.path / METRICS_FILE, FinalMetrics)
-        _print_summary(metrics, variant.path)
+        metrics = read_json(variant.files.metrics, FinalMetrics)
+        _print_summary(metrics, variant)
         return metrics
     run = tracking.open_final_run(config, variant.name, source, stable_hash(key))
     try:
@@ -169,7 +184,7 @@ def run_final(config: PipelineConfig, plan: TrialPlan) -> FinalMetrics:
     set_status(variant, "complete")
     if run is not None:
         tracking.end(run)
-    _print_summary(metrics, variant.path)
+    _print_summary(metrics, variant)
     return metrics
 
 
@@ -187,14 +202,14 @@ def _train_and_export(
     from ray.train.torch import TorchTrainer
 
     started = datetime.now(timezone.utc)
-    failure_log = variant.path / faults.FAILURE_LOG
+    failure_log = variant.files.failures
     job = FinalJob(
         variant=variant.name,
         backbone=backbone,
         data=config.data,
         task=config.data.task,
         training=training,
-        seed=config.hpo.seed,
+        seed=source.trial.seed,
         attempt=started.isoformat(timespec="seconds"),
     )
     trainer = TorchTrainer(
@@ -202,7 +217,7 @@ def _train_and_export(
         train_loop_config=job.model_dump(mode="json"),
         scaling_config=scaling_config(plan),
         run_config=RunConfig(
-            name=CHECKPOINTS_DIR,
+            name=variant.files.checkpoints_name,
             storage_path=str(variant.path),
             checkpoint_config=CheckpointConfig(num_to_keep=config.final_training.keep_checkpoints),
             # A lost worker or node: the worker group restarts from the last epoch checkpoint.
@@ -242,13 +257,13 @@ def _train_and_export(
         seconds=(datetime.now(timezone.utc) - started).total_seconds(),
     )
     with result.checkpoint.as_directory() as directory:
-        state = FinalState.model_validate_json((Path(directory) / STATE_FILE).read_text())
+        state = FinalState.model_validate_json((Path(directory) / FINAL_STATE).read_text())
         metrics = metrics.model_copy(update={"epochs": state.epochs})
-        export(config, variant, Path(directory) / MODEL_DIR, metrics, training, key, run)
+        export(config, variant, Path(directory) / CHECKPOINT_MODEL, metrics, training, key, run)
     return metrics
 
 
-def _print_summary(metrics: FinalMetrics, path: Path) -> None:
+def _print_summary(metrics: FinalMetrics, variant: Variant) -> None:
     scores = ", ".join(f"{k} {v:.4f}" for k, v in metrics.test_metrics.items())
     print(f"final {metrics.variant}: test ({metrics.test_examples} examples): {scores}")
-    print(f"final {metrics.variant}: model exported to {path / MODEL_DIR}")
+    print(f"final {metrics.variant}: model exported to {variant.files.model}")

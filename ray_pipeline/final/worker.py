@@ -14,14 +14,12 @@ from ray_pipeline.data.encode import encode
 from ray_pipeline.data.splits import load_splits
 from ray_pipeline.final.results import EpochRecord, FinalJob, FinalState
 from ray_pipeline.models import build_model, load_tokenizer
+from ray_pipeline.paths import CHECKPOINT_MODEL, FINAL_STATE, TRAINING_STATE
 from ray_pipeline.training import batches, evaluate, make_optimizer, shard, train_epoch
 
 if TYPE_CHECKING:
     import torch
 
-STATE_FILE = "final_state.json"
-TRAINING_STATE = "training_state.pt"
-MODEL_DIR = "model"
 TEST_PREFIX = "test_"
 
 
@@ -33,7 +31,7 @@ def _restore(model: Any, optimizer: Any, scheduler: Any, device: torch.device) -
     if checkpoint is None:
         return FinalState()
     with checkpoint.as_directory() as directory:
-        state = FinalState.model_validate_json((Path(directory) / STATE_FILE).read_text())
+        state = FinalState.model_validate_json((Path(directory) / FINAL_STATE).read_text())
         saved = torch.load(Path(directory) / TRAINING_STATE, map_location=device)
     model.load_state_dict(saved["model"])
     optimizer.load_state_dict(saved["optimizer"])
@@ -65,7 +63,7 @@ def _report(
         return
     with tempfile.TemporaryDirectory() as directory:
         path = Path(directory)
-        (path / STATE_FILE).write_text(state.model_dump_json())
+        (path / FINAL_STATE).write_text(state.model_dump_json())
         torch.save(
             {
                 "model": model.state_dict(),
@@ -74,8 +72,8 @@ def _report(
             },
             path / TRAINING_STATE,
         )
-        model.save_pretrained(path / MODEL_DIR)
-        tokenizer.save_pretrained(path / MODEL_DIR)
+        model.save_pretrained(path / CHECKPOINT_MODEL)
+        tokenizer.save_pretrained(path / CHECKPOINT_MODEL)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
 
 

@@ -1,6 +1,9 @@
-"""Hyperparameter search: Ray Tune + Optuna over k-fold trials trained on Ray Train workers.
+"""Hyperparameter search: Ray Tune + Optuna over k-fold trials, each trained in its Tune trial
+process (one worker) or on a Ray Train worker group (DDP).
 
-Layers, bottom up: ``worker`` (the per-worker fold loop, Ray Train only), ``tuning`` (the
-trial driver and the Tuner, the one module that imports ray.tune), ``study`` (the Optuna
-study in the variant), ``stage`` (run.mode, rounds, results).
+Layers, bottom up: ``jobs`` (what a trial is asked to do), ``cache`` (per-process data and
+weights), ``worker`` (the fold loop, in a Tune trial or on Train workers), ``trial_runs`` (a
+trial's job and MLflow run), ``tuning`` (the trial, the Tuner and the Optuna bridge, the one
+module that imports ray.tune), ``search_space`` and ``study`` (Optuna), ``results`` (the
+records), ``stage`` (run.mode, rounds, ``hpo.json``).
 """

@@ -1,4 +1,9 @@
-"""The records HPO writes: each fold's and trial's result, and ``hpo.json`` per variant."""
+"""The records HPO writes: each fold's and trial's result, and ``hpo.json`` per variant.
+
+``TrialRecord`` is the one record of a trial that the later stages read: benchmark measures
+it, selection ranks it, final training refits it (with its ``training`` settings and ``seed``)
+and the report shows it. It is written once, by the HPO stage, into ``hpo.json``.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +11,15 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from ray_pipeline.artifacts import Record
+from ray_pipeline.artifacts import Record, read_json
+from ray_pipeline.paths import VariantFiles
+from ray_pipeline.schema import TrainingParams
 
 CHECKPOINT_KEY = "checkpoint"
 """In a trial's outcome (its last Tune metrics): the path of the trial's last checkpoint."""
 
 TrialState = Literal["COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING"]
+Direction = Literal["maximize", "minimize"]
 
 
 class FoldResult(Record):
@@ -56,29 +64,41 @@ class FoldState(Record):
     resumes: list[str] = Field(default_factory=list)
     """Where each retry of the trial picked up, e.g. ``fold 1 epoch 2``."""
 
-    @property
-    def next_fold(self) -> int:
-        return len(self.folds)
-
 
 class TrialRecord(Record):
-    """One Optuna trial of a variant."""
+    """One Optuna trial of a variant: what it ran, how it scored, where its model is."""
 
+    variant: str
+    backbone: str
     number: int
     state: TrialState
     params: dict[str, Any]
+    """The hyperparameters Optuna suggested."""
+    training: TrainingParams
+    """The exact settings it trained with: ``hpo.training`` with ``params`` applied."""
+    seed: int
+    """Fold ``f`` split and initialised its model with ``seed + f``."""
+    metric: str
     objective_mean: float | None
+    """Mean of ``metric`` over the folds (None before a fold finished)."""
     objective_std: float | None
     folds: list[FoldResult]
-    trial_key_hash: str
     best_fold: int | None = None
+    study_key_hash: str
+    trial_key_hash: str
     checkpoint: str | None = None
     """The trial's last checkpoint (its ``model/`` is the best fold's), while it is kept;
-    ``<variant>/best`` for the best trial once the variant is complete."""
+    ``<variant>/best`` (the best-fold model itself) for the best trial once the variant is
+    complete."""
     resumes: list[str] = Field(default_factory=list)
     """Where each retry picked up (see FoldState.resumes): finished folds are not retrained."""
     failures: list[str] = Field(default_factory=list)
     """The cause of each failed attempt that was retried (or was the last)."""
+
+    @property
+    def label(self) -> str:
+        """``<variant> trial <n>``, as messages name it."""
+        return f"{self.variant} trial {self.number}"
 
 
 class HpoResult(Record):
@@ -88,14 +108,23 @@ class HpoResult(Record):
     backbone: str
     study_key_hash: str
     metric: str
-    direction: Literal["maximize", "minimize"]
+    direction: Direction
     num_samples: int
     k_folds: int
     trials: list[TrialRecord]
     best: TrialRecord | None
+    """The complete trial with the best ``objective_mean`` (pruned and failed trials never
+    win)."""
     best_checkpoint: str | None
-    """``<variant>/best``: the best trial's best-fold model, kept for benchmark and export."""
+    """``<variant>/best``: the best trial's best-fold model, kept for the benchmark
+    (None until the variant is complete)."""
 
     @property
     def finished(self) -> int:
         return sum(t.state in ("COMPLETE", "PRUNED") for t in self.trials)
+
+
+def read_hpo(files: VariantFiles) -> HpoResult | None:
+    """A variant's ``hpo.json``, if written."""
+    path = files.hpo_result
+    return read_json(path, HpoResult) if path.is_file() else None

@@ -8,39 +8,47 @@ are not re-run, unfinished ones continue after their last fold) and then tops up
 
 from __future__ import annotations
 
-import logging
 import shutil
 import statistics
 from pathlib import Path
 from typing import Any
 
 from ray_pipeline import faults, tracking
-from ray_pipeline.artifacts import read_json, write_json
+from ray_pipeline.artifacts import write_json
 from ray_pipeline.data.splits import check_foldable, load_splits
 from ray_pipeline.errors import PipelineError
-from ray_pipeline.hpo.results import CHECKPOINT_KEY, FoldState, HpoResult, TrialRecord
+from ray_pipeline.hpo.jobs import StudyJob
+from ray_pipeline.hpo.results import CHECKPOINT_KEY, FoldState, HpoResult, TrialRecord, read_hpo
 from ray_pipeline.hpo.study import count_finished, fail_running, load_study, study_storage
-from ray_pipeline.hpo.worker import MODEL_DIR, TrialJob
-from ray_pipeline.identity import stable_hash, study_key, trial_key_hash
-from ray_pipeline.paths import OutputsLayout
+from ray_pipeline.identity import study_key, trial_key_hash
+from ray_pipeline.paths import CHECKPOINT_MODEL, OutputsLayout, staging_for
 from ray_pipeline.resources import TrialPlan, cluster_nodes, plan_trials
 from ray_pipeline.run_mode import get_run_mode
 from ray_pipeline.schema import BackboneConfig, PipelineConfig
 from ray_pipeline.tracking import RunRef
-from ray_pipeline.variants import Decision, Variant, base_name_for, resolve_variant, set_status
-
-log = logging.getLogger(__name__)
-
-HPO_FILE = "hpo.json"
-BEST_DIR = "best"
-TUNE_DIR = "tune"
-TRAIN_DIR = "train"
+from ray_pipeline.variants import (
+    Decision,
+    Variant,
+    plan_variant,
+    resolve_variant,
+    set_status,
+    stage_place,
+)
 
 
 def check_hpo(config: PipelineConfig) -> TrialPlan:
-    """Everything that can be wrong with the input, checked before anything is written."""
+    """Everything that can be wrong with the input, checked before anything is written: the
+    data, tracking, resources, and what run.mode would do with every backbone's variants (a
+    study changed under reuse fails now, not after the other backbones trained)."""
     check_foldable(load_splits(config.data).train, config.hpo.k_folds)
     tracking.check_tracking(config)
+    for backbone in config.model.backbones:
+        plan_variant(
+            *stage_place(config, "hpo", backbone.name),
+            study_key(config, backbone),
+            get_run_mode(config.hpo),
+            auto_resume=config.hpo.checkpoint.auto_resume,
+        )
     return plan_trials(config.resources, cluster_nodes())
 
 
@@ -55,9 +63,9 @@ def _job(
     variant: str,
     study_key_hash: str,
     parent_run: RunRef | None,
-) -> TrialJob:
+) -> StudyJob:
     hpo = config.hpo
-    return TrialJob(
+    return StudyJob(
         variant=variant,
         study_key_hash=study_key_hash,
         parent_run=parent_run,
@@ -74,18 +82,11 @@ def _job(
     )
 
 
-def _rounds(variant: Variant) -> list[Path]:
-    tune_dir = variant.path / TUNE_DIR
-    found = [p for p in tune_dir.glob("round_*") if p.is_dir()] if tune_dir.is_dir() else []
-    return sorted(found, key=lambda p: int(p.name.split("_")[1]))
-
-
 def _run_backbone(config: PipelineConfig, backbone: BackboneConfig, plan: TrialPlan) -> HpoResult:
-    layout = OutputsLayout(config.outputs_root, config.experiment.name)
+    layout = OutputsLayout.of(config)
     key = study_key(config, backbone)
     decision = resolve_variant(
-        layout.stage_dir("hpo", backbone.name),
-        base_name_for(config, "hpo", backbone.name),
+        *stage_place(config, "hpo", backbone.name),
         "hpo",
         backbone.name,
         key,
@@ -93,7 +94,8 @@ def _run_backbone(config: PipelineConfig, backbone: BackboneConfig, plan: TrialP
         auto_resume=config.hpo.checkpoint.auto_resume,
     )
     variant, hpo = decision.variant, config.hpo
-    storage = study_storage(variant.path, variant.name, hpo.checkpoint)
+    files = variant.files
+    storage = study_storage(files, variant.name, hpo.checkpoint)
     study = load_study(storage, variant.name, hpo.objective.direction)
     previous = _previous(variant)
     parent = tracking.open_variant_run(
@@ -104,12 +106,10 @@ def _run_backbone(config: PipelineConfig, backbone: BackboneConfig, plan: TrialP
     try:
         job = _job(config, backbone, variant.name, variant.record.study_key_hash, parent)
         outcomes = _run_rounds(config, job, decision, storage, study, plan)
-        result = _collect(config, backbone, variant, study, outcomes, previous, key)
+        result = _collect(config, backbone, variant, study, outcomes, previous)
         if result.finished >= hpo.num_samples:  # unfinished trials still need their checkpoints
-            result = _keep_best(
-                result, variant, variant.path / TRAIN_DIR, hpo.checkpoint.save_only_best
-            )
-        write_json(variant.path / HPO_FILE, result)
+            result = _keep_best(result, variant, hpo.checkpoint.save_only_best)
+        write_json(files.hpo_result, result)
     except BaseException as exc:
         set_status(variant, "failed")
         if parent is not None:
@@ -123,7 +123,7 @@ def _run_backbone(config: PipelineConfig, backbone: BackboneConfig, plan: TrialP
             tracking.end(parent, status)
         raise
     if parent is not None:
-        _track_variant(parent, result, layout.resolved_config, variant.path / HPO_FILE)
+        _track_variant(parent, result, layout.resolved_config, files.hpo_result)
     if result.finished < hpo.num_samples:
         set_status(variant, "failed")
         errors = [f"trial {n}: {o['error']}" for n, o in sorted(outcomes.items()) if "error" in o]
@@ -138,7 +138,7 @@ def _run_backbone(config: PipelineConfig, backbone: BackboneConfig, plan: TrialP
 
 def _run_rounds(
     config: PipelineConfig,
-    job: TrialJob,
+    job: StudyJob,
     decision: Decision,
     storage: Any,
     study: Any,
@@ -146,16 +146,15 @@ def _run_rounds(
 ) -> dict[int, dict[str, Any]]:
     """Restore an interrupted round (when resuming), then run the trials still missing.
     Returns each trial's last reported metrics, by trial number."""
-    from ray_pipeline.hpo import tuning  # imports ray.tune: only when a search really runs
+    from ray_pipeline.hpo import tuning  # imports ray.tune: not for validate/status/report
 
     variant, hpo, backbone = decision.variant, config.hpo, job.backbone
-    train_dir = variant.path / TRAIN_DIR
-    failure_log = variant.path / faults.FAILURE_LOG
+    files = variant.files
     outcomes: dict[int, dict[str, Any]] = {}
-    rounds = _rounds(variant)
+    rounds = files.rounds()
     if decision.action == "resume" and rounds:
         print(f"hpo {backbone.name}: resuming {variant.name} ({rounds[-1].name})")
-        grid = tuning.restore_round(rounds[-1], job, plan, train_dir, failure_log)
+        grid = tuning.restore_round(rounds[-1], job, plan, files.train_dir, files.failures)
         outcomes |= tuning.round_results(grid) if grid is not None else {}
     stale = fail_running(study)
     if stale:
@@ -169,7 +168,7 @@ def _run_rounds(
     if missing:
         set_status(variant, "running")
         grid = tuning.run_round(
-            experiment_dir=variant.path / TUNE_DIR / f"round_{len(rounds) + 1}",
+            experiment_dir=files.round_dir(len(rounds) + 1),
             study_name=variant.name,
             storage=storage,
             space=hpo.search_space,
@@ -178,8 +177,8 @@ def _run_rounds(
             scheduler=hpo.scheduler,
             sampler=hpo.sampler,
             num_samples=missing,
-            train_dir=train_dir,
-            failure_log=failure_log,
+            train_dir=files.train_dir,
+            failure_log=files.failures,
         )
         outcomes |= tuning.round_results(grid)
         fail_running(study)
@@ -211,8 +210,8 @@ def _track_variant(parent: RunRef, result: HpoResult, config_file: Path, hpo_fil
 
 
 def _previous(variant: Variant) -> dict[int, TrialRecord]:
-    path = variant.path / HPO_FILE
-    return {t.number: t for t in read_json(path, HpoResult).trials} if path.is_file() else {}
+    found = read_hpo(variant.files)
+    return {t.number: t for t in found.trials} if found is not None else {}
 
 
 def _collect(
@@ -222,11 +221,10 @@ def _collect(
     study: Any,
     outcomes: dict[int, dict[str, Any]],
     previous: dict[int, TrialRecord],
-    key: dict[str, Any],
 ) -> HpoResult:
-    study_hash = stable_hash(key)
+    study_hash = variant.record.study_key_hash
     failures: dict[int, list[str]] = {}
-    for failure in faults.read_failures(variant.path / faults.FAILURE_LOG):
+    for failure in faults.read_failures(variant.files.failures):
         failures.setdefault(failure.trial if failure.trial is not None else -1, []).append(
             f"{failure.source}: {failure.cause}"
         )
@@ -243,16 +241,23 @@ def _collect(
         else:
             state = FoldState()
         values = [f.objective for f in state.folds]
+        params = dict(frozen.params)
         trials.append(
             TrialRecord(
+                variant=variant.name,
+                backbone=backbone.name,
                 number=frozen.number,
                 state=frozen.state.name,
-                params=dict(frozen.params),
+                params=params,
+                training=config.hpo.training.with_params(params),
+                seed=config.hpo.seed,
+                metric=config.hpo.objective.metric,
                 objective_mean=statistics.fmean(values) if values else None,
                 objective_std=statistics.pstdev(values) if values else None,
                 folds=state.folds,
-                trial_key_hash=trial_key_hash(study_hash, dict(frozen.params)),
                 best_fold=state.best_fold,
+                study_key_hash=study_hash,
+                trial_key_hash=trial_key_hash(study_hash, params),
                 checkpoint=checkpoint,
                 resumes=state.resumes,
                 failures=failures.get(frozen.number, []),
@@ -275,15 +280,15 @@ def _collect(
     )
 
 
-def _keep_best(result: HpoResult, variant: Variant, train_dir: Path, only_best: bool) -> HpoResult:
+def _keep_best(result: HpoResult, variant: Variant, only_best: bool) -> HpoResult:
     """Copy the best trial's best-fold model (in its last checkpoint) to ``<variant>/best``;
     with ``only_best``, drop every trial's checkpoint."""
-    best_dir = variant.path / BEST_DIR
+    best_dir = variant.files.best
     best = result.best
     if best is not None and best.checkpoint is not None and Path(best.checkpoint) != best_dir:
-        source = Path(best.checkpoint) / MODEL_DIR
+        source = Path(best.checkpoint) / CHECKPOINT_MODEL
         if source.is_dir():
-            staging = variant.path / f".{BEST_DIR}.tmp"
+            staging = staging_for(best_dir)
             shutil.rmtree(staging, ignore_errors=True)
             shutil.copytree(source, staging)
             shutil.rmtree(best_dir, ignore_errors=True)
@@ -292,7 +297,7 @@ def _keep_best(result: HpoResult, variant: Variant, train_dir: Path, only_best: 
         for trial in result.trials:
             if trial.checkpoint is not None and Path(trial.checkpoint) != best_dir:
                 shutil.rmtree(trial.checkpoint, ignore_errors=True)
-        shutil.rmtree(train_dir, ignore_errors=True)  # every kept model now lives in best/
+        shutil.rmtree(variant.files.train_dir, ignore_errors=True)  # the kept model: best/
 
     def kept(trial: TrialRecord) -> str | None:
         if best is not None and trial.number == best.number and best_dir.is_dir():

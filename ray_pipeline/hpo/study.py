@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from ray_pipeline.paths import VariantFiles
 from ray_pipeline.schema import StudyCheckpoint
 
 if TYPE_CHECKING:
@@ -14,12 +14,11 @@ if TYPE_CHECKING:
 FINISHED_STATES = ("COMPLETE", "PRUNED")
 
 
-def study_storage(variant_dir: Path, variant: str, checkpoint: StudyCheckpoint) -> BaseStorage:
+def study_storage(files: VariantFiles, variant: str, checkpoint: StudyCheckpoint) -> BaseStorage:
     """The variant's Optuna storage: SQLite by default, Journal storage for shared filesystems."""
     import optuna
 
-    relative = checkpoint.storage_path.replace("{study_name}", variant)
-    path = variant_dir.parent / relative
+    path = files.study_file(checkpoint.storage_path, variant)
     path.parent.mkdir(parents=True, exist_ok=True)
     if checkpoint.storage_backend == "journal":
         from optuna.storages.journal import JournalFileBackend

@@ -1,5 +1,5 @@
-"""A trial's bookkeeping where it runs: its job with the hyperparameters applied, and its
-MLflow run, opened (or found again, on a retry) when the trial starts and ended when it stops.
+"""A trial's bookkeeping where it runs: its job (built here, and only here) and its MLflow
+run, opened (or found again, on a retry) when the trial starts and ended when it stops.
 """
 
 from __future__ import annotations
@@ -9,19 +9,17 @@ from contextlib import contextmanager
 from typing import Any
 
 from ray_pipeline import tracking
-from ray_pipeline.hpo.worker import TrialJob
+from ray_pipeline.hpo.jobs import StudyJob, TrialJob
 from ray_pipeline.identity import trial_key_hash
-from ray_pipeline.schema import TrainingParams
 from ray_pipeline.tracking import RunRef
 
 
-def start(job: TrialJob, number: int, params: dict[str, Any]) -> tuple[TrialJob, RunRef | None]:
-    """Trial ``number``'s job and its MLflow run (the same run again when a trial is retried)."""
-    training = TrainingParams.model_validate({**job.training.model_dump(), **params})
-    key = trial_key_hash(job.study_key_hash, params)
-    run = _open(job, number, params, key)
-    update = {"training": training, "trial": number, "trial_run": run, "trial_key_hash": key}
-    return job.model_copy(update=update), run
+def start(study: StudyJob, number: int, params: dict[str, Any]) -> TrialJob:
+    """Trial ``number``'s job, with its MLflow run (the same run again when a trial is
+    retried)."""
+    key = trial_key_hash(study.study_key_hash, params)
+    run = _open(study, number, params, key)
+    return TrialJob(study=study, trial=number, params=params, trial_key_hash=key, trial_run=run)
 
 
 @contextmanager
@@ -45,7 +43,7 @@ def finish(run: RunRef | None, final: dict[str, Any]) -> None:
     tracking.end(run)
 
 
-def _open(job: TrialJob, number: int, params: dict[str, Any], key: str) -> RunRef | None:
+def _open(job: StudyJob, number: int, params: dict[str, Any], key: str) -> RunRef | None:
     if job.parent_run is None:
         return None
     run = tracking.open_child(

@@ -3,10 +3,11 @@
 The only module that imports ``ray.tune``. A trial's hyperparameters come from Optuna through
 ``OptunaSearch`` over the variant's persisted study, so finished trials of earlier runs inform
 the sampler. A one-worker trial runs the fold loop inside its Tune trial (``TuneSession``), in a
-process Tune reuses for the next trial; a multi-worker trial drives one Ray Train worker group.
-Names are deterministic: trial ``n`` of the study is ``trial_<n>`` in the Tune experiment and
-its Train run, so a restored trial finds its own checkpoints. Lost trials are retried
-(``resources.max_failures``) from their last checkpoint; each failure is recorded.
+process Tune reuses for the next trial; a multi-worker trial (or trial_backend=train) drives one
+Ray Train worker group. Names are deterministic: trial ``n`` of the study is ``trial_<n>`` in
+the Tune experiment and its Train run, so a restored trial finds its own checkpoints. Lost
+trials are retried (``resources.max_failures``) from their last checkpoint; each failure is
+recorded.
 """
 
 from __future__ import annotations
@@ -22,13 +23,14 @@ from ray.tune import Callback
 from ray.tune.search.optuna import OptunaSearch
 
 from ray_pipeline import faults, monitoring
+from ray_pipeline.errors import PipelineError
 from ray_pipeline.hpo import trial_runs
+from ray_pipeline.hpo.jobs import StudyJob, TrialJob
 from ray_pipeline.hpo.results import CHECKPOINT_KEY
-from ray_pipeline.hpo.search_space import to_distributions
-from ray_pipeline.hpo.worker import TrialJob, run_folds, summary, train_folds
+from ray_pipeline.hpo.search_space import make_sampler, to_distributions
+from ray_pipeline.hpo.worker import run_folds, summary, train_folds
 from ray_pipeline.resources import DRIVER_MEMORY_BYTES, TrialPlan, scaling_config
 from ray_pipeline.schema import ParamSpec, SchedulerConfig
-from ray_pipeline.tracking import RunRef
 
 if TYPE_CHECKING:
     import torch
@@ -52,12 +54,25 @@ def trial_name(number: int) -> str:
     return f"trial_{number}"
 
 
+OPTUNA_SEARCH_INTERNALS = ("_ot_trials", "_ot_study", "_completed_trials", "_study_name")
+"""OptunaSearch attributes StudySearch relies on: not public API, so pyproject pins the Ray
+versions this was tested with, and a construction without them fails at once, naming them."""
+
+
 class StudySearch(OptunaSearch):
     """OptunaSearch that tells each trial its Optuna number and records early stops as PRUNED."""
 
     def __init__(self, *args: Any, k_folds: int, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._k_folds = k_folds
+        missing = [name for name in OPTUNA_SEARCH_INTERNALS if not hasattr(self, name)]
+        if missing:
+            import ray
+
+            raise PipelineError(
+                f"ray {ray.__version__}: OptunaSearch no longer has {', '.join(missing)}, which "
+                "ray_pipeline's search relies on; install the Ray version pyproject.toml pins"
+            )
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
         params = super().suggest(trial_id)
@@ -154,28 +169,28 @@ class TuneSession:
         tune.report(metrics, checkpoint=checkpoint)
 
 
-def _start_trial(config: dict[str, Any], spec: RoundSpec) -> tuple[TrialJob, RunRef | None]:
+def _start_trial(config: dict[str, Any], spec: RoundSpec) -> TrialJob:
     params = {k: v for k, v in config.items() if k != TRIAL_NUMBER}
-    return trial_runs.start(TrialJob.model_validate(spec.job), int(config[TRIAL_NUMBER]), params)
+    return trial_runs.start(StudyJob.model_validate(spec.job), int(config[TRIAL_NUMBER]), params)
 
 
 def _trial_in_process(config: dict[str, Any], spec: RoundSpec) -> None:
     """A one-worker trial: the fold loop right here, in the (reused) Tune trial process."""
-    job, trial_run = _start_trial(config, spec)
-    with trial_runs.failing(trial_run):
+    job = _start_trial(config, spec)
+    with trial_runs.failing(job.trial_run):
         state = run_folds(job, TuneSession())
-    trial_runs.finish(trial_run, summary(state))
+    trial_runs.finish(job.trial_run, summary(state))
 
 
 def _trial_driver(config: dict[str, Any], spec: RoundSpec) -> None:
-    """A multi-worker trial: one TorchTrainer whose workers run the fold loop under DDP."""
+    """A worker-group trial (DDP, or trial_backend=train): one TorchTrainer whose workers run
+    the fold loop."""
     from ray.train import CheckpointConfig, RunConfig
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    job, trial_run = _start_trial(config, spec)
-    assert job.trial is not None
-    label = f"hpo {job.variant} trial {job.trial}"
+    job = _start_trial(config, spec)
+    label = f"hpo {job.study.variant} trial {job.trial}"
     trainer = TorchTrainer(
         train_folds,
         train_loop_config=job.model_dump(mode="json"),
@@ -196,9 +211,9 @@ def _trial_driver(config: dict[str, Any], spec: RoundSpec) -> None:
             failure_config=faults.train_failure_config(0),
         ),
     )
-    with trial_runs.failing(trial_run):
+    with trial_runs.failing(job.trial_run):
         result = trainer.fit()
-    trial_runs.finish(trial_run, result.metrics or {})
+    trial_runs.finish(job.trial_run, result.metrics or {})
 
 
 def _trainable(spec: RoundSpec) -> Any:
@@ -222,7 +237,7 @@ class RecordRetries(Callback):
 
     def _record(self, trial: Trial, outcome: str) -> None:
         number = int(trial.config.get(TRIAL_NUMBER, -1))
-        cause = _last_error(trial)
+        cause = faults.last_tune_error(trial.error_file)
         print(f"{self.label}: trial {number} failed ({cause}); {outcome}")
         faults.record_failure(Path(self.failure_log), number, "tune", cause)
 
@@ -232,17 +247,6 @@ class RecordRetries(Callback):
 
     def on_trial_error(self, iteration: int, trials: Any, trial: Trial, **info: Any) -> None:
         self._record(trial, f"no retries left (resources.max_failures={self.max_failures})")
-
-
-def _last_error(trial: Trial) -> str:
-    """The first line of the trial's latest error (Tune appends each to its error file)."""
-    path = trial.error_file
-    if path is None or not Path(path).is_file():
-        return "unknown cause"
-    last = Path(path).read_text(encoding="utf-8", errors="replace").split("Failure # ")[-1]
-    lines = [line.strip() for line in last.splitlines()[1:] if line.strip()]
-    raised = [line for line in lines if line.split(":")[0].endswith(("Error", "Exception"))]
-    return faults.cause_of((raised or lines or ["unknown cause"])[-1 if raised else 0])
 
 
 def _dirname(trial: Trial) -> str:
@@ -264,21 +268,13 @@ def _scheduler(config: SchedulerConfig, k_folds: int, mode: str) -> Any:
     )
 
 
-def _sampler(kind: Literal["tpe", "random"], seed: int) -> Any:
-    import optuna
-
-    if kind == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    return optuna.samplers.TPESampler(seed=seed)
-
-
 def run_round(
     *,
     experiment_dir: Path,
     study_name: str,
     storage: BaseStorage,
     space: dict[str, ParamSpec],
-    job: TrialJob,
+    job: StudyJob,
     plan: TrialPlan,
     scheduler: SchedulerConfig,
     sampler: Literal["tpe", "random"],
@@ -296,7 +292,7 @@ def run_round(
         space=to_distributions(space),
         metric=OBJECTIVE,
         mode=mode,
-        sampler=_sampler(sampler, seed),
+        sampler=make_sampler(sampler, seed),
         study_name=study_name,
         storage=storage,
         k_folds=job.k_folds,
@@ -347,7 +343,7 @@ def _fit(tuner: Any) -> ResultGrid:
                 os.environ.pop(name, None)
 
 
-def _callbacks(job: TrialJob, plan: TrialPlan, failure_log: Path) -> list[Any]:
+def _callbacks(job: StudyJob, plan: TrialPlan, failure_log: Path) -> list[Any]:
     """Tune's JSON and CSV result files and the retry recorder."""
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
@@ -360,7 +356,7 @@ def _callbacks(job: TrialJob, plan: TrialPlan, failure_log: Path) -> list[Any]:
 
 
 def restore_round(
-    experiment_dir: Path, job: TrialJob, plan: TrialPlan, train_dir: Path, failure_log: Path
+    experiment_dir: Path, job: StudyJob, plan: TrialPlan, train_dir: Path, failure_log: Path
 ) -> ResultGrid | None:
     """Continue an interrupted round: finished trials stay finished, unfinished ones resume
     from their last fold checkpoint. None when there is nothing restorable."""

@@ -21,58 +21,21 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
-
-from pydantic import BaseModel, ConfigDict
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ray_pipeline import monitoring
 from ray_pipeline.data.splits import fold_indices
 from ray_pipeline.hpo.cache import Prepared, fresh_model, prepared
+from ray_pipeline.hpo.jobs import TrialJob
 from ray_pipeline.hpo.results import FoldProgress, FoldResult, FoldState
-from ray_pipeline.schema import BackboneConfig, DataConfig, Task, TrainingParams
-from ray_pipeline.tracking import RunRef
+from ray_pipeline.paths import CHECKPOINT_MODEL, FOLD_STATE, TRAINING_STATE
 from ray_pipeline.training import batches, evaluate, make_optimizer, shard, train_epoch
 
 if TYPE_CHECKING:
     import torch
 
-STATE_FILE = "fold_state.json"
-TRAINING_STATE = "training_state.pt"
-MODEL_DIR = "model"
 CHECKPOINT_LOGGERS = ("ray.train._internal.storage", "ray.train.v2._internal.execution.storage")
 """Ray's loggers that print "Checkpoint successfully created" at INFO for every checkpoint."""
-
-
-class TrialJob(BaseModel):
-    """Everything the fold loop needs for one trial (crosses the Ray boundary as a plain dict)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    data: DataConfig
-    backbone: BackboneConfig
-    task: Task
-    training: TrainingParams
-    k_folds: int
-    seed: int
-    metric: str
-    direction: Literal["maximize", "minimize"]
-    report_every_epoch: bool
-    every_epoch: bool | None
-    """Epoch checkpoints inside a fold (None: when the fold has more than one epoch)."""
-    variant: str
-    study_key_hash: str
-    parent_run: RunRef | None = None
-    """The variant's MLflow run (None: tracking off)."""
-    trial: int | None = None
-    """Set by the trial driver: the Optuna trial number."""
-    trial_run: RunRef | None = None
-    """Set by the trial driver: the trial's MLflow run, parent of the fold runs."""
-    trial_key_hash: str | None = None
-    """Set by the trial driver: the hash of the study and this trial's hyperparameters."""
-
-    @property
-    def epoch_checkpoints(self) -> bool:
-        return self.every_epoch if self.every_epoch is not None else self.training.epochs > 1
 
 
 class Session(Protocol):
@@ -131,12 +94,16 @@ class FoldRun:
     def __init__(self, job: TrialJob, fold: int, inputs: Prepared, session: Session) -> None:
         self.job, self.fold, self.inputs, self.workers = job, fold, inputs, session.world_size
         rows, splits = inputs.rows, inputs.splits
-        fit, val = fold_indices(len(rows), splits.train.strata, job.k_folds, job.seed, fold)
+        fit, val = fold_indices(
+            len(rows), splits.train.strata, job.study.k_folds, job.study.seed, fold
+        )
         self.fit_rows = [rows[i] for i in shard(fit, session.rank, session.world_size)]
         self.val_rows = [rows[i] for i in val]  # rank 0 evaluates the whole validation set
         self.n_fit = len(fit)
         # Every fold starts from the backbone's weights with its own seed.
-        self.model = fresh_model(job.backbone, job.task, splits.labels, seed=job.seed + fold)
+        self.model = fresh_model(
+            job.study.backbone, job.study.task, splits.labels, seed=job.study.seed + fold
+        )
         self.device = session.device
         self.ddp = session.prepare(self.model)
         p = job.training
@@ -144,7 +111,7 @@ class FoldRun:
         self.optimizer, self.scheduler = make_optimizer(self.ddp, p, steps)
 
     def train_epoch(self, epoch: int) -> tuple[float, float]:
-        seed = self.job.seed * 10_007 + self.fold * 101 + epoch
+        seed = self.job.study.seed * 10_007 + self.fold * 101 + epoch
         pad = self.inputs.pad_id
         data = batches(self.fit_rows, self.job.training.batch_size, pad, seed, self.device)
         start = time.perf_counter()
@@ -154,7 +121,9 @@ class FoldRun:
     def evaluate(self) -> dict[str, float]:
         size = max(self.job.training.batch_size, 32)
         labels, pad = self.inputs.splits.labels, self.inputs.pad_id
-        return evaluate(self.model, self.val_rows, labels, self.job.task, size, pad, self.device)
+        return evaluate(
+            self.model, self.val_rows, labels, self.job.study.task, size, pad, self.device
+        )
 
     def save_training_state(self, path: Path) -> None:
         import torch
@@ -178,7 +147,7 @@ class FoldRun:
 
 
 def _better(job: TrialJob, a: float, b: float) -> bool:
-    return a > b if job.direction == "maximize" else a < b
+    return a > b if job.study.direction == "maximize" else a < b
 
 
 def summary(state: FoldState) -> dict[str, float]:
@@ -220,9 +189,9 @@ def _report(
         return
     with tempfile.TemporaryDirectory(prefix="ray_pipeline_ckpt_") as directory:
         path = Path(directory)
-        (path / STATE_FILE).write_text(state.model_dump_json())
+        (path / FOLD_STATE).write_text(state.model_dump_json())
         if best_model.is_dir():
-            shutil.copytree(best_model, path / MODEL_DIR)
+            shutil.copytree(best_model, path / CHECKPOINT_MODEL)
         if fold is not None:
             fold.save_training_state(path / TRAINING_STATE)
         session.report(metrics, path)
@@ -238,9 +207,9 @@ def _resume(
     fold = None
     with checkpoint.as_directory() as directory:
         path = Path(directory)
-        state = FoldState.model_validate_json((path / STATE_FILE).read_text())
-        if (path / MODEL_DIR).is_dir():
-            shutil.copytree(path / MODEL_DIR, best_model)
+        state = FoldState.model_validate_json((path / FOLD_STATE).read_text())
+        if (path / CHECKPOINT_MODEL).is_dir():
+            shutil.copytree(path / CHECKPOINT_MODEL, best_model)
         if state.current is not None:
             fold = FoldRun(job, state.current.fold, inputs, session)
             fold.load_training_state(path / TRAINING_STATE)
@@ -255,8 +224,8 @@ def _resume(
             f", inside fold {current.fold} after {current.epochs_done} epoch(s)" if current else ""
         )
         print(
-            f"{job.variant} trial {job.trial}: resuming after {len(state.folds)} of "
-            f"{job.k_folds} finished fold(s){inside}"
+            f"{job.study.variant} trial {job.trial}: resuming after {len(state.folds)} of "
+            f"{job.study.k_folds} finished fold(s){inside}"
         )
     return state.model_copy(update={"resumes": [*state.resumes, where]}), fold
 
@@ -273,18 +242,18 @@ def _quiet() -> None:
 def run_folds(job: TrialJob, session: Session) -> FoldState:
     """The k folds of one trial, resuming where the last checkpoint left off."""
     _quiet()
-    inputs = prepared(job.data, job.backbone, job.training.max_length)
+    inputs = prepared(job.study.data, job.study.backbone, job.training.max_length)
     with tempfile.TemporaryDirectory(prefix="ray_pipeline_best_") as keep:
-        best_model = Path(keep) / MODEL_DIR  # rank 0: the best fold's model so far
+        best_model = Path(keep) / CHECKPOINT_MODEL  # rank 0: the best fold's model so far
         state, fold = _resume(job, session, inputs, best_model)
-        if len(state.folds) >= job.k_folds:
+        if len(state.folds) >= job.study.k_folds:
             # Every fold is in the checkpoint (the trial finished just before its process was
             # stopped): report the result again instead of training anything.
             last = state.folds[-1]
             metrics = _metrics(job, state, last.fold, job.training.epochs - 1, last.train_loss)
             _report(session, metrics, state, best_model)
             return state
-        for number in range(len(state.folds), job.k_folds):
+        for number in range(len(state.folds), job.study.k_folds):
             run = fold if fold is not None else FoldRun(job, number, inputs, session)
             state = _train_fold(job, session, state, run, best_model)
             fold = None
@@ -312,15 +281,17 @@ def _train_fold(
             break
         state = state.model_copy(update={"current": progress})
         metrics = _metrics(job, state, number, epoch, loss)
-        if job.report_every_epoch:
-            metrics["epoch_objective"] = fold.evaluate()[job.metric] if session.rank == 0 else 0.0
+        if job.study.report_every_epoch:
+            metrics["epoch_objective"] = (
+                fold.evaluate()[job.study.metric] if session.rank == 0 else 0.0
+            )
         saved = fold if job.epoch_checkpoints else None
         _report(session, metrics, state, best_model, saved, checkpoint=saved is not None)
     begin = time.perf_counter()
     scores = fold.evaluate() if session.rank == 0 else {}
     result = FoldResult(
         fold=number,
-        objective=scores.get(job.metric, math.nan),
+        objective=scores.get(job.study.metric, math.nan),
         metrics=scores,
         train_loss=progress.losses[-1],
         train_examples=fold.n_fit,
@@ -340,7 +311,7 @@ def _train_fold(
     state = FoldState(folds=[*state.folds, result], best_fold=best, resumes=state.resumes)
     if session.rank == 0:
         _track_fold(job, result)
-        monitoring.fold_seconds(job.variant, result.seconds)
+        monitoring.fold_seconds(job.study.variant, result.seconds)
     metrics = _metrics(job, state, number, epochs - 1, result.train_loss)
     _report(session, {**metrics, "fold_metrics": json.dumps(scores)}, state, best_model)
     return state
@@ -356,18 +327,18 @@ def _placement() -> dict[str, Any]:
 
 def _track_fold(job: TrialJob, result: FoldResult) -> None:
     """The fold's MLflow run under the trial's run (rank 0 holds the fold's metrics)."""
-    if job.trial_run is None or job.trial is None:
+    if job.trial_run is None:
         return
     from ray_pipeline import tracking
 
     run = tracking.open_child(
         job.trial_run,
         "fold",
-        tracking.run_name(job.variant, job.trial, result.fold),
+        tracking.run_name(job.study.variant, job.trial, result.fold),
         stage="hpo",
-        backbone=job.backbone.name,
-        variant=job.variant,
-        study_key_hash=job.study_key_hash,
+        backbone=job.study.backbone.name,
+        variant=job.study.variant,
+        study_key_hash=job.study.study_key_hash,
         trial=job.trial,
         trial_key_hash=job.trial_key_hash,
         fold=result.fold,
@@ -384,5 +355,5 @@ def _track_fold(job: TrialJob, result: FoldResult) -> None:
 
 
 def train_folds(config: dict[str, Any]) -> None:
-    """``train_loop_per_worker`` of a multi-worker trial: the fold loop under DDP."""
+    """``train_loop_per_worker`` of a worker-group trial (DDP, or trial_backend=train)."""
     run_folds(TrialJob.model_validate(config), TrainSession())

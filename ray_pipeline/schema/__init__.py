@@ -41,8 +41,8 @@ from ray_pipeline.schema.hpo import (
     TrainingParams,
 )
 from ray_pipeline.schema.stages import (
+    REMOVED_KEYS,
     BenchmarkConfig,
-    BenchmarkOutput,
     BenchmarkSettings,
     ExperimentConfig,
     FinalSource,
@@ -110,11 +110,11 @@ SECTIONS: dict[str, type[Section]] = {
 
 
 __all__ = [
+    "REMOVED_KEYS",
     "SECTIONS",
     "TASK_METRICS",
     "BackboneConfig",
     "BenchmarkConfig",
-    "BenchmarkOutput",
     "BenchmarkRunSection",
     "BenchmarkSettings",
     "CategoricalParam",

@@ -37,5 +37,6 @@ class ReuseRunSection(Section):
 
 class BenchmarkRunSection(Section):
     mode: Literal["reuse_if_exists", "force_new"] | None = None
-    """null: inherit the HPO stage's mode. reuse_if_exists: keep existing benchmark.json
-    files. force_new: benchmark again."""
+    """null: inherit the HPO stage's mode. reuse_if_exists: keep each variant's benchmark
+    while it is current (its best trial, these settings); measure the rest. force_new:
+    benchmark again."""

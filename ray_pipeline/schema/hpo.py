@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from ray_pipeline.naming import check_safe_name
+from ray_pipeline.paths import DEFAULT_STUDY_PATH
 from ray_pipeline.schema.base import PositiveInt, RunSection, Section
 
 
@@ -24,6 +26,10 @@ class TrainingParams(Section):
     """Fraction of steps with linear warm-up."""
     max_length: PositiveInt = 128
     """Tokens per example after truncation."""
+
+    def with_params(self, params: Mapping[str, Any]) -> TrainingParams:
+        """These settings with a trial's hyperparameters applied (what the trial trains with)."""
+        return TrainingParams.model_validate({**self.model_dump(), **params})
 
 
 class FloatParam(Section):
@@ -101,14 +107,15 @@ class StudyCheckpoint(Section):
     study_name: str | None = None
     """null = ``hpo_{backbone}``; otherwise a template where ``{backbone}`` is replaced.
     Later variants append ``_v2``, ``_v3``, ..."""
-    storage_path: str = "{study_name}/study.db"
+    storage_path: str = DEFAULT_STUDY_PATH
     """Where the Optuna study lives, relative to the backbone's HPO directory."""
     storage_backend: Literal["sqlite", "journal"] = "sqlite"
     """SQLite by default; Journal storage for shared filesystems such as NFS."""
     auto_resume: bool = True
     """Under reuse_if_exists, resume an incomplete latest variant (false: refuse instead)."""
     save_only_best: bool = True
-    """Keep only the best trial's model checkpoint; delete the others when a variant ends."""
+    """When the variant completes, its best trial's best-fold model is copied to
+    ``<variant>/best``; true: then every trial checkpoint (and ``train/``) is deleted."""
     every_epoch: bool | None = None
     """Checkpoint inside a fold after every epoch (model, optimiser, scheduler), so a retried
     trial loses at most one epoch. null: on when a fold has more than one epoch. Finished

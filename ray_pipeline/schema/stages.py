@@ -34,29 +34,29 @@ class BenchmarkSettings(Section):
     As many actors run at once as the cluster fits."""
     test_data: ConfigPath | None = None
     """Optional file whose metrics are measured for each benchmarked checkpoint."""
-    benchmark_all_variants: bool = True
-    """Benchmark every variant's best trial before selection (false: latest only)."""
     benchmark_strategy: Literal["best_per_variant", "latest_only"] = "best_per_variant"
-    """Which variants to benchmark before selection."""
-
-
-class BenchmarkOutput(Section):
-    filename: str = "benchmark.json"
-    """File written into each benchmarked variant."""
-
-    @field_validator("filename")
-    @classmethod
-    def _safe(cls, value: str) -> str:
-        return check_safe_name(value, "benchmark output filename")
+    """Which variants' best trials are benchmarked (and are selection candidates): every
+    complete HPO variant's, or each backbone's latest complete variant's."""
 
 
 class BenchmarkConfig(Section):
     run: BenchmarkRunSection = Field(default_factory=BenchmarkRunSection)
     """How existing benchmarks are treated (null inherits the HPO mode)."""
     benchmarking: BenchmarkSettings = Field(default_factory=BenchmarkSettings)
-    """What is measured."""
-    output: BenchmarkOutput = Field(default_factory=BenchmarkOutput)
-    """Where results go."""
+    """What is measured (each result: ``<variant>/benchmark.json``)."""
+
+
+REMOVED_KEYS: dict[tuple[str, ...], str] = {
+    ("benchmark", "benchmarking", "benchmark_all_variants"): (
+        "was removed: it repeated benchmark_strategy; delete it (true is "
+        "benchmark_strategy: best_per_variant, false is benchmark_strategy: latest_only)"
+    ),
+    ("benchmark", "output"): (
+        "was removed: a benchmark is always written to <variant>/benchmark.json; delete "
+        "the output: section"
+    ),
+}
+"""Keys older configs may still hold -> what to do instead (reported as config errors)."""
 
 
 class SelectionConfig(Section):
@@ -96,7 +96,8 @@ class TrackingConfig(Section):
     enabled: bool = True
     """Log to MLflow."""
     tracking_uri: str | None = None
-    """null: MLFLOW_TRACKING_URI, else sqlite:///<outputs>/mlflow.db."""
+    """null: $MLFLOW_TRACKING_URI, else the embedded store
+    sqlite:///<outputs_root>/<experiment>/mlflow.db (artifacts in .../<experiment>/mlartifacts)."""
     experiment_name: str | None = None
     """null: the experiment's name."""
 
@@ -104,9 +105,11 @@ class TrackingConfig(Section):
 class ResourcesConfig(Section):
     address: str | None = None
     """Ray cluster to connect to (e.g. ``ray://head:10001`` or ``auto``); null: $RAY_ADDRESS
-    (set inside ``ray job submit``), else a local cluster started for this run."""
+    (set inside ``ray job submit``), else a Ray already running on this machine, else a local
+    cluster started for this run."""
     workers_per_trial: PositiveInt = 1
-    """Ray Train DDP workers per trial."""
+    """Workers per trial: 1 trains inside the Tune trial (unless trial_backend: train); more
+    are a Ray Train DDP worker group."""
     cpus_per_worker: float = Field(default=1.0, gt=0)
     """CPUs each worker reserves."""
     gpus_per_worker: float = Field(default=0.0, ge=0)
@@ -114,9 +117,10 @@ class ResourcesConfig(Section):
     max_concurrent_trials: PositiveInt | None = None
     """null: as many as the cluster fits."""
     max_failures: int = Field(default=3, ge=0)
-    """Retries after a lost worker, actor or node: per HPO trial (Ray Tune), per worker group
-    (Ray Train: DDP trials and final training) and per benchmark actor. Every retry resumes from
-    the last fold or epoch checkpoint. 0: fail at the first loss. 3 suits spot clusters."""
+    """Retries after a lost worker, actor or node: per HPO trial (Ray Tune; a DDP trial's lost
+    worker fails the trial, which Tune retries), per final-training worker group (Ray Train)
+    and per benchmark actor. Every retry resumes from the last fold or epoch checkpoint. 0:
+    fail at the first loss. 3 suits spot clusters."""
     trial_backend: Literal["auto", "train"] = "auto"
     """auto: a one-worker trial trains inside its Ray Tune trial (a reused process with cached
     data and weights: seconds of start-up); more workers use a Ray Train worker group (DDP).
