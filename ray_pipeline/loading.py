@@ -73,6 +73,10 @@ class _Composer:
             self._mark((*loc, child_key), item, source)
 
     def source_of(self, loc: Loc) -> str | None:
+        if loc and loc not in self.origins:  # a section known only by keys set inside it
+            inside = [src for key, src in self.origins.items() if key[: len(loc)] == loc]
+            if inside:
+                return inside[-1]  # the last one set
         for end in range(len(loc), -1, -1):
             if loc[:end] in self.origins:
                 return self.origins[loc[:end]]
