@@ -7,72 +7,78 @@ from __future__ import annotations
 from ray_pipeline.artifacts import write_json
 from ray_pipeline.data.splits import load_splits
 from ray_pipeline.hpo.results import FoldResult, HpoResult, TrialRecord
-from ray_pipeline.hpo.stage import BEST_DIR, HPO_FILE
 from ray_pipeline.identity import stable_hash, study_key, trial_key_hash
 from ray_pipeline.models import build_model, load_tokenizer
-from ray_pipeline.paths import OutputsLayout
 from ray_pipeline.schema import PipelineConfig
-from ray_pipeline.variants import Variant, base_name_for, create_variant, set_status
+from ray_pipeline.variants import Variant, create_variant, set_status, stage_place
 
 
 def add_hpo_variant(
     config: PipelineConfig, backbone_name: str, objective: float, trial: int = 0
 ) -> Variant:
-    """A new complete HPO variant of ``backbone_name`` whose best trial ``trial`` scored
-    ``objective`` (the config's metric) on both of two folds."""
-    layout = OutputsLayout(config.outputs_root, config.experiment.name)
+    """A new complete HPO variant of ``backbone_name`` with three or more complete trials of
+    distinct scores, whose best is trial ``trial``: it scored ``objective`` (the config's
+    metric) on both of two folds; every other trial ``n`` scored ``objective - 0.01 * (n+1)``
+    (so a reader that takes the first or the last trial instead of the best is caught)."""
     backbone = next(b for b in config.model.backbones if b.name == backbone_name)
     key = study_key(config, backbone)
-    variant = create_variant(
-        layout.stage_dir("hpo", backbone_name),
-        base_name_for(config, "hpo", backbone_name),
-        "hpo",
-        backbone_name,
-        key,
-    )
+    variant = create_variant(*stage_place(config, "hpo", backbone_name), "hpo", backbone_name, key)
     labels = load_splits(config.data).labels
-    best_dir = variant.path / BEST_DIR
+    best_dir = variant.files.best
     build_model(backbone, config.data.task, labels, seed=trial).save_pretrained(best_dir)
     load_tokenizer(backbone).save_pretrained(best_dir)
-    metric = config.hpo.objective.metric
-    folds = [
-        FoldResult(
-            fold=k,
-            objective=objective,
-            metrics={metric: objective, "accuracy": objective},
-            train_loss=0.5,
-            train_examples=20,
-            validation_examples=20,
-            seconds=1.0,
-            train_step_seconds=0.5,
-            workers=1,
+    metric, study_hash = config.hpo.objective.metric, stable_hash(key)
+
+    def record(number: int, score: float) -> TrialRecord:
+        folds = [
+            FoldResult(
+                fold=k,
+                objective=score,
+                metrics={metric: score, "accuracy": score},
+                train_loss=0.5,
+                train_examples=20,
+                validation_examples=20,
+                seconds=1.0,
+                train_step_seconds=0.5,
+                workers=1,
+            )
+            for k in range(2)
+        ]
+        params = {"learning_rate": 1e-4 * (number + 1)}
+        return TrialRecord(
+            variant=variant.name,
+            backbone=backbone_name,
+            number=number,
+            state="COMPLETE",
+            params=params,
+            training=config.hpo.training.with_params(params),
+            seed=config.hpo.seed,
+            metric=metric,
+            objective_mean=score,
+            objective_std=0.0,
+            folds=folds,
+            best_fold=0,
+            study_key_hash=study_hash,
+            trial_key_hash=trial_key_hash(study_hash, params),
+            checkpoint=str(best_dir) if number == trial else None,
         )
-        for k in range(2)
+
+    sign = 1.0 if config.hpo.objective.direction == "maximize" else -1.0
+    trials = [
+        record(n, objective if n == trial else objective - sign * 0.01 * (n + 1))
+        for n in range(max(trial + 1, 3))
     ]
-    params = {"learning_rate": 1e-4 * (trial + 1)}
-    study_hash = stable_hash(key)
-    record = TrialRecord(
-        number=trial,
-        state="COMPLETE",
-        params=params,
-        objective_mean=objective,
-        objective_std=0.0,
-        folds=folds,
-        trial_key_hash=trial_key_hash(study_hash, params),
-        best_fold=0,
-        checkpoint=str(best_dir),
-    )
     result = HpoResult(
         variant=variant.name,
         backbone=backbone_name,
         study_key_hash=study_hash,
         metric=metric,
         direction=config.hpo.objective.direction,
-        num_samples=1,
+        num_samples=len(trials),
         k_folds=2,
-        trials=[record],
-        best=record,
+        trials=trials,
+        best=trials[trial],
         best_checkpoint=str(best_dir),
     )
-    write_json(variant.path / HPO_FILE, result)
+    write_json(variant.files.hpo_result, result)
     return set_status(variant, "complete")

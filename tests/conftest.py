@@ -1,9 +1,14 @@
-"""Shared fixtures: the repository's config directory and a helper to write YAML files."""
+"""Shared fixtures and names: the repository's config files, YAML and experiment writers, local
+Ray clusters, and two per-test checks: tests that start Ray are marked ``slow``, and no test
+writes into the repository checkout (or the working directory it was started in)."""
 
 from __future__ import annotations
 
 import importlib.util
 import os
+import subprocess
+import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,8 +25,12 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 REPO = Path(__file__).resolve().parent.parent
 CONFIG_DIR = REPO / "config"
 SMOKE = CONFIG_DIR / "experiment" / "smoke.yaml"
+DEMO = CONFIG_DIR / "experiment" / "demo.yaml"
 
 WriteYaml = Callable[[str, Any], Path]
+"""``write_yaml(name, mapping_or_text)`` -> the written file."""
+MakeExp = Callable[..., Path]
+"""``smoke_experiment(name="exp.yaml", **sections)`` -> the written experiment file."""
 
 
 @pytest.fixture
@@ -39,7 +48,7 @@ def write_yaml(tmp_path: Path) -> WriteYaml:
 
 
 @pytest.fixture
-def smoke_experiment(write_yaml: WriteYaml, tmp_path: Path) -> Callable[..., Path]:
+def smoke_experiment(write_yaml: WriteYaml, tmp_path: Path) -> MakeExp:
     """An experiment file in tmp_path that includes the shipped smoke sections.
 
     Keyword arguments become top-level sections merged over the includes; outputs go to
@@ -89,28 +98,160 @@ def demo_model_available() -> None:
     )
 
 
-@pytest.fixture(scope="module")
-def ray_cluster() -> Iterator[None]:
-    """A real local Ray cluster with 2 CPUs, shared by one test module."""
+def _local_ray(dashboard: bool) -> Iterator[None]:
     import ray
 
     from ray_pipeline.cluster import TRAIN_POLL_ENV, TRAIN_POLL_SECONDS
 
     os.environ.setdefault(TRAIN_POLL_ENV, TRAIN_POLL_SECONDS)  # as ensure_ray() does
-    ray.init(num_cpus=2, include_dashboard=False)
+    ray.init(num_cpus=2, include_dashboard=dashboard)
     yield
     ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[None]:
+    """A real local Ray cluster with 2 CPUs, shared by one test module."""
+    yield from _local_ray(dashboard=False)
 
 
 @pytest.fixture(scope="module")
 def ray_with_state_api() -> Iterator[None]:
     """A 2-CPU local cluster with its dashboard, so the state API tells which process runs
     which actor (fault tests kill exactly the process they mean)."""
-    import ray
+    yield from _local_ray(dashboard=True)
 
-    from ray_pipeline.cluster import TRAIN_POLL_ENV, TRAIN_POLL_SECONDS
 
-    os.environ.setdefault(TRAIN_POLL_ENV, TRAIN_POLL_SECONDS)
-    ray.init(num_cpus=2, include_dashboard=True)
+RAY_FIXTURES = {"ray_cluster", "ray_with_state_api"}
+
+
+@pytest.hookimpl(trylast=True)  # after -k and -m have deselected
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A selected test that asks for a Ray cluster must be marked ``slow``."""
+    unmarked = [
+        item.nodeid
+        for item in items
+        if RAY_FIXTURES & set(getattr(item, "fixturenames", ()))
+        and item.get_closest_marker("slow") is None
+    ]
+    if unmarked:
+        raise pytest.UsageError(
+            "tests that start a Ray cluster must be marked slow: " + ", ".join(unmarked)
+        )
+
+
+# Per-test checks ---------------------------------------------------------------------------------
+
+_CACHES = {".venv", "__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache"}
+"""Ignored paths that tests may change: interpreter and tool caches, the environment."""
+
+
+def _is_cache(path: str) -> bool:
+    return any(part in _CACHES or part.endswith(".egg-info") for part in Path(path).parts)
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_mtime_ns, stat.st_size
+
+
+def _git_toplevel(directory: Path) -> Path | None:
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(directory), "rev-parse", "--show-toplevel"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return Path(done.stdout.strip())
+
+
+_TOPLEVEL = _git_toplevel(REPO)
+
+Snapshot = dict[str, object]
+
+
+def _checkout_state() -> Snapshot:
+    """Each path `git status` lists under REPO (modified, untracked, and ignored but for the
+    caches), with its status and its file's mtime and size: a path that appears, goes, or is
+    written again (also one already modified) differs between two snapshots."""
+    assert _TOPLEVEL is not None
+    argv = ["git", "--no-optional-locks", "-C", str(REPO), "status", "--porcelain=v1", "-z"]
+    argv += ["--untracked-files=all", "--ignored=matching", "--", "."]
+    fields = iter(subprocess.run(argv, capture_output=True, check=True).stdout.split(b"\0"))
+    state: Snapshot = {}
+    for field in fields:
+        if not field:
+            continue
+        entry = os.fsdecode(field)
+        code, path = entry[:2], entry[3:]
+        if code[0] in "RC":
+            next(fields, None)  # a rename's or copy's source path follows
+        if code == "!!" and _is_cache(path):
+            continue
+        state[path] = (code, _stamp(_TOPLEVEL / path))
+    return state
+
+
+def _listing(directory: Path) -> Snapshot:
+    """The entries directly in ``directory`` but the caches, with mtimes and sizes (a
+    directory's mtime changes when an entry is added to or removed from it)."""
+    try:
+        return {
+            e.name: _stamp(Path(e.path)) for e in os.scandir(directory) if not _is_cache(e.name)
+        }
+    except OSError:
+        return {}
+
+
+def _changed(before: Snapshot, after: Snapshot) -> list[str]:
+    return sorted(p for p in before.keys() | after.keys() if before.get(p) != after.get(p))
+
+
+def _watched_cwd() -> Path | None:
+    """The working directory, when it lies outside the checkout and is not a parent of the
+    temp directory (where tests write on purpose)."""
+    cwd = Path.cwd().resolve()
+    if cwd == REPO or REPO in cwd.parents:
+        return None
+    if Path(tempfile.gettempdir()).resolve().is_relative_to(cwd):
+        return None
+    return cwd
+
+
+@pytest.fixture(autouse=True)
+def no_writes_into_the_checkout(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail a test that writes into the repository checkout (what `git status` shows, ignored
+    caches aside) or into the directory pytest was started in: tests write under tmp_path."""
+    checkout = _checkout_state() if _TOPLEVEL is not None else _listing(REPO)
+    cwd = _watched_cwd()
+    in_cwd = _listing(cwd) if cwd is not None else {}
     yield
-    ray.shutdown()
+    after = _checkout_state() if _TOPLEVEL is not None else _listing(REPO)
+    problems = []
+    if written := _changed(checkout, after):
+        problems.append(f"wrote into the repository checkout {REPO}: {', '.join(written)}")
+    if cwd is not None and (written := _changed(in_cwd, _listing(cwd))):
+        problems.append(f"wrote into the working directory {cwd}: {', '.join(written)}")
+    if problems:
+        pytest.fail(f"{request.node.nodeid} " + "; ".join(problems), pytrace=False)
+
+
+def _ray_initialized() -> bool:
+    ray = sys.modules.get("ray")
+    return ray is not None and bool(ray.is_initialized())
+
+
+@pytest.fixture(autouse=True)
+def quick_tests_leave_no_ray(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail a test not marked ``slow`` that leaves Ray started in this process (as the CLI's
+    Ray stages do when no cluster fixture started it first)."""
+    before = _ray_initialized()
+    yield
+    if not before and _ray_initialized() and request.node.get_closest_marker("slow") is None:
+        pytest.fail(f"{request.node.nodeid} started Ray but is not marked slow", pytrace=False)

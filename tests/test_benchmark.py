@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,11 +10,13 @@ import pytest
 from ray_pipeline.artifacts import read_json
 from ray_pipeline.benchmark.results import BenchmarkResult
 from ray_pipeline.cli import main
+from ray_pipeline.hpo.results import HpoResult
 from ray_pipeline.loading import load_config
+from ray_pipeline.paths import VariantFiles
 from ray_pipeline.selection import SelectionResult
 from tests.builders import add_hpo_variant
-
-pytestmark = pytest.mark.usefixtures("ray_cluster")
+from tests.conftest import CONFIG_DIR, MakeExp
+from tests.run_outputs import embedded_store, mlflow_runs
 
 
 def _random_bert(name: str, hidden: int) -> dict[str, Any]:
@@ -37,10 +37,12 @@ def _benchmarks(outputs: Path) -> dict[str, BenchmarkResult]:
     return {p.parent.name: read_json(p, BenchmarkResult) for p in found}
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_cluster")
 def test_benchmark_fan_out_completeness_and_cached_selection(
-    smoke_experiment: Callable[..., Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    smoke_experiment: MakeExp, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    test_file = Path(__file__).parent.parent / "config" / "data" / "tiny_reviews" / "test.csv"
+    test_file = CONFIG_DIR / "data" / "tiny_reviews" / "test.csv"
     path = smoke_experiment(
         model=TWO_BACKBONES,
         benchmark={
@@ -66,12 +68,15 @@ def test_benchmark_fan_out_completeness_and_cached_selection(
     assert sorted(first) == ["hpo_tiny-a", "hpo_tiny-a_v2", "hpo_tiny-b"]
     assert len({b.actor_id for b in first.values()}) == 2  # two actors on 2 CPUs, in parallel
     for name, bench in first.items():
-        hpo = json.loads((outputs / "t" / "hpo" / bench.backbone / name / "hpo.json").read_text())
-        assert bench.trial_key_hash == hpo["best"]["trial_key_hash"]
+        hpo = read_json(
+            VariantFiles(outputs / "t" / "hpo" / bench.trial.backbone / name).hpo_result, HpoResult
+        )
+        assert bench.trial == hpo.best  # the variant's best trial, as HPO recorded it
         assert [s.batch_size for s in bench.latency] == [1, 4]
         assert all(0 < s.p50_ms <= s.p95_ms for s in bench.latency)
         assert bench.test_metrics is not None and 0 <= bench.test_metrics["accuracy"] <= 1
     assert first["hpo_tiny-b"].parameters > first["hpo_tiny-a"].parameters
+    assert [first[v].trial.number for v in sorted(first)] == [0, 2, 1]  # not the first trial
 
     assert main(["benchmark", "--config", str(path)]) == 0
     assert "3 variant(s) in scope, 0 to benchmark" in capsys.readouterr().out
@@ -86,7 +91,7 @@ def test_benchmark_fan_out_completeness_and_cached_selection(
     assert main(["select", "--config", str(path)]) == 0
     selection_file = outputs / "t" / "selection" / "selection.json"
     chosen = read_json(selection_file, SelectionResult)
-    assert (chosen.winner.variant, chosen.winner.trial) == ("hpo_tiny-a_v2", 2)
+    assert (chosen.winner.variant, chosen.winner.trial.number) == ("hpo_tiny-a_v2", 2)
     assert len(chosen.candidates) == 4 and "wins with macro_f1 0.8000" in chosen.reasoning
     capsys.readouterr()
 
@@ -102,22 +107,19 @@ def test_benchmark_fan_out_completeness_and_cached_selection(
     again = read_json(selection_file, SelectionResult)
     assert again.cache_key != chosen.cache_key and again.winner.variant == "hpo_tiny-a_v2"
 
-    from mlflow import MlflowClient
-
-    client = MlflowClient(f"sqlite:///{outputs / 't' / 'mlflow.db'}")
-    (experiment,) = client.search_experiments(filter_string="name = 't'")
-    runs = client.search_runs([experiment.experiment_id])
+    runs = mlflow_runs(embedded_store(outputs, "t"), "t")
     benchmark_runs = [r for r in runs if r.data.tags.get("ray_pipeline.kind") == "benchmark"]
     assert len(benchmark_runs) == 4  # the re-benchmarked variant's trial kept its run
     tags = next(r for r in benchmark_runs if r.info.run_name == "benchmark_hpo_tiny-a_v2").data.tags
-    assert tags["ray_pipeline.trial_key_hash"] == first["hpo_tiny-a_v2"].trial_key_hash
+    assert tags["ray_pipeline.trial_key_hash"] == first["hpo_tiny-a_v2"].trial.trial_key_hash
     assert tags["ray_pipeline.trial"] == "2"
     selection_runs = [r for r in runs if r.data.tags.get("ray_pipeline.kind") == "selection"]
     assert {r.info.run_id for r in selection_runs} == {chosen.mlflow_run_id, again.mlflow_run_id}
 
 
+# `select` needs no Ray: this one stays in the quick run.
 def test_select_alone_without_benchmarks_exits_2_and_writes_nothing(
-    smoke_experiment: Callable[..., Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    smoke_experiment: MakeExp, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = smoke_experiment()
     add_hpo_variant(load_config(path), "tiny-bert", 0.5)
@@ -128,8 +130,10 @@ def test_select_alone_without_benchmarks_exits_2_and_writes_nothing(
     assert not (tmp_path / "outputs" / "t" / "config.resolved.yaml").exists()
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_cluster")  # `benchmark` checks run on Ray: keep it managed
 def test_benchmark_device_cuda_without_gpus_exits_2(
-    smoke_experiment: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+    smoke_experiment: MakeExp, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = smoke_experiment(benchmark={"benchmarking": {"device": "cuda"}})
     assert main(["benchmark", "--config", str(path)]) == 2

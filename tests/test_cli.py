@@ -6,7 +6,6 @@ import json
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,10 +15,7 @@ from ray_pipeline.identity import study_key
 from ray_pipeline.loading import load_config
 from ray_pipeline.paths import OutputsLayout
 from ray_pipeline.variants import resolve_variant, set_status
-from tests.conftest import CONFIG_DIR
-
-MakeExp = Callable[..., Path]
-DEMO = CONFIG_DIR / "experiment" / "demo.yaml"
+from tests.conftest import DEMO, MakeExp
 
 
 def test_validate_demo(capsys: pytest.CaptureFixture[str]) -> None:

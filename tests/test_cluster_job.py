@@ -9,9 +9,7 @@ import json
 import os
 import secrets
 import signal
-import sqlite3
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -23,7 +21,8 @@ import pytest
 from ray_pipeline.artifacts import read_json
 from ray_pipeline.hpo.results import HpoResult
 from tests.conftest import REPO
-from tests.local_cluster import RAY, free_port
+from tests.processes import RAY, free_port, ray_node_env, start_logged
+from tests.run_outputs import study_states
 
 pytestmark = pytest.mark.slow
 
@@ -75,15 +74,7 @@ def _kill_processes_under(directory: Path) -> None:
 @pytest.fixture(scope="module")
 def two_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TwoNodes]:
     token = secrets.token_hex(16)
-    env = {
-        **os.environ,
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        "RAY_AUTH_MODE": "token",  # Ray >= 2.59 turns it on for local clusters anyway
-        "RAY_AUTH_TOKEN": token,
-        "HF_HUB_OFFLINE": "1",
-        "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25",
-    }
-    env.pop("RAY_ADDRESS", None)
+    env = ray_node_env(token)
     gcs, dash, m1, m2 = (free_port() for _ in range(4))
     # Each node has its own temp dir: nothing is left in /tmp/ray for a later ray.init() to
     # find, two nodes on one machine do not delete each other's runtime_env files, and the
@@ -103,10 +94,7 @@ def two_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TwoNodes]:
     try:
         for argv, temp in ((head, head_dir), (worker, node_dir)):
             argv += [f"--temp-dir={temp}", "--disable-usage-stats"]
-            log = (temp / "start.log").open("wb")
-            started.append(
-                subprocess.Popen(argv, env=env, stdout=log, stderr=log, start_new_session=True)
-            )
+            started.append(start_logged(argv, temp / "start.log", env))
             _wait_for_nodes(nodes, len(started), temp / "start.log")
         yield nodes
     finally:
@@ -131,11 +119,7 @@ def _wait_for_nodes(nodes: TwoNodes, count: int, log: Path) -> None:
 
 
 def _complete(db: Path) -> int:
-    try:
-        with sqlite3.connect(db) as conn:
-            return sum(s == "COMPLETE" for (s,) in conn.execute("SELECT state FROM trials"))
-    except sqlite3.Error:
-        return 0
+    return sum(state == "COMPLETE" for _, state in study_states(db))
 
 
 def _wait(two_nodes: TwoNodes, submission: str, seen: set[str], timeout: float) -> str:
@@ -196,8 +180,7 @@ def test_job_stopped_mid_hpo_then_resumed_on_two_nodes(two_nodes: TwoNodes, tmp_
     print(f"resumed run done after {time.monotonic() - clock:.0f} s")
     logs = two_nodes.job("logs", "resumed").stdout
     assert "ray: 2 nodes share" in logs and "resuming hpo_tiny-bert" in logs
-    with sqlite3.connect(variant / "study.db") as conn:
-        states = [s for (s,) in conn.execute("SELECT state FROM trials")]
+    states = [state for _, state in study_states(variant / "study.db")]
     assert states.count("COMPLETE") == 3 and "RUNNING" not in states
     hpo = read_json(variant / "hpo.json", HpoResult)
     assert len([t for t in hpo.trials if t.state == "COMPLETE"]) == 3

@@ -9,7 +9,7 @@ from pydantic import BaseModel
 
 from ray_pipeline import schema
 from ray_pipeline.loading import default_config_path, load_config, nested_models, read_yaml
-from tests.conftest import CONFIG_DIR
+from tests.conftest import CONFIG_DIR, DEMO
 
 # Which schema section each stand-alone stage file holds.
 SECTION_OF = {
@@ -20,6 +20,13 @@ SECTION_OF = {
     "best_model_selection.yaml": "selection",
     "final_training.yaml": "final_training",
 }
+STAGE_FILES = (
+    "hpo/smoke.yaml",
+    "hpo/prod.yaml",
+    "benchmark.yaml",
+    "best_model_selection.yaml",
+    "final_training.yaml",
+)
 
 
 def _all_yaml() -> list[Path]:
@@ -28,16 +35,7 @@ def _all_yaml() -> list[Path]:
 
 def test_config_tree_is_not_empty() -> None:
     names = {p.relative_to(CONFIG_DIR).as_posix() for p in _all_yaml()}
-    required = {
-        "hpo/smoke.yaml",
-        "hpo/prod.yaml",
-        "benchmark.yaml",
-        "best_model_selection.yaml",
-        "final_training.yaml",
-        "experiment/demo.yaml",
-        "experiment/smoke.yaml",
-    }
-    assert required <= names
+    assert {*STAGE_FILES, "experiment/demo.yaml", "experiment/smoke.yaml"} <= names
 
 
 @pytest.mark.parametrize("path", _all_yaml(), ids=lambda p: p.relative_to(CONFIG_DIR).as_posix())
@@ -53,19 +51,13 @@ def test_every_config_file_validates(path: Path) -> None:
 
 
 def test_stage_files_have_a_run_section() -> None:
-    for rel in (
-        "hpo/smoke.yaml",
-        "hpo/prod.yaml",
-        "benchmark.yaml",
-        "best_model_selection.yaml",
-        "final_training.yaml",
-    ):
+    for rel in STAGE_FILES:
         doc = read_yaml(CONFIG_DIR / rel)
         assert "mode" in doc["run"], rel
 
 
 def test_default_config_is_the_demo() -> None:
-    assert default_config_path().resolve() == (CONFIG_DIR / "experiment" / "demo.yaml").resolve()
+    assert default_config_path().resolve() == DEMO.resolve()
 
 
 def _models(cls: type[BaseModel], seen: set[type[BaseModel]]) -> set[type[BaseModel]]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -15,9 +14,7 @@ from ray_pipeline.data.splits import check_foldable, fold_indices, load_splits, 
 from ray_pipeline.errors import ConfigError
 from ray_pipeline.loading import load_config
 from ray_pipeline.paths import DATA_CACHE_ENV
-from tests.conftest import CONFIG_DIR
-
-MakeExp = Callable[..., Path]
+from tests.conftest import DEMO, SMOKE, MakeExp
 
 
 def _texts(n: int, share_great: float = 0.6) -> TextExamples:
@@ -28,7 +25,7 @@ def _texts(n: int, share_great: float = 0.6) -> TextExamples:
 
 
 def test_load_splits_from_the_smoke_config() -> None:
-    splits = load_splits(load_config(CONFIG_DIR / "experiment" / "smoke.yaml").data)
+    splits = load_splits(load_config(SMOKE).data)
     assert (len(splits.train), len(splits.test)) == (40, 16)
     assert splits.labels == ("great", "other")
     assert splits.label2id == {"great": 0, "other": 1}
@@ -74,7 +71,7 @@ def test_missing_demo_data_suggests_fetching(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv(DATA_CACHE_ENV, str(tmp_path / "empty-cache"))
-    cfg = load_config(CONFIG_DIR / "experiment" / "demo.yaml")
+    cfg = load_config(DEMO)
     with pytest.raises(ConfigError, match="ray-pipeline data fetch-demo"):
         load_splits(cfg.data)
 
@@ -107,8 +104,9 @@ print(json.dumps([fold_indices(len(train), train.strata, 2, 42, f)[1] for f in r
 """
 
 
+@pytest.mark.slow
 def test_same_seed_same_folds_in_separate_processes() -> None:
-    path = str(CONFIG_DIR / "experiment" / "smoke.yaml")
+    path = str(SMOKE)
     outs = [
         subprocess.run(
             [sys.executable, "-c", _FOLDS, path],

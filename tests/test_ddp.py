@@ -13,6 +13,7 @@ from ray_pipeline.cli import main
 from ray_pipeline.final.results import FinalMetrics
 from ray_pipeline.hpo.results import HpoResult
 from tests.conftest import SMOKE
+from tests.run_outputs import assert_model_classifies
 from tests.waits import InThread
 
 pytestmark = pytest.mark.slow
@@ -36,7 +37,4 @@ def test_two_workers_on_uneven_rows_complete_every_stage(ray_cluster: None, tmp_
     metrics = read_json(final / "metrics.json", FinalMetrics)
     assert metrics.workers == 2 and metrics.train_examples == 33
     assert metrics.test_examples == 16  # the test metrics cover the whole test set
-    from transformers import pipeline
-
-    classify = pipeline("text-classification", model=str(final / "model"))
-    assert classify("Fresh and tasty tea.")[0]["label"] in {"great", "other"}
+    assert_model_classifies(final / "model")

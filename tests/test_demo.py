@@ -18,9 +18,8 @@ from ray_pipeline.data.inspect import inspect_data
 from ray_pipeline.data.rlazyload import _decompress
 from ray_pipeline.errors import PipelineError
 from ray_pipeline.loading import load_config
-from tests.conftest import CONFIG_DIR
+from tests.conftest import DEMO, SMOKE
 
-DEMO = CONFIG_DIR / "experiment" / "demo.yaml"
 PAYLOAD = b"X\n" + bytes(range(256)) * 40
 
 
@@ -83,6 +82,7 @@ def test_without_apt_the_message_says_what_to_do(
     assert not (tmp_path / demo.DATASET).exists()
 
 
+@pytest.mark.slow  # runs apt-get
 @pytest.mark.demo
 def test_fetch_demo_writes_the_csvs(tmp_path: Path) -> None:
     import shutil
@@ -112,6 +112,7 @@ def test_demo_data_rows_labels_and_balanced_folds(
     assert "1,000 rows" in out and "great 658 (65.8%), other 342 (34.2%)" in out
 
 
+@pytest.mark.slow
 @pytest.mark.demo
 def test_minilm_fine_tune_step_offline(demo_model_available: None) -> None:
     import torch
@@ -122,7 +123,7 @@ def test_minilm_fine_tune_step_offline(demo_model_available: None) -> None:
     from ray_pipeline.schema import TrainingParams
     from ray_pipeline.training import batches, make_optimizer, train_epoch
 
-    cfg = load_config(CONFIG_DIR / "experiment" / "smoke.yaml")
+    cfg = load_config(SMOKE)
     backbone = load_config(DEMO).model.backbones[0]
     splits = load_splits(cfg.data)
     tok = load_tokenizer(backbone)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
@@ -21,9 +20,10 @@ from ray_pipeline.final.results import FinalMetrics
 from ray_pipeline.hpo.results import FoldState, HpoResult
 from ray_pipeline.loading import load_config
 from tests.builders import add_hpo_variant
+from tests.conftest import MakeExp
+from tests.run_outputs import assert_model_classifies, embedded_store, mlflow_runs
 from tests.waits import InThread, wait_for
 
-MakeExp = Callable[..., Path]
 pytestmark = pytest.mark.slow
 TRIAL_PROCESS = "ImplicitFunc"  # the actor class Ray Tune runs a function trainable in
 TRAIN_WORKER = "RayTrainWorker"
@@ -75,10 +75,8 @@ def _fold_histories(outputs: Path) -> dict[str, list[int]]:
     times the fold run logged its ``objective`` (a retrained fold would log twice)."""
     from mlflow import MlflowClient
 
-    client = MlflowClient(f"sqlite:///{outputs / 't' / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("t")
-    assert experiment is not None
-    runs = client.search_runs([experiment.experiment_id])
+    uri = embedded_store(outputs, "t")
+    client, runs = MlflowClient(uri), mlflow_runs(uri, "t")
     assert not [r.info.run_name for r in runs if r.info.status == "RUNNING"]
     out = {}
     for run in runs:
@@ -212,7 +210,4 @@ def test_killed_final_training_worker_resumes_from_its_epoch_checkpoint(
     assert start is not None and 1 <= start < epochs, start
     assert [e.epoch for e in metrics.epochs] == list(range(epochs))  # each epoch exactly once
     assert metrics.failures, "the worker group's failure is recorded"
-    from transformers import pipeline
-
-    classify = pipeline("text-classification", model=str(variant / "model"))
-    assert classify("Fresh and tasty tea.")[0]["label"] in {"great", "other"}
+    assert_model_classifies(variant / "model")

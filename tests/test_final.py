@@ -6,10 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,10 +14,13 @@ import pytest
 from ray_pipeline.artifacts import read_json
 from ray_pipeline.cli import main
 from ray_pipeline.final.results import FinalMetrics, Lineage
+from ray_pipeline.final.stage import check_final
 from ray_pipeline.loading import load_config
 from tests.builders import add_hpo_variant
+from tests.conftest import MakeExp
+from tests.processes import cli_process
+from tests.run_outputs import assert_model_classifies
 
-MakeExp = Callable[..., Path]
 pytestmark = pytest.mark.slow
 
 
@@ -33,17 +33,14 @@ def test_train_without_selection_or_source_exits_2_and_writes_nothing(
     assert main(["train", "--config", str(path)]) == 2
     assert "no selection yet" in capsys.readouterr().err
     assert main(["train", "--config", str(path), "final_training.source.variant=hpo_x"]) == 2
-    assert "no HPO variant 'hpo_x' in this experiment (existing: hpo_tiny-bert)" in (
+    assert "'hpo_x' is not an HPO variant of a configured backbone" in capsys.readouterr().err
+    later = "final_training.source.variant=hpo_tiny-bert_v5"  # a valid name, not made yet
+    assert main(["train", "--config", str(path), later]) == 2
+    assert "no HPO variant 'hpo_tiny-bert_v5' in this experiment (existing: hpo_tiny-bert)" in (
         capsys.readouterr().err
     )
     outputs = tmp_path / "outputs" / "t"
     assert not (outputs / "final").exists() and not (outputs / "config.resolved.yaml").exists()
-
-
-def _train(path: Path, *overrides: str, log: Path) -> subprocess.Popen[bytes]:
-    argv = [sys.executable, "-m", "ray_pipeline", "train", "--config", str(path), *overrides]
-    with log.open("wb") as out:
-        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def _checkpointed_epochs(snapshot: Path) -> int:
@@ -52,6 +49,22 @@ def _checkpointed_epochs(snapshot: Path) -> int:
         return len(json.loads(snapshot.read_text()).get("checkpoint_results", []))
     except (OSError, ValueError):
         return 0
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_a_source_variant_typo_fails_before_any_stage_trains(
+    smoke_experiment: MakeExp, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = smoke_experiment()
+    typo = "final_training.source.variant=hpo_tiny-bret"
+    assert main(["run", "--config", str(path), typo]) == 2
+    err = capsys.readouterr().err
+    assert "final_training.source.variant: 'hpo_tiny-bret' is not an HPO variant" in err
+    assert "hpo_tiny-bert, hpo_tiny-bert_v2, ..." in err
+    assert not (tmp_path / "outputs" / "t").exists()  # no stage ran, nothing written
+    # A variant this run's HPO stage may still create passes the check.
+    config = load_config(path, ["final_training.source.variant=hpo_tiny-bert_v3"])
+    check_final(config, ("hpo", "benchmark", "select", "final"))
 
 
 def test_sigkilled_final_training_resumes_from_its_last_epoch(
@@ -64,7 +77,7 @@ def test_sigkilled_final_training_resumes_from_its_last_epoch(
     variant = tmp_path / "outputs" / "t" / "final" / "tiny-bert" / "final_tiny-bert"
     snapshot = variant / "checkpoints" / "checkpoint_manager_snapshot.json"
 
-    first = _train(path, *args, log=tmp_path / "first.log")
+    first = cli_process("train", "--config", str(path), *args, log=tmp_path / "first.log")
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline and _checkpointed_epochs(snapshot) == 0:
         assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
@@ -74,7 +87,8 @@ def test_sigkilled_final_training_resumes_from_its_last_epoch(
     assert not (variant / "model").exists() and not (variant / "metrics.json").exists()
 
     log = tmp_path / "second.log"
-    second = _train(path, *args, "final_training.run.mode=resume_if_incomplete", log=log)
+    resume = "final_training.run.mode=resume_if_incomplete"
+    second = cli_process("train", "--config", str(path), *args, resume, log=log)
     assert second.wait(timeout=300) == 0, log.read_text()[-3000:]
     assert "resume final_tiny-bert" in log.read_text()
     metrics = read_json(variant / "metrics.json", FinalMetrics)
@@ -86,9 +100,9 @@ def test_sigkilled_final_training_resumes_from_its_last_epoch(
     assert len(before) == 1 and len(after) == 1 and before != after  # two runs, one history
     assert [p.name for p in variant.parent.iterdir()] == ["final_tiny-bert"]  # one variant
     lineage = read_json(variant / "lineage.json", Lineage)
-    assert (lineage.source.variant, lineage.source.trial) == ("hpo_tiny-bert", 4)
+    assert (lineage.source.trial.variant, lineage.source.trial.number) == ("hpo_tiny-bert", 4)
+    # The refit trained with what trial 4 trained with, not trial 0's (the first) settings.
+    trained = lineage.source.trial.params["learning_rate"]  # builders: 1e-4 * (number + 1)
+    assert lineage.training.learning_rate == trained == pytest.approx(5e-4)
     assert lineage.source.chosen_by == "config"
-    from transformers import pipeline
-
-    classify = pipeline("text-classification", model=str(variant / "model"))
-    assert classify("Fresh and tasty tea.")[0]["label"] in {"great", "other"}
+    assert_model_classifies(variant / "model")

@@ -5,7 +5,7 @@ refused at validation."""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,8 +15,8 @@ from ray_pipeline.cli import main
 from ray_pipeline.hpo.results import HpoResult
 from ray_pipeline.loading import load_config
 from ray_pipeline.resources import cluster_nodes, plan_trials
+from tests.conftest import MakeExp
 
-MakeExp = Callable[..., Path]
 pytestmark = pytest.mark.slow
 
 

@@ -4,35 +4,36 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-import optuna
 import pytest
 
 from ray_pipeline.artifacts import read_json
 from ray_pipeline.cli import main
 from ray_pipeline.hpo.results import HpoResult
-from ray_pipeline.variants import VARIANT_FILE, VariantRecord
+from ray_pipeline.loading import load_config
+from ray_pipeline.paths import VariantFiles
+from ray_pipeline.variants import VariantRecord
+from tests.builders import add_hpo_variant
+from tests.conftest import MakeExp
+from tests.run_outputs import embedded_store, kinds_and_states, mlflow_runs, study_states
 
-MakeExp = Callable[..., Path]
 pytestmark = pytest.mark.slow
+
+
+def _random_bert(name: str) -> dict[str, Any]:
+    shape = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2}
+    return {"name": name, "random": {"model_type": "bert", "config": shape}}
 
 
 def _runs(outputs: Path) -> Counter[tuple[str | None, str]]:
     """(kind, status) counts of the experiment's MLflow runs in the embedded store."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient(f"sqlite:///{outputs / 't' / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("t")
-    assert experiment is not None
-    runs = client.search_runs([experiment.experiment_id])
-    return Counter((r.data.tags.get("ray_pipeline.kind"), r.info.status) for r in runs)
+    return kinds_and_states(mlflow_runs(embedded_store(outputs, "t"), "t"))
 
 
 def _states(variant: Path) -> list[str]:
-    study = optuna.load_study(study_name=variant.name, storage=f"sqlite:///{variant / 'study.db'}")
-    return [t.state.name for t in study.get_trials()]
+    return [state for _, state in study_states(variant / "study.db")]
 
 
 def test_smoke_hpo_then_reuse_grow_and_force_new(
@@ -51,7 +52,7 @@ def test_smoke_hpo_then_reuse_grow_and_force_new(
     assert _states(variant) == ["COMPLETE"] * 3
     assert (variant / "best" / "config.json").is_file()  # the best trial's model
     assert not (variant / "train").exists()  # save_only_best dropped the rest
-    assert read_json(variant / VARIANT_FILE, VariantRecord).status == "complete"
+    assert read_json(VariantFiles(variant).record, VariantRecord).status == "complete"
     assert (tmp_path / "outputs" / "t" / "config.resolved.yaml").is_file()
     assert "running 3" in capsys.readouterr().out
     outputs = tmp_path / "outputs"
@@ -91,6 +92,20 @@ def test_infeasible_request_exits_2_fast_and_writes_nothing(
     err = capsys.readouterr().err
     assert "one trial needs 3 worker(s)" in err and "2 CPUs" in err
     assert not (tmp_path / "outputs").exists()
+
+
+def test_a_changed_study_of_any_backbone_exits_2_before_any_backbone_trains(
+    ray_cluster: None, smoke_experiment: MakeExp, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    two = {"backbones": [_random_bert("tiny-a"), _random_bert("tiny-b")]}
+    path = smoke_experiment(model=two)
+    add_hpo_variant(load_config(path, ["hpo.seed=7"]), "tiny-b", 0.6)  # another study
+    assert main(["hpo", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "hpo.run.mode: reuse_if_exists would reuse hpo_tiny-b" in err and "hpo.seed" in err
+    outputs = tmp_path / "outputs" / "t"
+    assert not (outputs / "hpo" / "tiny-a").exists()  # the first backbone did not start
+    assert not (outputs / "config.resolved.yaml").exists()
 
 
 def test_two_ddp_workers_per_trial_with_epoch_reports_and_asha(

@@ -4,34 +4,23 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import subprocess
-import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from ray_pipeline.artifacts import read_json
 from ray_pipeline.hpo.results import HpoResult
+from tests.conftest import MakeExp
+from tests.processes import cli_process
+from tests.run_outputs import embedded_store, mlflow_runs, study_states
 
-MakeExp = Callable[..., Path]
 pytestmark = pytest.mark.slow
 
 
-def _states(db: Path) -> list[tuple[int, str]]:
-    try:
-        with sqlite3.connect(db) as conn:
-            return list(conn.execute("SELECT number, state FROM trials ORDER BY number"))
-    except sqlite3.Error:
-        return []  # not created yet, or mid-migration
-
-
 def _hpo(path: Path, *overrides: str, log: Path) -> subprocess.Popen[bytes]:
-    argv = [sys.executable, "-m", "ray_pipeline", "hpo", "--config", str(path), *overrides]
-    with log.open("wb") as out:
-        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    return cli_process("hpo", "--config", str(path), *overrides, log=log)
 
 
 def test_sigkilled_driver_resumes_without_duplicates(
@@ -44,12 +33,12 @@ def test_sigkilled_driver_resumes_without_duplicates(
 
     first = _hpo(path, one_at_a_time, log=tmp_path / "first.log")
     deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and ("COMPLETE" not in dict(_states(db)).values()):
+    while time.monotonic() < deadline and ("COMPLETE" not in dict(study_states(db)).values()):
         assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
         time.sleep(0.5)
     os.killpg(first.pid, signal.SIGKILL)  # the driver and everything it started
     first.wait()
-    assert len([s for _, s in _states(db) if s == "COMPLETE"]) < 3
+    assert len([s for _, s in study_states(db) if s == "COMPLETE"]) < 3
 
     log = tmp_path / "second.log"
     second = _hpo(path, one_at_a_time, "hpo.run.mode=resume_if_incomplete", log=log)
@@ -59,7 +48,7 @@ def test_sigkilled_driver_resumes_without_duplicates(
     # A trial that had finished is either not started again or, if Tune had not yet saved
     # its end when the driver died, finds every fold in its checkpoint and trains nothing.
     assert "Trial trial_0 started" not in output or "resuming after 2 of 2 finished" in output
-    states = _states(db)
+    states = study_states(db)
     assert len([n for n, s in states if s == "COMPLETE"]) == 3  # num_samples, no duplicates
     assert not [n for n, s in states if s == "RUNNING"]
     # Only a trial the dead driver had asked Optuna for but never started may end FAIL.
@@ -67,12 +56,7 @@ def test_sigkilled_driver_resumes_without_duplicates(
     result = read_json(variant / "hpo.json", HpoResult)
     complete = [t for t in result.trials if t.state == "COMPLETE"]
     assert len(complete) == 3 and all(len(t.folds) == 2 for t in complete)
-    from mlflow import MlflowClient
-
-    client = MlflowClient(f"sqlite:///{tmp_path / 'outputs' / 't' / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("t")
-    assert experiment is not None
-    runs = client.search_runs([experiment.experiment_id])
+    runs = mlflow_runs(embedded_store(tmp_path / "outputs", "t"), "t")
     assert not [r.info.run_name for r in runs if r.info.status == "RUNNING"]
     parents = [r for r in runs if r.data.tags.get("ray_pipeline.kind") == "variant"]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"  # continued, not duplicated

@@ -10,6 +10,7 @@ import pytest
 from ray_pipeline.errors import ConfigError
 from ray_pipeline.hpo.search_space import to_distributions
 from ray_pipeline.hpo.study import count_finished, fail_running, load_study, study_storage
+from ray_pipeline.paths import VariantFiles
 from ray_pipeline.resources import Node, plan_trials
 from ray_pipeline.schema import HpoConfig, ResourcesConfig, StudyCheckpoint
 from ray_pipeline.training import shard
@@ -86,8 +87,8 @@ def test_every_rank_gets_the_same_number_of_examples(n: int, world: int) -> None
 
 @pytest.mark.parametrize("backend", ["sqlite", "journal"])
 def test_study_storage_and_stale_trials(tmp_path: Path, backend: str) -> None:
-    variant = tmp_path / "hpo_b"
-    variant.mkdir()
+    variant = VariantFiles(tmp_path / "hpo_b")
+    variant.path.mkdir()
     checkpoint = StudyCheckpoint.model_validate({"storage_backend": backend})
     study = load_study(study_storage(variant, "hpo_b", checkpoint), "hpo_b", "maximize")
     study.tell(study.ask(), 0.5)
@@ -98,30 +99,4 @@ def test_study_storage_and_stale_trials(tmp_path: Path, backend: str) -> None:
     assert [t.state.name for t in again.get_trials()] == ["COMPLETE", "FAIL"]
     assert fail_running(again) == []
     suffix = "study.db" if backend == "sqlite" else "study.journal"
-    assert (variant / suffix).is_file()
-
-
-def test_study_search_numbers_trials_and_prunes_early_stops(tmp_path: Path) -> None:
-    from ray_pipeline.hpo.tuning import TRIAL_NUMBER, StudySearch
-
-    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 's.db'}")
-    hpo = HpoConfig.model_validate(
-        {"search_space": {"learning_rate": {"type": "float", "low": 1e-5, "high": 1e-3}}}
-    )
-    search = StudySearch(
-        space=to_distributions(hpo.search_space),
-        metric="objective",
-        mode="max",
-        sampler=optuna.samplers.RandomSampler(seed=0),
-        study_name="s",
-        storage=storage,
-        k_folds=3,
-    )
-    first, second = search.suggest("a"), search.suggest("b")
-    assert first is not None and second is not None
-    assert (first[TRIAL_NUMBER], second[TRIAL_NUMBER]) == (0, 1)
-    search.on_trial_complete("a", {"objective": 0.7, "folds_done": 3})  # all folds: COMPLETE
-    search.on_trial_complete("b", {"objective": 0.9, "folds_done": 1})  # stopped early: PRUNED
-    study = optuna.load_study(study_name="s", storage=storage)
-    assert [(t.state.name, t.value) for t in study.trials] == [("COMPLETE", 0.7), ("PRUNED", None)]
-    search.on_trial_result("a", {"objective": 0.7, "training_iteration": 3})  # finished: ignored
+    assert (variant.path / suffix).is_file()

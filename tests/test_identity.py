@@ -5,26 +5,25 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 from ray_pipeline.identity import (
     changed_keys,
     stable_hash,
     study_key,
-    study_key_hash,
     trial_key_hash,
 )
 from ray_pipeline.loading import load_config
-
-MakeExp = Callable[..., Path]
+from tests.conftest import MakeExp
 
 _HASH_SCRIPT = """
 import sys
-from ray_pipeline.identity import study_key, study_key_hash
+from ray_pipeline.identity import stable_hash, study_key
 from ray_pipeline.loading import load_config
 cfg = load_config(sys.argv[1])
-print(study_key_hash(study_key(cfg, cfg.model.backbones[0])))
+print(stable_hash(study_key(cfg, cfg.model.backbones[0])))
 """
 
 
@@ -34,10 +33,11 @@ def test_canonical_hash_ignores_key_order() -> None:
     assert len(stable_hash({})) == 64
 
 
+@pytest.mark.slow
 def test_study_hash_is_stable_across_processes(smoke_experiment: MakeExp) -> None:
     path = smoke_experiment()
     cfg = load_config(path)
-    here = study_key_hash(study_key(cfg, cfg.model.backbones[0]))
+    here = stable_hash(study_key(cfg, cfg.model.backbones[0]))
     seen = set()
     for seed in ("0", "123"):  # different str hashing per process must not matter
         env = {**os.environ, "PYTHONHASHSEED": seed}
@@ -57,7 +57,7 @@ def test_study_key_covers_what_defines_a_study(smoke_experiment: MakeExp) -> Non
 
     def key(*overrides: str) -> str:
         cfg = load_config(path, list(overrides))
-        return study_key_hash(study_key(cfg, cfg.model.backbones[0]))
+        return stable_hash(study_key(cfg, cfg.model.backbones[0]))
 
     base = key()
     # Growing the study, scheduling it differently or changing modes keeps its identity.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -10,9 +9,7 @@ import pytest
 from ray_pipeline.errors import ConfigError
 from ray_pipeline.loading import load_config, parse_override
 from ray_pipeline.paths import DATA_CACHE_ENV
-from tests.conftest import CONFIG_DIR, WriteYaml
-
-MakeExp = Callable[..., Path]
+from tests.conftest import CONFIG_DIR, DEMO, MakeExp, WriteYaml
 
 
 def _problems(exc: pytest.ExceptionInfo[ConfigError]) -> dict[str, str]:
@@ -70,6 +67,27 @@ def test_unknown_key_wrong_type_and_bad_mode_reported_together(smoke_experiment:
     assert "reuse_if_exists" in problems["hpo.run.mode"]
     assert all(str(path) in text for text in problems.values())
     assert exc.value.exit_code == 2
+
+
+def test_removed_keys_say_what_to_do_instead(smoke_experiment: MakeExp) -> None:
+    path = smoke_experiment(
+        benchmark={
+            "benchmarking": {"benchmark_all_variants": False},
+            "output": {"filename": "benchmark.json"},
+        }
+    )
+    with pytest.raises(ConfigError) as exc:
+        load_config(path)
+    problems = _problems(exc)
+    assert (
+        "benchmark_strategy: latest_only"
+        in problems["benchmark.benchmarking.benchmark_all_variants"]
+    )
+    assert "always written to <variant>/benchmark.json" in problems["benchmark.output"]
+    assert exc.value.exit_code == 2
+    with pytest.raises(ConfigError) as exc:  # set on the command line: named as its source
+        load_config(smoke_experiment("plain.yaml"), ["benchmark.output.filename=x.json"])
+    assert str(exc.value).splitlines()[-1].startswith("  - command line: benchmark.output:")
 
 
 @pytest.mark.parametrize(
@@ -174,14 +192,13 @@ def test_paths_resolve_against_the_file_that_set_them(
 def test_default_outputs_root_is_under_the_working_directory(
     write_yaml: WriteYaml, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    demo = CONFIG_DIR / "experiment" / "demo.yaml"
     monkeypatch.chdir(tmp_path)
-    assert load_config(demo).outputs_root == tmp_path / "outputs"
+    assert load_config(DEMO).outputs_root == tmp_path / "outputs"
 
 
 def test_data_cache_placeholder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(DATA_CACHE_ENV, str(tmp_path / "cache"))
-    cfg = load_config(CONFIG_DIR / "experiment" / "demo.yaml")
+    cfg = load_config(DEMO)
     assert cfg.data.train_file == tmp_path / "cache" / "small_fine_foods" / "train.csv"
 
 

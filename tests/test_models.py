@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -24,9 +23,8 @@ from ray_pipeline.models import (
 )
 from ray_pipeline.schema import TASK_METRICS, BackboneConfig, TrainingParams
 from ray_pipeline.training import batches, evaluate, make_optimizer, train_epoch
-from tests.conftest import CONFIG_DIR
+from tests.conftest import CONFIG_DIR, MakeExp
 
-MakeExp = Callable[..., Path]
 TINY = BackboneConfig.model_validate(
     {
         "name": "tiny",
@@ -137,6 +135,7 @@ def test_objective_must_be_a_metric_of_the_task(smoke_experiment: MakeExp) -> No
         )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("experiment", ["smoke.yaml", "smoke_ner.yaml"])
 def test_tiny_model_learns_the_training_set(experiment: str) -> None:
     cfg = load_config(CONFIG_DIR / "experiment" / experiment)

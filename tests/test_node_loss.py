@@ -21,7 +21,8 @@ import pytest
 from ray_pipeline.artifacts import read_json
 from ray_pipeline.hpo.results import FoldState, HpoResult
 from tests.conftest import REPO, SMOKE
-from tests.local_cluster import RAY, accepts, free_port
+from tests.processes import CLI, RAY, accepts, free_port, ray_node_env, start_logged
+from tests.run_outputs import embedded_store, mlflow_runs
 from tests.waits import wait_for
 
 pytestmark = pytest.mark.slow
@@ -33,11 +34,6 @@ class Cluster:
     env: dict[str, str]
     head: subprocess.Popen[bytes]
     worker: subprocess.Popen[bytes]
-
-
-def _start(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("wb") as out:
-        return subprocess.Popen(argv, env=env, stdout=out, stderr=out, start_new_session=True)
 
 
 def _alive_nodes(address: str, env: dict[str, str]) -> list[str]:
@@ -61,26 +57,16 @@ def _alive_nodes(address: str, env: dict[str, str]) -> list[str]:
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     port = free_port()
     env = {
-        **os.environ,
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        "RAY_AUTH_MODE": "token",
-        "RAY_AUTH_TOKEN": secrets.token_hex(16),
-        "HF_HUB_OFFLINE": "1",
-        "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25",
+        **ray_node_env(secrets.token_hex(16)),
         # The head declares a lost node dead after ~2 s instead of ~15 s.
         "RAY_health_check_period_ms": "500",
         "RAY_health_check_failure_threshold": "4",
     }
-    env.pop("RAY_ADDRESS", None)
     common = ["--block", "--num-cpus=1", "--disable-usage-stats"]
     # Short paths: Ray's socket paths under the temp dir must stay under 108 bytes.
     head_dir, node_dir = tmp_path_factory.mktemp("head"), tmp_path_factory.mktemp("node")
     head_args = [f"--port={port}", "--include-dashboard=false", f"--temp-dir={head_dir}"]
-    head = _start(
-        [RAY, "start", "--head", *head_args, *common],
-        env,
-        head_dir / "start.log",
-    )
+    head = start_logged([RAY, "start", "--head", *head_args, *common], head_dir / "start.log", env)
     address = f"127.0.0.1:{port}"
     started = [head]
     try:
@@ -91,10 +77,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             still_running=lambda: head.poll() is None,
         )
         wait_for(lambda: len(_alive_nodes(address, env)) == 1, "the head node", 120)
-        worker = _start(
+        worker = start_logged(
             [RAY, "start", f"--address={address}", *common, f"--temp-dir={node_dir}"],
-            env,
             node_dir / "start.log",
+            env,
         )
         started.append(worker)
         wait_for(lambda: len(_alive_nodes(address, env)) == 2, "the worker node", 120)
@@ -122,18 +108,11 @@ def test_worker_node_lost_mid_hpo_every_trial_completes(cluster: Cluster, tmp_pa
     outputs = tmp_path / "outputs"
     variant = outputs / "smoke" / "hpo" / "tiny-bert" / "hpo_tiny-bert"
     head_node, worker_node = _alive_nodes(cluster.address, cluster.env)
-    argv = [sys.executable, "-m", "ray_pipeline", "hpo", "--config", str(SMOKE)]
+    argv = [*CLI, "hpo", "--config", str(SMOKE)]
     argv += [f"outputs_root={outputs}", "hpo.num_samples=4", "hpo.training.epochs=40"]
     log = tmp_path / "hpo.log"
-    with log.open("wb") as out:
-        driver = subprocess.Popen(
-            argv,
-            cwd=REPO,
-            env={**cluster.env, "RAY_ADDRESS": cluster.address},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    env = {**cluster.env, "RAY_ADDRESS": cluster.address}
+    driver = start_logged(argv, log, env, cwd=REPO)
     try:
         wait_for(
             lambda: _trial_between_folds_on(worker_node, variant / "tune"),
@@ -157,12 +136,7 @@ def test_worker_node_lost_mid_hpo_every_trial_completes(cluster: Cluster, tmp_pa
     ]
     # The retried trial resumed after its first fold: that fold, trained on the lost node, stays.
     assert any(t.folds[0].node == worker_node and t.folds[1].node == head_node for t in retried)
-    from mlflow import MlflowClient
-
-    client = MlflowClient(f"sqlite:///{outputs / 'smoke' / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("smoke")
-    assert experiment is not None
-    runs = client.search_runs([experiment.experiment_id])
+    runs = mlflow_runs(embedded_store(outputs, "smoke"), "smoke")
     assert not [r.info.run_name for r in runs if r.info.status == "RUNNING"]
     trials = [r for r in runs if r.data.tags.get("ray_pipeline.kind") == "trial"]
     assert sorted(r.info.status for r in trials) == ["FINISHED"] * 4

@@ -13,11 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import CONFIG_DIR
+from tests.conftest import DEMO
 
 pytestmark = [pytest.mark.slow, pytest.mark.demo]
 
-DEMO = CONFIG_DIR / "experiment" / "demo.yaml"
 REDUCED = (
     "data.max_train_examples=32",
     "data.max_test_examples=16",

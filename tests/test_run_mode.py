@@ -12,8 +12,6 @@ from ray_pipeline.run_mode import (
     RUN_MODES,
     benchmark_run_mode,
     get_run_mode,
-    is_force_new,
-    is_reuse_if_exists,
 )
 from ray_pipeline.schema import BenchmarkConfig, FinalTrainingConfig, HpoConfig, SelectionConfig
 
@@ -28,8 +26,6 @@ def _hpo(mode: str | None = None) -> HpoConfig:
 def test_default_is_reuse_if_exists_everywhere() -> None:
     for section in (_hpo(), SelectionConfig(), FinalTrainingConfig()):
         assert get_run_mode(section) == "reuse_if_exists"
-        assert is_reuse_if_exists(section)
-        assert not is_force_new(section)
 
 
 @pytest.mark.parametrize("mode", RUN_MODES)

@@ -5,23 +5,35 @@ from __future__ import annotations
 import pytest
 
 from ray_pipeline.errors import ConfigError
+from ray_pipeline.hpo.results import TrialRecord
+from ray_pipeline.schema import TrainingParams
 from ray_pipeline.selection import Candidate, SelectionRules, cache_key, explain, select_best
 
 
 def _candidate(variant: str, objective: float, latency: float, parameters: int = 1000) -> Candidate:
-    return Candidate(
-        backbone=variant.split("_")[1],
+    trial = TrialRecord(
         variant=variant,
-        trial=0,
-        trial_key_hash=f"t-{variant}",
-        study_key_hash=f"s-{variant}",
+        backbone=variant.split("_")[1],
+        number=0,
+        state="COMPLETE",
         params={},
+        training=TrainingParams(),
+        seed=0,
+        metric="macro_f1",
+        objective_mean=objective,
+        objective_std=0.01,
+        folds=[],
+        study_key_hash=f"s-{variant}",
+        trial_key_hash=f"t-{variant}",
+        checkpoint=f"/x/{variant}/best",
+    )
+    return Candidate(
+        trial=trial,
         objective=objective,
         objective_std=0.01,
         latency_ms=latency,
         parameters=parameters,
         size_mb=parameters / 1e6,
-        checkpoint=f"/x/{variant}/best",
         hpo_file=f"/x/{variant}/hpo.json",
         benchmark_file=f"/x/{variant}/benchmark.json",
         inputs_sha256=f"d-{variant}",

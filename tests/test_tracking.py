@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import ast
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,8 +17,9 @@ import ray_pipeline
 from ray_pipeline import tracking
 from ray_pipeline.errors import ConfigError
 from ray_pipeline.loading import load_config
-
-MakeExp = Callable[..., Path]
+from tests.conftest import MakeExp
+from tests.processes import free_port
+from tests.run_outputs import kinds_and_states, mlflow_runs
 
 
 def test_tracking_uri_precedence(
@@ -35,14 +35,8 @@ def test_tracking_uri_precedence(
     assert tracking.tracking_uri(load_config(path, ["tracking.enabled=false"])) is None
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_unreachable_server_is_refused_fast(smoke_experiment: MakeExp) -> None:
-    uri = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     cfg = load_config(smoke_experiment(), [f"tracking.tracking_uri={uri}"])
     start = time.monotonic()
     with pytest.raises(ConfigError) as exc:
@@ -102,7 +96,7 @@ def test_only_the_tracking_module_imports_mlflow() -> None:
 @pytest.fixture
 def mlflow_server(tmp_path: Path) -> Iterator[str]:
     """A real `mlflow server` on 127.0.0.1 with a SQLite backend."""
-    port = _free_port()
+    port = free_port()
     uri = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen(
         [
@@ -148,14 +142,9 @@ def test_smoke_hpo_against_a_tracking_server(
 
     path = str(smoke_experiment())
     assert main(["hpo", "--config", path, f"tracking.tracking_uri={mlflow_server}"]) == 0
-    client = MlflowClient(mlflow_server)
-    experiment = client.get_experiment_by_name("t")
-    assert experiment is not None
-    runs = client.search_runs([experiment.experiment_id])
-    kinds = sorted((r.data.tags.get("ray_pipeline.kind"), r.info.status) for r in runs)
-    assert kinds == [("fold", "FINISHED")] * 6 + [("trial", "FINISHED")] * 3 + [
-        ("variant", "FINISHED")
-    ]
+    runs = mlflow_runs(mlflow_server, "t")
+    finished = {("variant", "FINISHED"): 1, ("trial", "FINISHED"): 3, ("fold", "FINISHED"): 6}
+    assert kinds_and_states(runs) == finished
     (parent,) = [r for r in runs if r.data.tags["ray_pipeline.kind"] == "variant"]
     trials = [r for r in runs if r.data.tags["ray_pipeline.kind"] == "trial"]
     assert all(t.data.tags["mlflow.parentRunId"] == parent.info.run_id for t in trials)
@@ -181,7 +170,8 @@ def test_smoke_hpo_against_a_tracking_server(
     assert parent.data.tags["ray_pipeline.best_trial_key_hash"] in {
         t.data.tags["ray_pipeline.trial_key_hash"] for t in trials
     }
-    assert {a.path for a in client.list_artifacts(parent.info.run_id)} == {
+    artifacts = MlflowClient(mlflow_server).list_artifacts(parent.info.run_id)
+    assert {a.path for a in artifacts} == {
         "config.resolved.yaml",
         "hpo.json",
     }

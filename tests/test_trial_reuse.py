@@ -4,7 +4,6 @@ trains the next trial (Ray Tune's reuse_actors with function trainables)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -12,8 +11,8 @@ import pytest
 from ray_pipeline.artifacts import read_json
 from ray_pipeline.cli import main
 from ray_pipeline.hpo.results import HpoResult
+from tests.conftest import MakeExp
 
-MakeExp = Callable[..., Path]
 pytestmark = pytest.mark.slow
 
 

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 from ray_pipeline.errors import ConfigError, PipelineError
+from ray_pipeline.paths import VariantFiles
 from ray_pipeline.run_mode import RunMode
 from ray_pipeline.variants import (
-    VARIANT_FILE,
     Decision,
     list_variants,
     resolve_variant,
@@ -40,7 +40,7 @@ def test_force_new_three_times(tmp_path: Path) -> None:
     assert [d.action for d in made] == ["create"] * 3
     assert [d.variant.name for d in made] == ["hpo_b", "hpo_b_v2", "hpo_b_v3"]
     assert _names(tmp_path) == ["hpo_b", "hpo_b_v2", "hpo_b_v3"]
-    record = json.loads((tmp_path / "hpo_b_v3" / VARIANT_FILE).read_text())
+    record = json.loads(VariantFiles(tmp_path / "hpo_b_v3").record.read_text())
     assert record["number"] == 3 and record["status"] == "running"
     assert record["study_key"] == KEY and len(record["study_key_hash"]) == 64
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left
@@ -103,7 +103,7 @@ def test_foreign_and_half_made_directories_are_ignored(tmp_path: Path) -> None:
 
 def test_corrupt_variant_json_is_reported(tmp_path: Path) -> None:
     made = _resolve(tmp_path, "force_new")
-    (made.variant.path / VARIANT_FILE).write_text("{not json")
+    made.variant.files.record.write_text("{not json")
     with pytest.raises(PipelineError, match=r"variant\.json is not a valid VariantRecord"):
         list_variants(tmp_path, "hpo_b")
 

@@ -1,0 +1,82 @@
+"""The outputs layout has one owner, ``ray_pipeline/paths.py``: no other module constructs an
+``OutputsLayout`` or spells a file name of the outputs tree (string literals are checked), and
+the tree a stage leaves is the one the layout describes."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+from ray_pipeline.loading import load_config
+from ray_pipeline.paths import OutputsLayout
+from tests.builders import add_hpo_variant
+from tests.conftest import MakeExp
+
+PACKAGE = Path(__file__).resolve().parent.parent / "ray_pipeline"
+LAYOUT = PACKAGE / "paths.py"
+FILE_NAME = re.compile(r"[\w.{}-]+\.(json|jsonl|db|journal|pt|yaml|yml|html|csv|txt|md)")
+NOT_OUTPUTS = {
+    "config.json": "a Hugging Face checkpoint's own config (models.py checks for it)",
+    "dataset_dict.json": "a saved Hugging Face dataset (data/hub.py)",
+    "demo.yaml": "the shipped demo experiment (loading.py)",
+    "train.csv": "the demo data cache (data/demo.py)",
+    "test.csv": "the demo data cache (data/demo.py)",
+    "SOURCE.txt": "the demo data cache (data/demo.py)",
+}
+"""File names spelled outside the layout module that are not in the outputs tree."""
+
+
+def _literals(path: Path) -> list[tuple[int, str]]:
+    """The string constants of a module that can be (parts of) paths: not docstrings (module,
+    class, function or attribute ones) and not prose (text with whitespace: messages)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    docs = {id(n.value) for n in ast.walk(tree) if isinstance(n, ast.Expr)}
+    return [
+        (node.lineno, node.value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str)
+        if id(node) not in docs and not any(c.isspace() for c in node.value)
+    ]
+
+
+def _file_names(literals: list[tuple[int, str]]) -> set[str]:
+    return {m.group(0) for _, text in literals for m in FILE_NAME.finditer(text)}
+
+
+def test_no_outputs_file_name_is_spelled_outside_the_layout_module() -> None:
+    owned = {name for name in _file_names(_literals(LAYOUT)) if "{" not in name}
+    assert {"hpo.json", "benchmark.json", "selection.json", "fold_state.json"} <= owned
+    found = []
+    for module in sorted(PACKAGE.rglob("*.py")):
+        if module == LAYOUT:
+            continue
+        for line, text in _literals(module):
+            for match in FILE_NAME.finditer(text):
+                name = match.group(0)
+                if name not in NOT_OUTPUTS or name in owned:
+                    found.append(f"{module.relative_to(PACKAGE)}:{line}: {name!r}")
+    assert not found, "ask ray_pipeline.paths for these paths instead:\n" + "\n".join(found)
+
+
+def test_outputs_layout_is_constructed_only_by_the_layout_module() -> None:
+    sites = [
+        f"{module.relative_to(PACKAGE)}:{number}"
+        for module in sorted(PACKAGE.rglob("*.py"))
+        if module != LAYOUT
+        for number, line in enumerate(module.read_text(encoding="utf-8").splitlines(), 1)
+        if "OutputsLayout(" in line
+    ]
+    assert not sites, f"use OutputsLayout.of(config): {sites}"
+
+
+def test_an_hpo_variant_holds_the_files_the_layout_names(smoke_experiment: MakeExp) -> None:
+    config = load_config(smoke_experiment())
+    variant = add_hpo_variant(config, "tiny-bert", 0.7)
+    files = variant.files
+    assert variant.path == OutputsLayout.of(config).stage_dir("hpo", "tiny-bert") / variant.name
+    assert files.record.is_file() and files.hpo_result.is_file()
+    assert (files.best / "config.json").is_file()
+    assert sorted(p.name for p in variant.path.iterdir()) == sorted(
+        p.name for p in (files.record, files.hpo_result, files.best)
+    )
