@@ -22,10 +22,10 @@ REPO = Path(__file__).resolve().parent.parent
 
 def _job(checkpoint_dir: Path, iterations: int, max_length: int) -> Any:
     from ray_pipeline.benchmark.results import BenchmarkJob
-    from ray_pipeline.benchmark.scope import settings_hash
     from ray_pipeline.benchmark.stage import encode_for_checkpoint
     from ray_pipeline.data.splits import load_splits, take
     from ray_pipeline.hpo.results import TrialRecord
+    from ray_pipeline.identity import benchmark_settings_hash
     from ray_pipeline.loading import load_config
     from ray_pipeline.models import build_model, load_tokenizer
 
@@ -72,7 +72,7 @@ def _job(checkpoint_dir: Path, iterations: int, max_length: int) -> Any:
         checkpoint=checkpoint_dir,
         task=config.data.task,
         settings=settings,
-        settings_hash=settings_hash(settings),
+        settings_hash=benchmark_settings_hash(settings),
         threads=1,
         timing_rows=rows,
         labels=labels,

@@ -51,7 +51,8 @@ def _data_identity(config: PipelineConfig) -> dict[str, Any]:
     return data
 
 
-def _backbone_identity(backbone: BackboneConfig) -> dict[str, Any]:
+def backbone_identity(backbone: BackboneConfig) -> dict[str, Any]:
+    """What identifies a backbone in a study key (a local path by its directory name)."""
     ident = backbone.model_dump(mode="json", exclude={"path"})
     if backbone.path is not None:
         ident["path"] = backbone.path.name
@@ -63,7 +64,7 @@ def study_key(config: PipelineConfig, backbone: BackboneConfig) -> dict[str, Any
     hpo = config.hpo
     return {
         "data": _data_identity(config),
-        "backbone": _backbone_identity(backbone),
+        "backbone": backbone_identity(backbone),
         "hpo": {
             "search_space": {k: v.model_dump(mode="json") for k, v in hpo.search_space.items()},
             "training": hpo.training.model_dump(mode="json"),
@@ -100,6 +101,11 @@ def benchmark_key(settings: BenchmarkSettings) -> dict[str, Any]:
     test = settings.test_data
     key["test_data"] = None if test is None else file_digest(test) if test.is_file() else test.name
     return key
+
+
+def benchmark_settings_hash(settings: BenchmarkSettings) -> str:
+    """Hash of ``benchmark_key``: two benchmarks with equal hashes are comparable."""
+    return stable_hash(benchmark_key(settings))
 
 
 def changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:

@@ -5,12 +5,13 @@ tools read), and the demo data cache. No other module spells a name in this tree
   config.resolved.yaml
   mlflow.db
   mlartifacts/                 the embedded MLflow store's artifacts
-  hpo/<backbone>/<variant>/    variant.json study.db tune/ train/ hpo.json benchmark.json
-                               failures.jsonl best/
+  hpo/<backbone>/<variant>/    variant.json study.db (or study.journal) hpo.json
+                               benchmark.json failures.jsonl best/
+                               tune/round_<r>/trial_<n>/  train/trial_<n>/
   selection/selection.json
   final/<backbone>/<variant>/  variant.json model/ metrics.json lineage.json checkpoints/
                                failures.jsonl
-  report/                      index.html leaderboard.json plots/
+  report/                      index.html leaderboard.json plots/<variant>_<plot>.png|.html
 
 Inside a checkpoint (a trial's or final training's): ``model/`` (a ``save_pretrained``
 directory), ``training_state.pt`` (model, optimiser and scheduler state inside a fold or run)
@@ -57,6 +58,12 @@ def expand_data_cache(path: Path) -> Path:
     if text.startswith(DATA_CACHE_TOKEN):
         return data_cache_dir() / text[len(DATA_CACHE_TOKEN) :].lstrip("/\\")
     return path
+
+
+def trial_name(number: int) -> str:
+    """Study trial ``number``'s name in Tune and Ray Train, and so its directories under
+    ``tune/round_<r>/`` and ``train/``."""
+    return f"trial_{number}"
 
 
 def staging_for(path: Path) -> Path:
@@ -111,8 +118,11 @@ class OutputsLayout:
 
     @property
     def report_plots(self) -> Path:
-        """Optuna plots, ``<variant>_<plot>.png`` and ``.html``; linked relative to the index."""
         return self.report_dir / "plots"
+
+    def report_plot(self, variant: str, plot: str, interactive: bool) -> Path:
+        """One Optuna plot of a variant: a PNG, or (``interactive``) a plotly HTML page."""
+        return self.report_plots / f"{variant}_{plot}.{'html' if interactive else 'png'}"
 
     def stage_dir(self, stage: VariantStage, backbone: str) -> Path:
         """The directory holding one backbone's variants of ``stage``."""
@@ -168,10 +178,12 @@ class VariantFiles:
         """The best trial's best-fold model, kept for the benchmark."""
         return self.path / "best"
 
-    def study_file(self, storage_path: str, study_name: str) -> Path:
+    def study_file(self, storage_path: str, study_name: str, journal: bool) -> Path:
         """The Optuna study file for ``hpo.checkpoint.storage_path`` (relative to the
-        backbone's HPO directory, ``{study_name}`` replaced)."""
-        return self.path.parent / storage_path.replace("{study_name}", study_name)
+        backbone's HPO directory, ``{study_name}`` replaced); a Journal storage's file takes
+        the suffix ``.journal``."""
+        path = self.path.parent / storage_path.replace("{study_name}", study_name)
+        return path.with_suffix(".journal") if journal else path
 
     # final training
     @property

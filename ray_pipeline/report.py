@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from ray_pipeline.artifacts import read_json, write_text_atomic
-from ray_pipeline.benchmark.scope import VariantBest, current_benchmark
+from ray_pipeline.benchmark.scope import assess
 from ray_pipeline.final.results import FinalMetrics
 from ray_pipeline.hpo.results import read_hpo
 from ray_pipeline.hpo.study import study_storage
@@ -73,7 +73,7 @@ def leaderboard(config: PipelineConfig) -> list[LeaderRow]:
         best = hpo.best if hpo else None
         bench = None  # shown only when it measured this row's trial with today's settings
         if hpo is not None and best is not None:
-            bench = current_benchmark(VariantBest(variant, hpo), config.benchmark.benchmarking)
+            bench = assess(variant, hpo, config.benchmark.benchmarking).current
         timing = bench.at_batch(batch) if bench else None
         rank = ranks.get(variant.name)
         rows.append(
@@ -143,7 +143,7 @@ def format_leaderboard(rows: list[LeaderRow], batch: int) -> str:
     return "\n".join(["leaderboard:", *(line.rstrip() for line in lines)])
 
 
-def _plots(config: PipelineConfig, variant: Variant, out: Path) -> dict[str, str]:
+def _plots(config: PipelineConfig, variant: Variant, layout: OutputsLayout) -> dict[str, str]:
     """Each plot's PNG and HTML for one variant's study; a plot Optuna cannot draw (too few
     trials, one parameter) is skipped with the reason. Returns plot -> links or reason."""
     import matplotlib
@@ -158,22 +158,23 @@ def _plots(config: PipelineConfig, variant: Variant, out: Path) -> dict[str, str
     study = optuna.load_study(study_name=variant.name, storage=storage)
     done: dict[str, str] = {}
     for stem, function in PLOTS.items():
-        name = f"{variant.name}_{stem}"
+        png, page = (layout.report_plot(variant.name, stem, html) for html in (False, True))
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # Optuna marks the matplotlib backend experimental
                 axes: Any = getattr(mpl_vis, function)(study)
                 figure = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
-                figure.savefig(out / f"{name}.png", dpi=100, bbox_inches="tight")
+                figure.savefig(png, dpi=100, bbox_inches="tight")
                 plt.close(figure)
                 fig: Any = getattr(plotly_vis, function)(study)
-                fig.write_html(out / f"{name}.html", include_plotlyjs="directory")
+                fig.write_html(page, include_plotlyjs="directory")
         except (ValueError, RuntimeError, ZeroDivisionError) as exc:
             done[stem] = f"skipped: {exc}"
             continue
+        png_link, page_link = (p.relative_to(layout.report_dir).as_posix() for p in (png, page))
         done[stem] = (
-            f'<a href="plots/{name}.png"><img src="plots/{name}.png" height="220"></a> '
-            f'<a href="plots/{name}.html">interactive</a>'
+            f'<a href="{png_link}"><img src="{png_link}" height="220"></a> '
+            f'<a href="{page_link}">interactive</a>'
         )
     return done
 
@@ -201,7 +202,7 @@ def write_report(config: PipelineConfig) -> Path:
         if not variant.files.hpo_result.is_file():
             continue
         print(f"report: plotting {variant.name}")
-        plots = _plots(config, variant, plots_dir)
+        plots = _plots(config, variant, layout)
         items = "".join(f"<li>{stem}: {cell}</li>" for stem, cell in plots.items())
         sections.append(f"<h2>{html.escape(variant.name)}</h2><ul>{items}</ul>")
     index = layout.report_index

@@ -20,12 +20,7 @@ from typing import Literal
 
 from ray_pipeline import tracking
 from ray_pipeline.artifacts import Record, read_json, write_json
-from ray_pipeline.benchmark.scope import (
-    read_benchmark,
-    settings_hash,
-    stale_reason,
-    variants_in_scope,
-)
+from ray_pipeline.benchmark.scope import variants_in_scope
 from ray_pipeline.errors import ConfigError
 from ray_pipeline.hpo.results import TrialRecord
 from ray_pipeline.identity import file_digest, stable_hash
@@ -113,7 +108,8 @@ def _verdict(
 ) -> str:
     if score < win_score:
         if r.latency_weight == 0:
-            return f"lower {r.metric}: {c.objective:.4f} vs the winner's {win.objective:.4f}"
+            worse = "lower" if r.direction == "maximize" else "higher"
+            return f"{worse} {r.metric}: {c.objective:.4f} vs the winner's {win.objective:.4f}"
         return (
             f"lower trade-off score {score:.4f} vs the winner's {win_score:.4f} "
             f"({r.metric} {c.objective:.4f}, p95 {c.latency_ms:.2f} ms)"
@@ -201,13 +197,11 @@ def _objective(best: TrialRecord, metric: str) -> tuple[float, float]:
 def gather_candidates(config: PipelineConfig, rules: SelectionRules) -> list[Candidate]:
     """The candidates on disk; a variant in scope without a current benchmark is an error."""
     targets, _ = variants_in_scope(config)
-    wanted = settings_hash(config.benchmark.benchmarking)
     problems, out = [], []
     for target in targets:
-        bench = read_benchmark(target)
-        reason = stale_reason(target, bench, wanted)
-        if reason is not None or bench is None:
-            problems.append(f"{target.variant.name} ({reason})")
+        bench = target.current
+        if bench is None:
+            problems.append(f"{target.variant.name} ({target.stale})")
             continue
         timing = bench.at_batch(rules.latency_batch_size)
         assert timing is not None  # the schema requires the rules' batch size be benchmarked

@@ -35,10 +35,18 @@ def test_train_without_selection_or_source_exits_2_and_writes_nothing(
     assert main(["train", "--config", str(path), "final_training.source.variant=hpo_x"]) == 2
     assert "'hpo_x' is not an HPO variant of a configured backbone" in capsys.readouterr().err
     later = "final_training.source.variant=hpo_tiny-bert_v5"  # a valid name, not made yet
-    assert main(["train", "--config", str(path), later]) == 2
-    assert "no HPO variant 'hpo_tiny-bert_v5' in this experiment (existing: hpo_tiny-bert)" in (
-        capsys.readouterr().err
-    )
+    for stages in ("final", "benchmark,select,final"):  # a named source needs no selection
+        assert main(["run", "--stages", stages, "--config", str(path), later]) == 2
+        assert "no HPO variant 'hpo_tiny-bert_v5' in this experiment (existing: hpo_tiny-bert)" in (
+            capsys.readouterr().err
+        )
+    # The backbone the trial started from changed under the same name: refused, not refit.
+    wider = "model.backbones.0.random.config.hidden_size=64"
+    named = "final_training.source.variant=hpo_tiny-bert"
+    assert main(["train", "--config", str(path), named, wider]) == 2
+    err = capsys.readouterr().err
+    assert "backbone 'tiny-bert' changed since hpo_tiny-bert searched it" in err
+    assert "hidden_size (32 -> 64)" in err
     outputs = tmp_path / "outputs" / "t"
     assert not (outputs / "final").exists() and not (outputs / "config.resolved.yaml").exists()
 

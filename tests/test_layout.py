@@ -15,7 +15,8 @@ from tests.conftest import MakeExp
 
 PACKAGE = Path(__file__).resolve().parent.parent / "ray_pipeline"
 LAYOUT = PACKAGE / "paths.py"
-FILE_NAME = re.compile(r"[\w.{}-]+\.(json|jsonl|db|journal|pt|yaml|yml|html|csv|txt|md)")
+FILE_NAME = re.compile(r"[\w.{}-]*\.(json|jsonl|db|journal|pt|yaml|yml|html|png|csv|txt|md)\b")
+"""A file name, or a bare suffix (``".journal"``) that would make one."""
 NOT_OUTPUTS = {
     "config.json": "a Hugging Face checkpoint's own config (models.py checks for it)",
     "dataset_dict.json": "a saved Hugging Face dataset (data/hub.py)",
@@ -23,6 +24,8 @@ NOT_OUTPUTS = {
     "train.csv": "the demo data cache (data/demo.py)",
     "test.csv": "the demo data cache (data/demo.py)",
     "SOURCE.txt": "the demo data cache (data/demo.py)",
+    ".csv": "an input data file's format, by suffix (data/splits.py)",
+    ".jsonl": "an input data file's format, by suffix (data/splits.py)",
 }
 """File names spelled outside the layout module that are not in the outputs tree."""
 

@@ -69,6 +69,11 @@ def test_unknown_key_wrong_type_and_bad_mode_reported_together(smoke_experiment:
     assert exc.value.exit_code == 2
 
 
+def test_a_final_source_trial_needs_its_variant(smoke_experiment: MakeExp) -> None:
+    with pytest.raises(ConfigError, match="trial needs variant"):
+        load_config(smoke_experiment(final_training={"source": {"trial": 3}}))
+
+
 def test_removed_keys_say_what_to_do_instead(smoke_experiment: MakeExp) -> None:
     path = smoke_experiment(
         benchmark={

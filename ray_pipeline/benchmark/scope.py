@@ -16,21 +16,26 @@ from pathlib import Path
 from ray_pipeline.artifacts import read_json
 from ray_pipeline.benchmark.results import BenchmarkResult
 from ray_pipeline.hpo.results import HpoResult, TrialRecord, read_hpo
-from ray_pipeline.identity import benchmark_key, stable_hash
+from ray_pipeline.identity import benchmark_settings_hash
 from ray_pipeline.schema import BenchmarkSettings, PipelineConfig
 from ray_pipeline.variants import Variant, backbone_variants
 
 
 @dataclass(frozen=True)
 class VariantBest:
-    """A complete HPO variant and its best trial: a benchmark target and selection candidate."""
+    """A complete HPO variant and its best trial (a benchmark target and selection candidate),
+    with the benchmark on disk and whether it is current."""
 
     variant: Variant
     hpo: HpoResult
+    benchmark: BenchmarkResult | None
+    """The variant's ``benchmark.json`` (current or not), if written."""
+    stale: str | None
+    """Why the variant needs a (new) benchmark; None when ``benchmark`` is current."""
 
     @property
     def best(self) -> TrialRecord:
-        assert self.hpo.best is not None  # variants_in_scope keeps only variants with one
+        assert self.hpo.best is not None  # assess() is given variants with one
         return self.hpo.best
 
     @property
@@ -47,10 +52,33 @@ class VariantBest:
     def benchmark_file(self) -> Path:
         return self.variant.files.benchmark
 
+    @property
+    def current(self) -> BenchmarkResult | None:
+        """The benchmark, when it is current."""
+        return self.benchmark if self.stale is None else None
+
+
+def assess(variant: Variant, hpo: HpoResult, settings: BenchmarkSettings) -> VariantBest:
+    """``variant`` (whose ``hpo`` has a best trial) with its benchmark and why it is stale:
+    current while it measured the best trial (same ``trial_key_hash``) with ``settings``."""
+    path = variant.files.benchmark
+    found = read_json(path, BenchmarkResult) if path.is_file() else None
+    best = hpo.best
+    assert best is not None
+    stale: str | None = None
+    if found is None:
+        stale = "no benchmark yet"
+    elif found.trial.trial_key_hash != best.trial_key_hash:
+        stale = f"benchmark measured trial {found.trial.number}, the best is now {best.number}"
+    elif found.settings_hash != benchmark_settings_hash(settings):
+        stale = "benchmark settings changed"
+    return VariantBest(variant, hpo, found, stale)
+
 
 def variants_in_scope(config: PipelineConfig) -> tuple[list[VariantBest], list[str]]:
     """The variants whose best trial the strategy covers, and a note on each one left out."""
-    latest_only = config.benchmark.benchmarking.benchmark_strategy == "latest_only"
+    settings = config.benchmark.benchmarking
+    latest_only = settings.benchmark_strategy == "latest_only"
     chosen: list[VariantBest] = []
     notes: list[str] = []
     for backbone in config.model.backbones:
@@ -62,37 +90,6 @@ def variants_in_scope(config: PipelineConfig) -> tuple[list[VariantBest], list[s
             elif hpo.best is None or hpo.best_checkpoint is None:
                 notes.append(f"{variant.name}: no best trial with a kept checkpoint")
             else:
-                usable.append(VariantBest(variant, hpo))
+                usable.append(assess(variant, hpo, settings))
         chosen.extend(usable[-1:] if latest_only else usable)
     return chosen, notes
-
-
-def settings_hash(settings: BenchmarkSettings) -> str:
-    """What makes two benchmarks comparable (``identity.benchmark_key``), hashed."""
-    return stable_hash(benchmark_key(settings))
-
-
-def read_benchmark(target: VariantBest) -> BenchmarkResult | None:
-    """The variant's ``benchmark.json``, if written (current or not)."""
-    path = target.benchmark_file
-    return read_json(path, BenchmarkResult) if path.is_file() else None
-
-
-def stale_reason(target: VariantBest, current: BenchmarkResult | None, settings: str) -> str | None:
-    """Why ``target`` needs a (new) benchmark, or None when ``current`` still holds."""
-    best = target.best
-    if current is None:
-        return "no benchmark yet"
-    if current.trial.trial_key_hash != best.trial_key_hash:
-        return (
-            f"benchmark measured trial {current.trial.number}, the best is now trial {best.number}"
-        )
-    if current.settings_hash != settings:
-        return "benchmark settings changed"
-    return None
-
-
-def current_benchmark(target: VariantBest, settings: BenchmarkSettings) -> BenchmarkResult | None:
-    """The variant's benchmark when it is current for its best trial and ``settings``."""
-    found = read_benchmark(target)
-    return found if stale_reason(target, found, settings_hash(settings)) is None else None

@@ -16,17 +16,12 @@ from typing import Any
 from ray_pipeline import monitoring, tracking
 from ray_pipeline.artifacts import write_json
 from ray_pipeline.benchmark.results import BenchmarkJob, BenchmarkResult
-from ray_pipeline.benchmark.scope import (
-    VariantBest,
-    read_benchmark,
-    settings_hash,
-    stale_reason,
-    variants_in_scope,
-)
+from ray_pipeline.benchmark.scope import VariantBest, variants_in_scope
 from ray_pipeline.data.encode import Row, encode
 from ray_pipeline.data.examples import Examples
 from ray_pipeline.data.splits import load_splits, read_labelled_file, take
 from ray_pipeline.errors import ConfigError, PipelineError
+from ray_pipeline.identity import benchmark_settings_hash
 from ray_pipeline.resources import Node, cluster_nodes
 from ray_pipeline.run_mode import benchmark_run_mode
 from ray_pipeline.schema import BenchmarkSettings, PipelineConfig
@@ -106,7 +101,7 @@ def _job(
     timing_rows, labels = encode_for_checkpoint(checkpoint, inputs.timing, settings.max_length)
     test_rows = None
     if inputs.test is not None:
-        test_rows = encode_for_checkpoint(checkpoint, inputs.test, config.hpo.training.max_length)[
+        test_rows = encode_for_checkpoint(checkpoint, inputs.test, target.best.training.max_length)[
             0
         ]
     return BenchmarkJob(
@@ -114,7 +109,7 @@ def _job(
         checkpoint=checkpoint,
         task=config.data.task,
         settings=settings,
-        settings_hash=settings_hash(settings),
+        settings_hash=benchmark_settings_hash(settings),
         threads=threads,
         timing_rows=timing_rows,
         test_rows=test_rows,
@@ -127,13 +122,10 @@ def run_benchmark(config: PipelineConfig, inputs: BenchmarkInputs) -> list[Bench
     in scope (measured now or kept)."""
     mode = benchmark_run_mode(config.benchmark, config.hpo)
     targets, notes = variants_in_scope(config)
-    current = {t.variant.name: read_benchmark(t) for t in targets}
-    wanted = settings_hash(config.benchmark.benchmarking)
+    current = {t.variant.name: t.current for t in targets}
     todo: list[tuple[VariantBest, str]] = []
     for target in targets:
-        reason = stale_reason(target, current[target.variant.name], wanted)
-        if mode == "force_new":
-            reason = "run.mode force_new"
+        reason = "run.mode force_new" if mode == "force_new" else target.stale
         if reason is not None:
             todo.append((target, reason))
     for note in notes:

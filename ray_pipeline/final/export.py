@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import shutil
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,7 +20,7 @@ from ray_pipeline import tracking
 from ray_pipeline.artifacts import write_json, write_text_atomic
 from ray_pipeline.final.results import FinalMetrics, Lineage
 from ray_pipeline.identity import data_fingerprint, stable_hash
-from ray_pipeline.paths import MODEL_CARD, staging_for
+from ray_pipeline.paths import MODEL_CARD, OutputsLayout, VariantFiles, staging_for
 from ray_pipeline.schema import PipelineConfig, TrainingParams
 from ray_pipeline.variants import Variant
 
@@ -79,7 +80,7 @@ def export(
     model_dir, staging = files.model, staging_for(files.model)
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(checkpoint_model, staging)
-    write_text_atomic(staging / MODEL_CARD, model_card(config, metrics, lineage))
+    write_text_atomic(staging / MODEL_CARD, model_card(config, metrics, lineage, files))
     shutil.rmtree(model_dir, ignore_errors=True)
     staging.rename(model_dir)
     write_json(files.metrics, metrics)
@@ -107,14 +108,17 @@ def _track(
         print(f"final {variant.name}: registered in MLflow as {name} version {version}")
 
 
-def model_card(config: PipelineConfig, metrics: FinalMetrics, lineage: Lineage) -> str:
+def model_card(
+    config: PipelineConfig, metrics: FinalMetrics, lineage: Lineage, files: VariantFiles
+) -> str:
     """The exported model's README.md: what it is, how good, how it was chosen, how to use it."""
     source, trial = metrics.source, metrics.source.trial
     task = PIPELINE_TASKS[metrics.task]
     rows = "\n".join(f"| {k} | {v:.4f} |" for k, v in metrics.test_metrics.items())
     params = ", ".join(f"{k}={v}" for k, v in trial.params.items()) or "(none searched)"
+    layout = OutputsLayout.of(config)
     chosen = (
-        "the winner of best-model selection (`selection/selection.json`)"
+        f"the winner of best-model selection (`{layout.selection_file.relative_to(layout.root)}`)"
         if source.chosen_by == "selection"
         else "named in `final_training.source`"
     )
@@ -140,7 +144,7 @@ HPO variant `{trial.variant}`, trial {trial.number} ({trial.metric} {objective} 
 cross-validation), {chosen}; hyperparameters: {params}. Refit on all
 {metrics.train_examples} training examples for {len(metrics.epochs)} epoch(s) with
 {metrics.workers} Ray Train worker(s). Lineage (hashes, MLflow run ids, package versions):
-`../lineage.json`.
+`{os.path.relpath(files.lineage, files.model)}`.
 
 ## Use
 

@@ -22,7 +22,7 @@ from ray_pipeline.final.export import export
 from ray_pipeline.final.results import FinalJob, FinalMetrics, FinalState, SourceTrial
 from ray_pipeline.final.worker import TEST_PREFIX, train_final
 from ray_pipeline.hpo.results import HpoResult, TrialRecord, read_hpo
-from ray_pipeline.identity import final_key, stable_hash
+from ray_pipeline.identity import backbone_identity, changed_keys, final_key, stable_hash
 from ray_pipeline.naming import variant_number
 from ray_pipeline.paths import CHECKPOINT_MODEL, FINAL_STATE, OutputsLayout
 from ray_pipeline.resources import TrialPlan, cluster_nodes, plan_trials, scaling_config
@@ -48,7 +48,8 @@ def check_final(config: PipelineConfig, stages: Sequence[str]) -> TrialPlan:
     tracking.check_tracking(config)
     plan = plan_trials(config.resources, cluster_nodes())
     _check_source_name(config)
-    if "hpo" not in stages and "select" not in stages:
+    from_selection = config.final_training.source.variant is None
+    if "hpo" not in stages and not (from_selection and "select" in stages):
         source = resolve_source(config)
         plan_variant(
             *stage_place(config, "final", source.trial.backbone),
@@ -74,16 +75,13 @@ def _check_source_name(config: PipelineConfig) -> None:
         )
 
 
-def _hpo_variant(config: PipelineConfig, name: str) -> Variant:
+def _hpo_variant(config: PipelineConfig, name: str, where: str) -> Variant:
     existing = experiment_variants(config, "hpo")
     names = ", ".join(v.name for v in existing) or "none"
     for variant in existing:
         if variant.name == name:
             return variant
-    raise ConfigError.at(
-        "final_training.source.variant",
-        f"no HPO variant {name!r} in this experiment (existing: {names})",
-    )
+    raise ConfigError.at(where, f"no HPO variant {name!r} in this experiment (existing: {names})")
 
 
 def _trial(hpo: HpoResult, number: int | None, where: str) -> TrialRecord:
@@ -104,7 +102,9 @@ def resolve_source(config: PipelineConfig) -> SourceTrial:
     wanted = config.final_training.source
     selection: SelectionResult | None = None
     if wanted.variant is not None:
-        variant, number, where = _hpo_variant(config, wanted.variant), wanted.trial, "trial"
+        where = "final_training.source.variant"
+        variant, number = _hpo_variant(config, wanted.variant, where), wanted.trial
+        where = "final_training.source.trial" if number is not None else where
     else:
         if not layout.selection_file.is_file():
             raise ConfigError.at(
@@ -113,15 +113,15 @@ def resolve_source(config: PipelineConfig) -> SourceTrial:
                 "(or `ray-pipeline run`), or name a trial with final_training.source.variant",
             )
         selection = read_json(layout.selection_file, SelectionResult)
-        variant = _hpo_variant(config, selection.winner.variant)
-        number, where = selection.winner.trial.number, "variant"
+        where = f"final_training.source (the winner in {layout.selection_file})"
+        variant = _hpo_variant(config, selection.winner.variant, where)
+        number = selection.winner.trial.number
     hpo = read_hpo(variant.files) if variant.complete else None
     if hpo is None:
-        raise ConfigError.at(
-            f"final_training.source.{where}", f"{variant.name} is {variant.record.status}"
-        )
+        raise ConfigError.at(where, f"{variant.name} is {variant.record.status}")
+    _check_backbone(config, variant)
     source = SourceTrial(
-        trial=_trial(hpo, number, f"final_training.source.{where}"),
+        trial=_trial(hpo, number, where),
         chosen_by="selection" if selection is not None else "config",
         selection_cache_key=selection.cache_key if selection else None,
         selection_run_id=selection.mlflow_run_id if selection else None,
@@ -149,6 +149,20 @@ def _backbone(config: PipelineConfig, name: str) -> BackboneConfig:
     raise ConfigError.at(
         "model.backbones", f"the source trial's backbone {name!r} is not configured"
     )
+
+
+def _check_backbone(config: PipelineConfig, hpo_variant: Variant) -> None:
+    """The refit starts from the weights the trial started from: the configured backbone of
+    that name must still be the one the HPO variant searched."""
+    name = hpo_variant.record.backbone
+    searched = hpo_variant.record.study_key["backbone"]
+    if backbone_identity(_backbone(config, name)) != searched:
+        changes = "; ".join(changed_keys(searched, backbone_identity(_backbone(config, name))))
+        raise ConfigError.at(
+            "model.backbones",
+            f"backbone {name!r} changed since {hpo_variant.name} searched it ({changes}); "
+            "restore it, or run HPO for the new backbone",
+        )
 
 
 def run_final(config: PipelineConfig, plan: TrialPlan) -> FinalMetrics:

@@ -77,7 +77,7 @@ class TrialRecord(Record):
     training: TrainingParams
     """The exact settings it trained with: ``hpo.training`` with ``params`` applied."""
     seed: int
-    """Fold ``f`` split and initialised its model with ``seed + f``."""
+    """The folds were split with ``seed``; fold ``f`` initialised its model with ``seed + f``."""
     metric: str
     objective_mean: float | None
     """Mean of ``metric`` over the folds (None before a fold finished)."""

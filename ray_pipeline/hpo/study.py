@@ -18,12 +18,13 @@ def study_storage(files: VariantFiles, variant: str, checkpoint: StudyCheckpoint
     """The variant's Optuna storage: SQLite by default, Journal storage for shared filesystems."""
     import optuna
 
-    path = files.study_file(checkpoint.storage_path, variant)
+    journal = checkpoint.storage_backend == "journal"
+    path = files.study_file(checkpoint.storage_path, variant, journal)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if checkpoint.storage_backend == "journal":
+    if journal:
         from optuna.storages.journal import JournalFileBackend
 
-        return optuna.storages.JournalStorage(JournalFileBackend(str(path.with_suffix(".journal"))))
+        return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
     return optuna.storages.RDBStorage(f"sqlite:///{path}")
 
 

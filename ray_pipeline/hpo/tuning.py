@@ -29,6 +29,7 @@ from ray_pipeline.hpo.jobs import StudyJob, TrialJob
 from ray_pipeline.hpo.results import CHECKPOINT_KEY
 from ray_pipeline.hpo.search_space import make_sampler, to_distributions
 from ray_pipeline.hpo.worker import run_folds, summary, train_folds
+from ray_pipeline.paths import trial_name
 from ray_pipeline.resources import DRIVER_MEMORY_BYTES, TrialPlan, scaling_config
 from ray_pipeline.schema import ParamSpec, SchedulerConfig
 
@@ -47,11 +48,6 @@ CHECKPOINT_PATH_KEY = "checkpoint_path"
 """Ray Train's TuneReportCallback puts a reported checkpoint's path under this key."""
 NO_AUTO_LOGGERS_ENV = "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"
 SNAPSHOT_WARNING_ENV = "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S"
-
-
-def trial_name(number: int) -> str:
-    """The name of study trial ``number`` in Tune and in Ray Train."""
-    return f"trial_{number}"
 
 
 OPTUNA_SEARCH_INTERNALS = ("_ot_trials", "_ot_study", "_completed_trials", "_study_name")

@@ -78,6 +78,12 @@ class FinalSource(Section):
     trial: int | None = Field(default=None, ge=0)
     """Trial number within ``variant`` (null: its best trial)."""
 
+    @model_validator(mode="after")
+    def _trial_needs_variant(self) -> FinalSource:
+        if self.trial is not None and self.variant is None:
+            raise ValueError("trial needs variant: name the HPO variant the trial belongs to")
+        return self
+
 
 class FinalTrainingConfig(Section):
     run: RunSection = Field(default_factory=RunSection)
