@@ -29,7 +29,7 @@ demo-data: install
 
 # Tests that need the demo data or the demo model fail (instead of skipping) when it is missing.
 test: lint demo-data
-	RAY_PIPELINE_REQUIRE_DEMO=1 $(BIN)/pytest
+	RAY_PIPELINE_REQUIRE_DEMO=1 $(BIN)/pytest --durations=15
 
 # The whole pipeline on the embedded demo (~12 min on 2 CPU cores), then the report.
 demo: install demo-data

@@ -23,13 +23,13 @@ def test_two_workers_on_uneven_rows_complete_every_stage(ray_cluster: None, tmp_
     outputs = tmp_path / "outputs"
     args = ["run", "--config", str(SMOKE), f"outputs_root={outputs}"]
     args += ["resources.workers_per_trial=2", "data.max_train_examples=33"]
-    args += ["hpo.training.batch_size=16", "hpo.num_samples=2"]
+    args += ["hpo.training.batch_size=16", "hpo.num_samples=1"]
     run = InThread(main, args)
     assert run.result(timeout=600) == 0  # a DDP hang fails here instead of blocking the suite
 
     root = outputs / "smoke"
     hpo = read_json(root / "hpo" / "tiny-bert" / "hpo_tiny-bert" / "hpo.json", HpoResult)
-    assert [t.state for t in hpo.trials] == ["COMPLETE"] * 2
+    assert [t.state for t in hpo.trials] == ["COMPLETE"]
     assert {f.workers for t in hpo.trials for f in t.folds} == {2}
     # Each fold is validated on its whole held-out part (33 rows, 2 folds), not on a shard.
     assert sorted(f.validation_examples for f in hpo.trials[0].folds) == [16, 17]
