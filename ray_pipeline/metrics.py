@@ -6,6 +6,7 @@ when the config is validated.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 
 from ray_pipeline.schema import TASK_METRICS, Task
@@ -57,3 +58,18 @@ def compute_metrics(
         result = entity_metrics(gold, predicted)  # type: ignore[arg-type]
     assert tuple(result) == TASK_METRICS[task]
     return result
+
+
+BASELINE_METRIC: dict[Task, str] = {
+    "sequence_classification": "accuracy",
+    "token_classification": "token_accuracy",
+}
+"""The metric that the majority-class rate is the baseline of."""
+
+
+def majority_rate(train_counts: Counter[str], test_counts: Counter[str]) -> tuple[str, float]:
+    """The training data's most frequent label (ties: the first in sorted order) and the
+    share of test labels it is: the accuracy (token accuracy for NER) of a model that
+    always predicts it. A trained model should beat it."""
+    label = min(train_counts, key=lambda k: (-train_counts[k], k))
+    return label, test_counts[label] / max(sum(test_counts.values()), 1)

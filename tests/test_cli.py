@@ -140,11 +140,11 @@ def test_data_inspect(smoke_experiment: MakeExp, capsys: pytest.CaptureFixture[s
     path = str(smoke_experiment())
     assert main(["data", "inspect", "--config", path]) == 0
     out = capsys.readouterr().out
-    assert "train      40 rows" in out and "great 21 (52.5%), other 19 (47.5%)" in out
+    assert "train      160 rows" in out and "great 81 (50.6%), other 79 (49.4%)" in out
     assert "folds: 2 (stratified, seed 42)" in out
     assert main(["data", "inspect", "--config", path, "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["splits"]["test"]["rows_used"] == 16
+    assert report["splits"]["test"]["rows_used"] == 46
     assert report["token_lengths"][0]["backbone"] == "tiny-bert"
     assert len(report["folds"]) == 2
 

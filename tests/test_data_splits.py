@@ -26,10 +26,10 @@ def _texts(n: int, share_great: float = 0.6) -> TextExamples:
 
 def test_load_splits_from_the_smoke_config() -> None:
     splits = load_splits(load_config(SMOKE).data)
-    assert (len(splits.train), len(splits.test)) == (40, 16)
+    assert (len(splits.train), len(splits.test)) == (160, 46)
     assert splits.labels == ("great", "other")
     assert splits.label2id == {"great": 0, "other": 1}
-    assert splits.rows_read == {"train": 40, "test": 16}
+    assert splits.rows_read == {"train": 160, "test": 46}
 
 
 def test_test_split_is_carved_out_stratified_and_seeded(smoke_experiment: MakeExp) -> None:
@@ -37,7 +37,7 @@ def test_test_split_is_carved_out_stratified_and_seeded(smoke_experiment: MakeEx
     cfg = load_config(path, ["data.test_file=null", "data.test_size=0.25"])
     a = load_splits(cfg.data)
     b = load_splits(cfg.data)
-    assert (len(a.train), len(a.test)) == (30, 10)
+    assert (len(a.train), len(a.test)) == (120, 40)
     assert a.test.origins == b.test.origins  # seeded
     assert set(a.train.origins).isdisjoint(a.test.origins)
     assert "test" not in a.rows_read and "25% of" in a.sources["test"]

@@ -5,29 +5,26 @@ test kills exactly what it started (a pid Ray reports for the actor it runs, or 
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
-from pydantic import BaseModel
 
 from ray_pipeline.artifacts import read_json
 from ray_pipeline.cli import main
 from ray_pipeline.final.results import FinalMetrics
-from ray_pipeline.hpo.results import FoldState, HpoResult
+from ray_pipeline.hpo.results import HpoResult
 from ray_pipeline.loading import load_config
 from tests.builders import add_hpo_variant
+from tests.checkpoints import fold_histories, inside_fold, last_checkpoints, resumed_at
 from tests.conftest import MakeExp
-from tests.run_outputs import assert_model_classifies, embedded_store, mlflow_runs
+from tests.run_outputs import assert_model_classifies
 from tests.waits import InThread, wait_for
 
 pytestmark = pytest.mark.slow
 TRIAL_PROCESS = "ImplicitFunc"  # the actor class Ray Tune runs a function trainable in
 TRAIN_WORKER = "RayTrainWorker"
-M = TypeVar("M", bound=BaseModel)
 
 
 def _alive_pids(class_name: str) -> list[int]:
@@ -37,65 +34,6 @@ def _alive_pids(class_name: str) -> list[int]:
 
     found = list_actors(filters=[("state", "=", "ALIVE")])
     return sorted(int(a.pid) for a in found if a.class_name.split(".")[-1] == class_name and a.pid)
-
-
-def _last_checkpoints(root: Path, trial_run: str | None) -> list[Path]:
-    """The checkpoints a retry would resume from: for a Ray Train run (``trial_run`` under
-    ``root``), the latest one its controller registered (it can lag behind what is on disk);
-    for Tune trials, every one on disk (Tune registers a trial's report before it returns)."""
-    if trial_run is None:
-        return list(root.glob("*/checkpoint_*"))
-    try:
-        snapshot = json.loads((root / trial_run / "checkpoint_manager_snapshot.json").read_text())
-    except (OSError, ValueError):
-        return []
-    latest = snapshot.get("latest_checkpoint_result") or {}
-    name = latest.get("checkpoint_dir_name")
-    return [root / trial_run / name] if name else []
-
-
-def _state(checkpoint: Path, model: type[M]) -> M | None:
-    try:
-        return model.model_validate_json(next(checkpoint.glob("*_state.json")).read_text())
-    except (OSError, ValueError, StopIteration):  # mid-write, or deleted by num_to_keep
-        return None
-
-
-def _inside_fold(root: Path, trial_run: str | None, fold: int) -> FoldState | None:
-    """A resumable checkpoint taken inside ``fold`` (or later) after one of its epochs."""
-    for checkpoint in _last_checkpoints(root, trial_run):
-        state = _state(checkpoint, FoldState)
-        if state is not None and state.current is not None and state.current.fold >= fold:
-            return state
-    return None
-
-
-def _fold_histories(outputs: Path) -> dict[str, list[int]]:
-    """Per fold run name: the steps at which its trial logged ``fold_objective`` and how many
-    times the fold run logged its ``objective`` (a retrained fold would log twice)."""
-    from mlflow import MlflowClient
-
-    uri = embedded_store(outputs, "t")
-    client, runs = MlflowClient(uri), mlflow_runs(uri, "t")
-    assert not [r.info.run_name for r in runs if r.info.status == "RUNNING"]
-    out = {}
-    for run in runs:
-        kind = run.data.tags.get("ray_pipeline.kind")
-        if kind == "fold":
-            out[run.info.run_name] = [1] * len(
-                client.get_metric_history(run.info.run_id, "objective")
-            )
-        elif kind == "trial":
-            history = client.get_metric_history(run.info.run_id, "fold_objective")
-            out[run.info.run_name] = sorted(m.step for m in history)
-    return out
-
-
-def _resumed_at(resume: str) -> tuple[int, int]:
-    """``fold F epoch E`` -> (F, E)."""
-    words = resume.split()
-    assert words[0] == "fold" and words[2] == "epoch", resume
-    return int(words[1]), int(words[3])
 
 
 @pytest.mark.parametrize(
@@ -125,7 +63,7 @@ def test_killed_trial_resumes_inside_its_fold(
     variant = tmp_path / "outputs" / "t" / "hpo" / "tiny-bert" / "hpo_tiny-bert"
     run = InThread(main, args)
     seen = wait_for(
-        lambda: _inside_fold(variant / checkpoints, trial_run, 1),
+        lambda: inside_fold(variant / checkpoints, trial_run, 1),
         "an epoch checkpoint inside fold 1",
         timeout=180,
         still_running=run.running,
@@ -141,10 +79,10 @@ def test_killed_trial_resumes_inside_its_fold(
     assert all(f.workers == workers for f in trial.folds)
     # One retry, picked up inside a fold at (or after) the epoch checkpoint seen before the kill.
     (resume,) = trial.resumes
-    assert _resumed_at(resume) >= (seen.current.fold, seen.current.epochs_done)
+    assert resumed_at(resume) >= (seen.current.fold, seen.current.epochs_done)
     assert trial.failures, "the failure's cause is recorded in hpo.json"
     # Every fold was trained and logged once: a retrained fold would log its objective again.
-    histories = _fold_histories(tmp_path / "outputs")
+    histories = fold_histories(tmp_path / "outputs")
     assert histories["hpo_tiny-bert_trial_0"] == list(range(folds))
     assert {name: n for name, n in histories.items() if "_fold" in name} == {
         f"hpo_tiny-bert_trial_0_fold{k}": [1] for k in range(folds)
@@ -196,7 +134,7 @@ def test_killed_final_training_worker_resumes_from_its_epoch_checkpoint(
     variant = tmp_path / "outputs" / "t" / "final" / "tiny-bert" / "final_tiny-bert"
     run = InThread(main, args)
     wait_for(
-        lambda: _last_checkpoints(variant, "checkpoints"),
+        lambda: last_checkpoints(variant, "checkpoints"),
         "final training's first registered epoch checkpoint",
         timeout=180,
         still_running=run.running,

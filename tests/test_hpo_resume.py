@@ -1,20 +1,22 @@
-"""A driver killed with SIGKILL mid-search, then resumed with resume_if_incomplete."""
+"""A driver killed with SIGKILL mid-search and resumed by the default run.mode; SIGTERM."""
 
 from __future__ import annotations
 
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
 from ray_pipeline.artifacts import read_json
 from ray_pipeline.hpo.results import HpoResult
+from ray_pipeline.paths import trial_name
+from tests.checkpoints import fold_histories, inside_fold, resumed_at
 from tests.conftest import MakeExp
 from tests.processes import cli_process
 from tests.run_outputs import embedded_store, mlflow_runs, study_states
+from tests.waits import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -23,49 +25,56 @@ def _hpo(path: Path, *overrides: str, log: Path) -> subprocess.Popen[bytes]:
     return cli_process("hpo", "--config", str(path), *overrides, log=log)
 
 
-def test_sigkilled_driver_resumes_without_duplicates(
+def test_sigkilled_driver_is_resumed_by_reuse_if_exists_inside_the_fold_it_was_in(
     smoke_experiment: MakeExp, tmp_path: Path
 ) -> None:
     path = smoke_experiment()
-    variant = tmp_path / "outputs" / "t" / "hpo" / "tiny-bert" / "hpo_tiny-bert"
+    outputs = tmp_path / "outputs"
+    variant = outputs / "t" / "hpo" / "tiny-bert" / "hpo_tiny-bert"
     db = variant / "study.db"
-    one_at_a_time = "resources.max_concurrent_trials=1"
+    # One trial at a time, folds of 10 epochs with a checkpoint after each: the kill lands
+    # after trial 0 finished, inside trial 1's second fold.
+    args = ["resources.max_concurrent_trials=1", "hpo.num_samples=2", "hpo.training.epochs=10"]
 
-    first = _hpo(path, one_at_a_time, log=tmp_path / "first.log")
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and ("COMPLETE" not in dict(study_states(db)).values()):
-        assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
-        time.sleep(0.5)
+    first = _hpo(path, *args, log=tmp_path / "first.log")
+
+    def running() -> bool:
+        return first.poll() is None
+
+    wait_for(lambda: "COMPLETE" in dict(study_states(db)).values(), "trial 0", 240, running)
+    tune = variant / "tune" / "round_1"
+    seen = wait_for(
+        lambda: inside_fold(tune, None, 1, trial_name(1)),
+        "a checkpoint inside trial 1's fold 1",
+        240,
+        running,
+    )
     os.killpg(first.pid, signal.SIGKILL)  # the driver and everything it started
     first.wait()
-    assert len([s for _, s in study_states(db) if s == "COMPLETE"]) < 3
+    assert dict(study_states(db)) == {0: "COMPLETE", 1: "RUNNING"}
+    assert seen.current is not None and [f.fold for f in seen.folds] == [0]
 
-    log = tmp_path / "second.log"
-    second = _hpo(path, one_at_a_time, "hpo.run.mode=resume_if_incomplete", log=log)
+    log = tmp_path / "second.log"  # the default run.mode, reuse_if_exists, resumes it
+    second = _hpo(path, *args, log=log)
     assert second.wait(timeout=400) == 0, log.read_text()[-3000:]
     output = log.read_text()
     assert f"resuming {variant.name} (round_1)" in output
-    # A trial that had finished is either not started again or, if Tune had not yet saved
-    # its end when the driver died, finds every fold in its checkpoint and trains nothing.
-    assert "Trial trial_0 started" not in output or "resuming after 2 of 2 finished" in output
+    assert "trial 1: resuming after 1 of 2 finished fold(s), inside fold 1 after" in output
     states = study_states(db)
-    assert len([n for n, s in states if s == "COMPLETE"]) == 3  # num_samples, no duplicates
-    assert not [n for n, s in states if s == "RUNNING"]
-    # Only a trial the dead driver had asked Optuna for but never started may end FAIL.
-    assert len([n for n, s in states if s == "FAIL"]) <= 1
+    assert states == [(0, "COMPLETE"), (1, "COMPLETE")]  # the same two trials, no duplicates
     result = read_json(variant / "hpo.json", HpoResult)
-    complete = [t for t in result.trials if t.state == "COMPLETE"]
-    assert len(complete) == 3 and all(len(t.folds) == 2 for t in complete)
-    runs = mlflow_runs(embedded_store(tmp_path / "outputs", "t"), "t")
-    assert not [r.info.run_name for r in runs if r.info.status == "RUNNING"]
+    (resume,) = result.trials[1].resumes  # trial 1 went on inside fold 1, from that epoch on
+    assert resumed_at(resume) >= (1, seen.current.epochs_done)
+    assert result.trials[1].folds[0] == seen.folds[0]  # its first fold was not trained again
+    # Every fold was trained and logged once: a retrained fold would log its objective again.
+    histories = fold_histories(outputs)
+    assert {n: h for n, h in histories.items() if "_fold" in n} == {
+        f"hpo_tiny-bert_trial_{t}_fold{k}": [1] for t in range(2) for k in range(2)
+    }
+    assert histories["hpo_tiny-bert_trial_1"] == [0, 1]
+    runs = mlflow_runs(embedded_store(outputs, "t"), "t")
     parents = [r for r in runs if r.data.tags.get("ray_pipeline.kind") == "variant"]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"  # continued, not duplicated
-    finished_trials = {
-        r.data.tags["ray_pipeline.trial"]
-        for r in runs
-        if r.data.tags.get("ray_pipeline.kind") == "trial" and r.info.status == "FINISHED"
-    }
-    assert len(finished_trials) == 3
 
 
 def test_sigterm_ends_open_runs_killed(smoke_experiment: MakeExp, tmp_path: Path) -> None:
@@ -83,10 +92,12 @@ def test_sigterm_ends_open_runs_killed(smoke_experiment: MakeExp, tmp_path: Path
         found = client.search_runs([experiment.experiment_id])
         return [(r.data.tags.get("ray_pipeline.kind", ""), r.info.status) for r in found]
 
-    deadline = time.monotonic() + 180
-    while ("trial", "RUNNING") not in runs():  # a trial is under way
-        assert proc.poll() is None and time.monotonic() < deadline
-        time.sleep(1)
+    wait_for(
+        lambda: ("trial", "RUNNING") in runs(),
+        "a trial under way",
+        180,
+        lambda: proc.poll() is None,
+    )
     proc.send_signal(signal.SIGTERM)  # what `ray job stop` sends
     assert proc.wait(timeout=120) == 130
     final = runs()

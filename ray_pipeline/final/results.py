@@ -63,6 +63,10 @@ class FinalMetrics(Record):
     test_metrics: dict[str, float]
     train_examples: int
     test_examples: int
+    majority_label: str | None = None
+    """The training data's most frequent label."""
+    majority_rate: float | None = None
+    """The test accuracy (token accuracy for NER) of always predicting ``majority_label``."""
     epochs: list[EpochRecord]
     resumed_from_epoch: int | None
     """The first epoch this (resumed) run trained; None when it started from scratch."""

@@ -23,6 +23,7 @@ from ray_pipeline.final.results import FinalJob, FinalMetrics, FinalState, Sourc
 from ray_pipeline.final.worker import TEST_PREFIX, train_final
 from ray_pipeline.hpo.results import HpoResult, TrialRecord, read_hpo
 from ray_pipeline.identity import backbone_identity, changed_keys, final_key, stable_hash
+from ray_pipeline.metrics import BASELINE_METRIC, majority_rate
 from ray_pipeline.naming import variant_number
 from ray_pipeline.paths import CHECKPOINT_MODEL, FINAL_STATE, OutputsLayout
 from ray_pipeline.resources import TrialPlan, cluster_nodes, plan_trials, scaling_config
@@ -257,6 +258,7 @@ def _train_and_export(
         for k, v in result.metrics.items()
         if k.startswith(TEST_PREFIX)
     }
+    majority, rate = majority_rate(splits.train.label_counts(), splits.test.label_counts())
     metrics = FinalMetrics(
         variant=variant.name,
         source=source,
@@ -264,6 +266,8 @@ def _train_and_export(
         test_metrics=test,
         train_examples=len(splits.train),
         test_examples=len(splits.test),
+        majority_label=majority,
+        majority_rate=rate,
         epochs=[],
         resumed_from_epoch=start or None,
         failures=[f.cause for f in faults.read_failures(failure_log)],
@@ -278,6 +282,13 @@ def _train_and_export(
 
 
 def _print_summary(metrics: FinalMetrics, variant: Variant) -> None:
-    scores = ", ".join(f"{k} {v:.4f}" for k, v in metrics.test_metrics.items())
+    baseline = BASELINE_METRIC[metrics.task]
+
+    def score(name: str, value: float) -> str:
+        if name == baseline and metrics.majority_rate is not None:
+            return f"{name} {value:.4f} (majority class {metrics.majority_rate:.4f})"
+        return f"{name} {value:.4f}"
+
+    scores = ", ".join(score(k, v) for k, v in metrics.test_metrics.items())
     print(f"final {metrics.variant}: test ({metrics.test_examples} examples): {scores}")
     print(f"final {metrics.variant}: model exported to {variant.files.model}")
