@@ -6,6 +6,8 @@ import os
 import signal
 import threading
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from ray_pipeline.errors import ConfigError
@@ -48,6 +50,26 @@ def _unwind_on_sigterm() -> None:
     aborts the process instead; this puts ours back after it."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _interrupt)
+
+
+@contextmanager
+def ctrl_c_unwinds() -> Iterator[None]:
+    """Keep Ctrl-C an interruption across a Ray Train ``fit()`` in the main thread. fit()
+    installs Ray Train's own SIGINT handler, which aborts the run and then ends the driver with
+    SystemExit(1): the stage would end its MLflow run FAILED and the CLI exit 1, not 130. That
+    handler also outlives fit() and swallows a later Ctrl-C. Here a SystemExit out of the
+    block while Ray Train holds SIGINT becomes KeyboardInterrupt, and the handler from before
+    is put back."""
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        yield
+    except SystemExit as exc:
+        if signal.getsignal(signal.SIGINT) is before:
+            raise
+        raise KeyboardInterrupt("Ray Train aborted the run on SIGINT") from exc
+    finally:
+        if before is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, before)
 
 
 def unseen_by(readings: dict[str, str | None], token: str) -> list[str]:

@@ -23,10 +23,28 @@ from ray_pipeline.training import batches, make_optimizer, train_epoch
 
 OUT = Path(__file__).resolve().parent.parent / "config" / "model" / "tiny_bert"
 
-PRODUCTS = (
-    "bagels mustard lentils yogurt biscuits cocoa noodles ketchup raisins muffins vinegar "
-    "sardines tortillas pickles cashews waffles fudge lemonade pesto quinoa"
-).split()
+PRODUCTS = [
+    "bagels",
+    "mustard",
+    "lentils",
+    "yogurt",
+    "biscuits",
+    "cocoa",
+    "noodles",
+    "ketchup",
+    "raisins",
+    "muffins",
+    "vinegar",
+    "sardines",
+    "tortillas",
+    "pickles",
+    "cashews",
+    "waffles",
+    "fudge",
+    "lemonade",
+    "pesto",
+    "quinoa",
+]
 GOOD = (
     "Delicious {p}, we love it.",
     "Great {p}, tasty and fresh.",

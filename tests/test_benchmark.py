@@ -116,6 +116,40 @@ def test_benchmark_fan_out_completeness_and_cached_selection(
     selection_runs = [r for r in runs if r.data.tags.get("ray_pipeline.kind") == "selection"]
     assert {r.info.run_id for r in selection_runs} == {chosen.mlflow_run_id, again.mlflow_run_id}
 
+    # selection force_new selects again although its inputs are unchanged.
+    assert main(["select", "--config", str(path), "selection.run.mode=force_new"]) == 0
+    out = capsys.readouterr().out
+    assert "reusing" not in out and f"select: wrote {selection_file}" in out
+    assert read_json(selection_file, SelectionResult).cache_key == again.cache_key
+
+    # An inherited resume_if_incomplete acts as reuse_if_exists: nothing to measure.
+    assert main(["benchmark", "--config", str(path), "hpo.run.mode=resume_if_incomplete"]) == 0
+    assert "4 variant(s) in scope, 0 to benchmark, 4 up to date (reuse_if_exists)" in (
+        capsys.readouterr().out
+    )
+    # latest_only: each backbone's latest variant; changed settings make its benchmark stale.
+    latest = ["benchmark.benchmarking.benchmark_strategy=latest_only"]
+    before = _benchmarks(outputs)
+    assert main(["benchmark", "--config", str(path), *latest]) == 0
+    assert "2 variant(s) in scope, 0 to benchmark" in capsys.readouterr().out
+    latest += ["benchmark.benchmarking.iterations=3"]
+    assert main(["benchmark", "--config", str(path), *latest]) == 0
+    out = capsys.readouterr().out
+    assert "2 variant(s) in scope, 2 to benchmark" in out
+    assert out.count(": benchmark settings changed") == 2
+    remeasured = _benchmarks(outputs)
+    changed = {k for k in remeasured if remeasured[k] != before[k]}
+    assert changed == {"hpo_tiny-a_v2", "hpo_tiny-b_v2"}  # the latest variant of each backbone
+    # force_new measures again what is up to date.
+    assert main(["benchmark", "--config", str(path), *latest, "benchmark.run.mode=force_new"]) == 0
+    out = capsys.readouterr().out
+    assert "2 to benchmark, 0 up to date (force_new)" in out
+    assert out.count(": run.mode force_new") == 2
+    forced_benchmarks = _benchmarks(outputs)
+    changed = {k for k in forced_benchmarks if forced_benchmarks[k] != remeasured[k]}
+    assert changed == {"hpo_tiny-a_v2", "hpo_tiny-b_v2"}  # measured again (new timings)
+    assert forced_benchmarks["hpo_tiny-a"] == remeasured["hpo_tiny-a"]
+
 
 # `select` needs no Ray: this one stays in the quick run.
 def test_select_alone_without_benchmarks_exits_2_and_writes_nothing(

@@ -11,10 +11,12 @@ import secrets
 import signal
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,8 +25,13 @@ from ray_pipeline.hpo.results import HpoResult
 from tests.conftest import REPO
 from tests.processes import RAY, free_port, ray_node_env, start_logged
 from tests.run_outputs import study_states
+from tests.waits import poll_until, showing_log, wait_for
 
 pytestmark = pytest.mark.slow
+
+
+TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+"""The statuses a Ray job ends in."""
 
 
 @dataclass(frozen=True)
@@ -40,12 +47,15 @@ class TwoNodes:
             argv, cwd=REPO, env=self.env, capture_output=True, text=True, timeout=timeout
         )
 
-    def api(self, path: str) -> object:
+    def api(self, path: str) -> Any:
         request = urllib.request.Request(
             f"{self.dashboard}{path}", headers={"Authorization": f"Bearer {self.token}"}
         )
         with urllib.request.urlopen(request, timeout=30) as response:
             return json.loads(response.read())
+
+    def status(self, submission: str) -> str:
+        return str(self.api(f"/api/jobs/{submission}")["status"])
 
     def metric_names(self) -> set[str]:
         names = set()
@@ -56,19 +66,54 @@ class TwoNodes:
         return {n for n in names if n.startswith("ray_pipeline_")}
 
 
-def _kill_processes_under(directory: Path) -> None:
-    """Kill every process whose command line names ``directory`` (this cluster's temp dir):
-    `ray stop` would stop every Ray on the machine, other tests' included."""
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
+def _processes() -> dict[int, tuple[int, int]]:
+    """Each live process's (parent pid, session id), from /proc."""
+    table = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
             continue
         try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
+            stat = (entry / "stat").read_text()
+        except OSError:  # ended since the listing
             continue
-        if str(directory) in cmdline:
-            with contextlib.suppress(OSError):
-                os.kill(int(proc.name), signal.SIGKILL)
+        fields = stat[stat.rindex(")") + 2 :].split()  # state ppid pgrp session ...
+        if fields[0] != "Z":
+            table[int(entry.name)] = (int(fields[1]), int(fields[3]))
+    return table
+
+
+def _started_by(roots: set[int]) -> set[int]:
+    """The live processes among ``roots`` and all they started: their descendants, and what
+    is left in their sessions (an orphan handed to init keeps its session id)."""
+    table = _processes()
+    found = {pid for pid, (_, session) in table.items() if pid in roots or session in roots}
+    while more := {pid for pid, (parent, _) in table.items() if parent in found} - found:
+        found |= more
+    return found
+
+
+def _kill_started(processes: list[subprocess.Popen[bytes]]) -> None:
+    """SIGKILL the `ray start` processes this module launched and everything they started,
+    found by parentage and session (never by name; `ray stop` would stop every Ray on the
+    machine, other tests' included). All are stopped (SIGSTOP) before any is killed, so that
+    none starts another unseen or is orphaned out of the tree meanwhile."""
+    roots = {p.pid for p in processes}
+    stopped: set[int] = set()
+    while more := _started_by(roots) - stopped:
+        for pid in more:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+        stopped |= more
+    for pid in stopped:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    for process in processes:
+        process.wait(timeout=60)
+    wait_for(
+        lambda: not stopped & set(_processes()),
+        f"the cluster's {len(stopped)} processes to end",
+        timeout=60,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -77,9 +122,8 @@ def two_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TwoNodes]:
     env = ray_node_env(token)
     gcs, dash, m1, m2 = (free_port() for _ in range(4))
     # Each node has its own temp dir: nothing is left in /tmp/ray for a later ray.init() to
-    # find, two nodes on one machine do not delete each other's runtime_env files, and the
-    # teardown can stop exactly this cluster. One CPU per node: the smoke search's two
-    # concurrent trials land on both nodes.
+    # find, and two nodes on one machine do not delete each other's runtime_env files. One CPU
+    # per node: the smoke search's two concurrent trials land on both nodes.
     head_dir, node_dir = tmp_path_factory.mktemp("head"), tmp_path_factory.mktemp("node2")
     head = [RAY, "start", "--head", "--block", f"--port={gcs}", "--num-cpus=1"]
     head += [
@@ -90,49 +134,77 @@ def two_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TwoNodes]:
     worker = [RAY, "start", "--block", f"--address=127.0.0.1:{gcs}", "--num-cpus=1"]
     worker += [f"--metrics-export-port={m2}"]
     nodes = TwoNodes(env, f"http://127.0.0.1:{dash}", token, (m1, m2))
-    started = []
+    started: list[subprocess.Popen[bytes]] = []
     try:
         for argv, temp in ((head, head_dir), (worker, node_dir)):
             argv += [f"--temp-dir={temp}", "--disable-usage-stats"]
-            started.append(start_logged(argv, temp / "start.log", env))
-            _wait_for_nodes(nodes, len(started), temp / "start.log")
+            _start_node(nodes, argv, temp / "start.log", started)
         yield nodes
     finally:
-        for process in started:
-            with contextlib.suppress(OSError):
-                os.killpg(process.pid, signal.SIGKILL)
-        for temp in (head_dir, node_dir):
-            _kill_processes_under(temp)
+        _kill_started(started)
 
 
-def _wait_for_nodes(nodes: TwoNodes, count: int, log: Path) -> None:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError, ValueError):
-            listing = nodes.api("/api/v0/nodes?limit=10&detail=false")
-            assert isinstance(listing, dict)
-            alive = [n for n in listing["data"]["result"]["result"] if n["state"] == "ALIVE"]
-            if len(alive) >= count:
-                return
-        time.sleep(1)
-    raise AssertionError(f"Ray node {count} did not start: {log.read_text()[-2000:]}")
+def _start_node(
+    nodes: TwoNodes, argv: list[str], log: Path, started: list[subprocess.Popen[bytes]]
+) -> None:
+    """Start a `ray start --block` node (recorded in ``started`` at once) and wait until the
+    dashboard lists it alive."""
+    process = start_logged(argv, log, nodes.env)
+    started.append(process)
+    count = len(started)
+    with showing_log(log):
+        wait_for(
+            lambda: _alive_nodes(nodes) >= count,
+            f"Ray node {count} to join the cluster",
+            timeout=120,
+            still_running=lambda: process.poll() is None,
+        )
+
+
+def _alive_nodes(nodes: TwoNodes) -> int:
+    """How many nodes the dashboard lists alive; 0 while it does not answer yet."""
+    try:
+        listing = nodes.api("/api/v0/nodes?limit=10&detail=false")
+    except urllib.error.HTTPError as exc:
+        if exc.code in (502, 503, 504):  # up, its backends not yet
+            return 0
+        raise
+    except urllib.error.URLError as exc:
+        if isinstance(exc.reason, ConnectionRefusedError):  # not listening yet
+            return 0
+        raise
+    return sum(n["state"] == "ALIVE" for n in listing["data"]["result"]["result"])
 
 
 def _complete(db: Path) -> int:
     return sum(state == "COMPLETE" for _, state in study_states(db))
 
 
-def _wait(two_nodes: TwoNodes, submission: str, seen: set[str], timeout: float) -> str:
-    """Poll the job's status through the dashboard API, collecting metric names meanwhile."""
-    deadline = time.monotonic() + timeout
-    status = "PENDING"
-    while time.monotonic() < deadline and status not in ("SUCCEEDED", "FAILED", "STOPPED"):
-        time.sleep(2)
-        seen |= two_nodes.metric_names()
-        info = two_nodes.api(f"/api/jobs/{submission}")
-        assert isinstance(info, dict)
-        status = str(info["status"])
-    return status
+def _submit(two_nodes: TwoNodes, submission: str, entrypoint: list[str]) -> None:
+    """`ray job submit --no-wait` from the repository; tried again while the head node's job
+    agent is not up yet (the dashboard answers "No available agent" until it is)."""
+
+    def submitted() -> bool:
+        args = ["--working-dir", ".", "--no-wait", "--submission-id", submission, *entrypoint]
+        done = two_nodes.job("submit", *args)
+        if done.returncode == 0:
+            return True
+        assert "No available agent to submit job" in done.stderr, done.stderr[-3000:]
+        return False
+
+    poll_until(submitted, f"the cluster to accept job {submission!r}", timeout=180, interval=1)
+
+
+def _wait_until_ended(two_nodes: TwoNodes, submission: str, seen: set[str], timeout: float) -> str:
+    """The job's final status, polled through the dashboard API; metric names are collected
+    meanwhile."""
+
+    def ended() -> str | None:
+        seen.update(two_nodes.metric_names())
+        status = two_nodes.status(submission)
+        return status if status in TERMINAL else None
+
+    return poll_until(ended, f"job {submission!r} to end", timeout, interval=1)
 
 
 def test_job_stopped_mid_hpo_then_resumed_on_two_nodes(two_nodes: TwoNodes, tmp_path: Path) -> None:
@@ -153,18 +225,23 @@ def test_job_stopped_mid_hpo_then_resumed_on_two_nodes(two_nodes: TwoNodes, tmp_
     clock = time.monotonic()
 
     # Submit, stop with `ray job stop` once a trial has finished.
-    started = two_nodes.job(
-        "submit", "--working-dir", ".", "--no-wait", "--submission-id", "cut", *smoke
-    )
-    assert started.returncode == 0, started.stderr
+    _submit(two_nodes, "cut", smoke)
     seen: set[str] = set()
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and _complete(variant / "study.db") < 1:
-        seen |= two_nodes.metric_names()
-        time.sleep(1)
+
+    def a_trial_complete() -> bool:
+        seen.update(two_nodes.metric_names())
+        return _complete(variant / "study.db") >= 1
+
+    poll_until(
+        a_trial_complete,
+        "job 'cut' to complete a first trial",
+        timeout=300,
+        still_running=lambda: two_nodes.status("cut") not in TERMINAL,
+        interval=1,
+    )
     stop = two_nodes.job("stop", "cut", timeout=120)
     assert stop.returncode == 0, stop.stderr
-    assert _wait(two_nodes, "cut", seen, 60) == "STOPPED"
+    assert _wait_until_ended(two_nodes, "cut", seen, 60) == "STOPPED"
     assert _complete(variant / "study.db") < 3
     assert json.loads((variant / "variant.json").read_text())["status"] == "failed"
     print(f"stopped after {time.monotonic() - clock:.0f} s")
@@ -172,11 +249,8 @@ def test_job_stopped_mid_hpo_then_resumed_on_two_nodes(two_nodes: TwoNodes, tmp_
     # Resubmit with resume_if_incomplete: the whole pipeline finishes, no trial runs twice.
     # (Final training refits for 1 epoch: its 40 would add a minute and prove nothing here.)
     resume = [*smoke, "hpo.run.mode=resume_if_incomplete", "final_training.epochs=1"]
-    again = two_nodes.job(
-        "submit", "--working-dir", ".", "--no-wait", "--submission-id", "resumed", *resume
-    )
-    assert again.returncode == 0, again.stderr
-    status = _wait(two_nodes, "resumed", seen, 600)
+    _submit(two_nodes, "resumed", resume)
+    status = _wait_until_ended(two_nodes, "resumed", seen, 600)
     assert status == "SUCCEEDED", two_nodes.job("logs", "resumed").stdout[-3000:]
     print(f"resumed run done after {time.monotonic() - clock:.0f} s")
     logs = two_nodes.job("logs", "resumed").stdout
@@ -198,12 +272,9 @@ def test_job_stopped_mid_hpo_then_resumed_on_two_nodes(two_nodes: TwoNodes, tmp_
         assert (root / artifact).exists(), artifact  # all in the shared outputs path
 
     jobs = two_nodes.api("/api/jobs/")
-    assert isinstance(jobs, list)
     statuses = {(j["submission_id"], j["status"]) for j in jobs}
     assert {("cut", "STOPPED"), ("resumed", "SUCCEEDED")} <= statuses
-    listing = two_nodes.api("/api/v0/actors?limit=500&detail=false")
-    assert isinstance(listing, dict)
-    actors = listing["data"]["result"]["result"]
+    actors = two_nodes.api("/api/v0/actors?limit=500&detail=false")["data"]["result"]["result"]
     names = {(a["class_name"], a.get("name") or "") for a in actors}
     assert any(c == "BenchmarkActor" and n.startswith("benchmark-smoke-") for c, n in names)
     assert {"TrainController", "RayTrainWorker"} <= {c for c, _ in names}

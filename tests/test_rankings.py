@@ -56,7 +56,7 @@ def test_the_best_trial_is_the_extreme_complete_trial(
     backbone = config.model.backbones[0]
     place = stage_place(config, "hpo", backbone.name)
     variant = create_variant(*place, "hpo", backbone.name, study_key(config, backbone))
-    study = optuna.create_study(direction=direction)
+    study = optuna.create_study(direction=optuna.study.StudyDirection[direction.upper()])
     outcomes = {}
     for number, (state, scores) in enumerate(TRIALS):
         complete = state == "COMPLETE"
@@ -75,11 +75,11 @@ def test_the_best_trial_is_the_extreme_complete_trial(
 
     result = _collect(config, backbone, variant, study, outcomes, {})
 
-    complete = {t.number: t.objective_mean for t in result.trials if t.state == "COMPLETE"}
-    assert len(set(complete.values())) == len(complete) == 4  # no ties
+    means = {t.number: t.objective_mean for t in result.trials if t.state == "COMPLETE"}
+    assert len(set(means.values())) == len(means) == 4  # no ties
     assert winner not in (0, len(TRIALS) - 1)  # neither the first nor the last trial
     assert result.best is not None and result.best.number == winner, result.best
     assert result.best.objective_mean == pytest.approx(
-        (max if direction == "maximize" else min)(v for v in complete.values() if v is not None)
+        (max if direction == "maximize" else min)(v for v in means.values() if v is not None)
     )
     assert [t.state for t in result.trials] == [state for state, _ in TRIALS]

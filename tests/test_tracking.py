@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import ast
+import os
+import signal
 import subprocess
 import sys
-import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from mlflow import MlflowClient
@@ -18,8 +21,9 @@ from ray_pipeline import tracking
 from ray_pipeline.errors import ConfigError
 from ray_pipeline.loading import load_config
 from tests.conftest import MakeExp
-from tests.processes import free_port
+from tests.processes import free_port, start_logged
 from tests.run_outputs import kinds_and_states, mlflow_runs
+from tests.waits import wait_for
 
 
 def test_tracking_uri_precedence(
@@ -35,13 +39,28 @@ def test_tracking_uri_precedence(
     assert tracking.tracking_uri(load_config(path, ["tracking.enabled=false"])) is None
 
 
-def test_unreachable_server_is_refused_fast(smoke_experiment: MakeExp) -> None:
+def test_unreachable_server_is_refused_after_one_health_probe(
+    smoke_experiment: MakeExp, monkeypatch: pytest.MonkeyPatch
+) -> None:
     uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     cfg = load_config(smoke_experiment(), [f"tracking.tracking_uri={uri}"])
-    start = time.monotonic()
+    probes: list[tuple[str, float]] = []
+    urlopen = urllib.request.urlopen
+
+    def probe(url: str, timeout: float) -> Any:
+        probes.append((url, timeout))
+        return urlopen(url, timeout=timeout)
+
+    def no_client(_: str) -> None:
+        pytest.fail("check_tracking went through MLflow's client (minutes of retries)")
+
+    monkeypatch.setattr(urllib.request, "urlopen", probe)  # as tracking calls it
+    monkeypatch.setattr(tracking, "_client", no_client)
     with pytest.raises(ConfigError) as exc:
         tracking.check_tracking(cfg)
-    assert time.monotonic() - start < 10
+    # Refused at once: a single /health request with a timeout of seconds, no retries.
+    assert probes == [(f"{uri}/health", tracking._REACH_TIMEOUT_S)]
+    assert 0 < tracking._REACH_TIMEOUT_S <= 5
     assert f"MLflow server {uri} is not reachable" in str(exc.value)
     assert "tracking.enabled=false" in str(exc.value)
 
@@ -93,45 +112,46 @@ def test_only_the_tracking_module_imports_mlflow() -> None:
     assert set(importers) == {"tracking.py"}
 
 
+def _healthy(uri: str) -> bool:
+    """Whether the server at ``uri`` answers its health check; false while it starts (the
+    port refuses, or accepts and then drops or keeps the request unanswered)."""
+    try:
+        with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
+            return bool(response.status == 200)
+    except urllib.error.URLError as exc:  # an HTTPError (it answered, with an error) raises
+        if isinstance(exc.reason, (ConnectionRefusedError, TimeoutError)):
+            return False
+        raise
+    except (ConnectionResetError, TimeoutError):
+        return False
+
+
 @pytest.fixture
 def mlflow_server(tmp_path: Path) -> Iterator[str]:
-    """A real `mlflow server` on 127.0.0.1 with a SQLite backend."""
+    """A real `mlflow server` on 127.0.0.1 with a SQLite backend, in a session of its own:
+    the teardown ends its process group (the server and the workers it started)."""
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--backend-store-uri",
-            f"sqlite:///{tmp_path / 'server.db'}",
-            "--artifacts-destination",
-            str(tmp_path / "artifacts"),
-            "--workers",
-            "1",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        cwd=tmp_path,
-    )
+    argv = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port)]
+    argv += ["--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}"]
+    argv += ["--artifacts-destination", str(tmp_path / "artifacts"), "--workers", "1"]
+    log = tmp_path / "server.log"
+    proc = start_logged(argv, log, cwd=tmp_path)
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"{uri}/health", timeout=2):
-                    break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline, "server did not start"
-                time.sleep(0.5)
+        wait_for(
+            lambda: _healthy(uri),
+            f"the MLflow server at {uri} to answer /health (its log: {log})",
+            timeout=90,
+            still_running=lambda: proc.poll() is None,
+        )
         yield uri
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
 
 @pytest.mark.slow

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from ray_pipeline.variants import (
     resolve_variant,
     set_status,
 )
+from tests.waits import wait_for
 
 KEY: dict[str, Any] = {"hpo": {"search_space": {"lr": {"low": 1e-5, "high": 1e-4}}, "seed": 1}}
 OTHER_KEY: dict[str, Any] = {
@@ -109,33 +111,92 @@ def test_corrupt_variant_json_is_reported(tmp_path: Path) -> None:
 
 
 _WORKER = """
-import sys, time
+import json, os, sys, tempfile, time
 from pathlib import Path
-from ray_pipeline.variants import resolve_variant
-stage_dir, start = Path(sys.argv[1]), float(sys.argv[2])
-time.sleep(max(0.0, start - time.time()))
-d = resolve_variant(stage_dir, "hpo_b", "hpo", "b", {"k": 1}, "force_new")
-print(d.variant.name)
+from ray_pipeline import variants
+
+stage_dir, ready, go = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+attempts = []
+mkdtemp = tempfile.mkdtemp
+
+def staged(*args, **kwargs):
+    # create_variant stages each attempt's variant.json in a directory made here, after it
+    # chose the attempt's name. The first attempt waits for every process to have chosen too
+    # (the test closes the `go` pipe when all have written to `ready`): the renames then race.
+    path = mkdtemp(*args, **kwargs)
+    attempts.append(kwargs["prefix"])
+    if len(attempts) == 1:
+        os.write(ready, b"r")
+        assert os.read(go, 1) == b""
+    return path
+
+variants.tempfile.mkdtemp = staged
+entered = time.monotonic_ns()  # CLOCK_MONOTONIC: one clock for all processes on this host
+d = variants.resolve_variant(stage_dir, "hpo_b", "hpo", "b", {"k": 1}, "force_new")
+left = time.monotonic_ns()
+print(json.dumps({"name": d.variant.name, "entered": entered, "left": left, "attempts": attempts}))
 """
+
+
+def _arrived(ready: int, got: bytearray) -> int:
+    """How many bytes the workers have written into the ``ready`` pipe so far (non-blocking)."""
+    with contextlib.suppress(BlockingIOError):
+        got += os.read(ready, 64)
+    return len(got)
 
 
 @pytest.mark.slow
 def test_concurrent_force_new_gets_distinct_variants(tmp_path: Path) -> None:
     n = 8
-    start = time.time() + 4.0  # all processes imported and waiting before the race starts
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", _WORKER, str(tmp_path), str(start)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+    stage_dir = tmp_path / "hpo"
+    ready_r, ready_w = os.pipe()
+    go_r, go_w = os.pipe()
+    os.set_blocking(ready_r, False)
+    logs = [tmp_path / f"worker{i}.log" for i in range(n)]
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        for log in logs:
+            with log.open("w") as err:
+                argv = [sys.executable, "-c", _WORKER, str(stage_dir), str(ready_w), str(go_r)]
+                procs.append(
+                    subprocess.Popen(
+                        argv,
+                        stdout=subprocess.PIPE,
+                        stderr=err,
+                        text=True,
+                        pass_fds=(ready_w, go_r),
+                    )
+                )
+        got = bytearray()
+        wait_for(
+            lambda: _arrived(ready_r, got) == n,
+            f"all {n} workers to choose a variant name (their stderr: {tmp_path}/worker*.log)",
+            timeout=120,
+            still_running=lambda: all(p.poll() is None for p in procs),
         )
-        for _ in range(n)
-    ]
-    outs = [p.communicate(timeout=120) for p in procs]
-    assert all(p.returncode == 0 for p in procs), [err for _, err in outs]
-    names = sorted(out.strip() for out, _ in outs)
+        # Every process chose its first name before any variant was created ...
+        assert _names(stage_dir) == []
+        os.close(go_w)  # ... and all go on at once: their read() of the pipe returns EOF
+        go_w = -1
+        outs = [p.communicate(timeout=120)[0] for p in procs]
+    finally:
+        for p in procs:  # only a failed test leaves any running
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        for fd in (ready_r, ready_w, go_r, go_w):
+            if fd >= 0:
+                os.close(fd)
+    assert all(p.returncode == 0 for p in procs), [log.read_text()[-2000:] for log in logs]
+    runs = [json.loads(out) for out in outs]
+    # The calls overlapped: all processes were inside resolve_variant at one instant, and
+    # all first attempts went for the same name: one took it, the n - 1 others collided (with
+    # it, then with each other) and retried.
+    assert max(r["entered"] for r in runs) < min(r["left"] for r in runs), runs
+    assert {r["attempts"][0] for r in runs} == {".hpo_b."}, runs
+    assert sum(len(r["attempts"]) - 1 for r in runs) >= n - 1, runs
+    names = sorted(r["name"] for r in runs)
     expected = sorted(["hpo_b"] + [f"hpo_b_v{i}" for i in range(2, n + 1)])
     assert names == expected
-    assert sorted(_names(tmp_path)) == expected
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert sorted(_names(stage_dir)) == expected
+    assert not [p for p in stage_dir.iterdir() if p.name.startswith(".")]

@@ -3,9 +3,11 @@ was awaited (never fall through), and stop early when the work being watched has
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -21,6 +23,19 @@ def wait_for(
 ) -> T:
     """The first truthy value of ``condition()``; a test failure naming ``what`` when the
     deadline passes or ``still_running()`` turns false first."""
+    return poll_until(condition, what, timeout, still_running, interval=0.05)
+
+
+def poll_until(
+    condition: Callable[[], T | None],
+    what: str,
+    timeout: float,
+    still_running: Callable[[], bool] | None = None,
+    *,
+    interval: float,
+) -> T:
+    """``wait_for`` that asks every ``interval`` seconds: for a condition that costs requests
+    to a busy service, or that collects something along the way."""
     deadline = time.monotonic() + timeout
     while True:
         value = condition()
@@ -30,7 +45,25 @@ def wait_for(
             pytest.fail(f"the run ended while waiting for {what}")
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.05)
+        time.sleep(interval)
+
+
+@contextlib.contextmanager
+def showing_log(log: Path, chars: int = 3000) -> Iterator[None]:
+    """Append the end of ``log`` to a test failure raised inside the block (a wait that gave
+    up, say), so that the report says why."""
+    try:
+        yield
+    except pytest.fail.Exception as exc:
+        message = exc.msg
+    else:
+        return
+    try:
+        tail = log.read_text(errors="replace")[-chars:]
+    except OSError as error:
+        tail = f"(unreadable: {error})"
+    failure = f"{message}\n--- end of {log} ---\n{tail}"
+    raise pytest.fail.Exception(failure, pytrace=False) from None  # the same failure, longer
 
 
 class InThread:

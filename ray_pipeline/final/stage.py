@@ -16,6 +16,7 @@ from typing import Any
 
 from ray_pipeline import faults, tracking
 from ray_pipeline.artifacts import read_json
+from ray_pipeline.cluster import ctrl_c_unwinds
 from ray_pipeline.data.splits import load_splits
 from ray_pipeline.errors import ConfigError, PipelineError
 from ray_pipeline.final.export import export
@@ -248,7 +249,8 @@ def _train_and_export(
             ],
         ),
     )
-    result = trainer.fit()
+    with ctrl_c_unwinds():  # Ray Train's own SIGINT handler would make Ctrl-C exit 1
+        result = trainer.fit()
     if result.checkpoint is None or not result.metrics:
         raise PipelineError(f"final {variant.name}: training reported no checkpoint")
     splits = load_splits(config.data)

@@ -122,9 +122,11 @@ def _run_backbone(config: PipelineConfig, backbone: BackboneConfig, plan: TrialP
             tracking.end_open_runs(parent, status)
             tracking.end(parent, status)
         raise
+    complete = result.finished >= hpo.num_samples
     if parent is not None:
-        _track_variant(parent, result, layout.resolved_config, files.hpo_result)
-    if result.finished < hpo.num_samples:
+        ended: tracking.EndStatus = "FINISHED" if complete else "FAILED"
+        _track_variant(parent, result, layout.resolved_config, files.hpo_result, ended)
+    if not complete:
         set_status(variant, "failed")
         errors = [f"trial {n}: {o['error']}" for n, o in sorted(outcomes.items()) if "error" in o]
         raise PipelineError(
@@ -185,8 +187,15 @@ def _run_rounds(
     return outcomes
 
 
-def _track_variant(parent: RunRef, result: HpoResult, config_file: Path, hpo_file: Path) -> None:
-    """Close the variant's run: the best trial marked, results attached."""
+def _track_variant(
+    parent: RunRef,
+    result: HpoResult,
+    config_file: Path,
+    hpo_file: Path,
+    status: tracking.EndStatus,
+) -> None:
+    """Close the variant's run with ``status`` (FAILED: trials are missing): the best trial
+    marked, results attached."""
     tracking.end_open_runs(parent)  # trials a scheduler stopped mid-fold
     if result.best is not None and result.best.objective_mean is not None:
         tracking.log(
@@ -206,7 +215,7 @@ def _track_variant(parent: RunRef, result: HpoResult, config_file: Path, hpo_fil
     for path in (config_file, hpo_file):
         if path.is_file():
             tracking.log_artifact(parent, str(path))
-    tracking.end(parent)
+    tracking.end(parent, status)
 
 
 def _previous(variant: Variant) -> dict[int, TrialRecord]:

@@ -48,6 +48,7 @@ CHECKPOINT_PATH_KEY = "checkpoint_path"
 """Ray Train's TuneReportCallback puts a reported checkpoint's path under this key."""
 NO_AUTO_LOGGERS_ENV = "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"
 SNAPSHOT_WARNING_ENV = "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S"
+NO_SIGINT_HANDLER_ENV = "TUNE_DISABLE_SIGINT_HANDLER"
 
 
 OPTUNA_SEARCH_INTERNALS = ("_ot_trials", "_ot_study", "_completed_trials", "_study_name")
@@ -327,6 +328,10 @@ def _fit(tuner: Any) -> ResultGrid:
         NO_AUTO_LOGGERS_ENV: "1",
         # Snapshots are forced by num_to_keep=1 at every checkpoint; they are small and cheap.
         SNAPSHOT_WARNING_ENV: "0",
+        # Ctrl-C raises KeyboardInterrupt, as SIGTERM does: the stage ends its open runs KILLED
+        # and the CLI exits 130. Tune's own handler would end the round quietly, as if its
+        # unfinished trials had failed.
+        NO_SIGINT_HANDLER_ENV: "1",
     }
     saved = {name: os.environ.get(name) for name in settings}
     os.environ.update({k: v for k, v in settings.items() if saved[k] is None})
@@ -384,7 +389,7 @@ def round_results(grid: ResultGrid) -> dict[int, dict[str, Any]]:
             metrics[CHECKPOINT_KEY] = result.checkpoint.path
         elif CHECKPOINT_PATH_KEY in metrics:
             metrics[CHECKPOINT_KEY] = metrics[CHECKPOINT_PATH_KEY]
-        if result.error is not None:
-            metrics["error"] = str(result.error).splitlines()[0][:500]
+        if result.error is not None:  # a task error's first line names the task, not why
+            metrics["error"] = faults.cause_of(getattr(result.error, "cause", None) or result.error)
         out[int(config[TRIAL_NUMBER])] = metrics
     return out
