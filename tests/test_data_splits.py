@@ -119,7 +119,7 @@ def test_same_seed_same_folds_in_separate_processes() -> None:
     ]
     assert outs[0] == outs[1]
     folds = json.loads(outs[0])
-    assert sorted(folds[0] + folds[1]) == list(range(40))
+    assert sorted(folds[0] + folds[1]) == list(range(160))
 
 
 def test_huggingface_saved_dataset_and_local_data_dir(
