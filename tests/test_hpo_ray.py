@@ -190,5 +190,5 @@ def test_two_ddp_workers_per_trial_with_epoch_reports_and_asha(
     (trial,) = read_json(variant / "hpo.json", HpoResult).trials
     assert trial.state == "COMPLETE"
     assert [f.workers for f in trial.folds] == [2, 2]
-    assert [f.train_examples for f in trial.folds] == [20, 20]
+    assert [f.train_examples for f in trial.folds] == [80, 80]
     assert not (tmp_path / "outputs" / "t" / "mlflow.db").exists()  # tracking off
