@@ -13,6 +13,21 @@ from ray_pipeline.schema import PipelineConfig
 from ray_pipeline.variants import Variant, create_variant, set_status, stage_place
 
 
+def fold_result(fold: int, score: float, metric: str = "macro_f1") -> FoldResult:
+    """A finished fold that scored ``score`` (as ``metric`` and as accuracy)."""
+    return FoldResult(
+        fold=fold,
+        objective=score,
+        metrics={metric: score, "accuracy": score},
+        train_loss=0.5,
+        train_examples=80,
+        validation_examples=80,
+        seconds=1.0,
+        train_step_seconds=0.5,
+        workers=1,
+    )
+
+
 def add_hpo_variant(
     config: PipelineConfig, backbone_name: str, objective: float, trial: int = 0
 ) -> Variant:
@@ -30,20 +45,7 @@ def add_hpo_variant(
     metric, study_hash = config.hpo.objective.metric, stable_hash(key)
 
     def record(number: int, score: float) -> TrialRecord:
-        folds = [
-            FoldResult(
-                fold=k,
-                objective=score,
-                metrics={metric: score, "accuracy": score},
-                train_loss=0.5,
-                train_examples=20,
-                validation_examples=20,
-                seconds=1.0,
-                train_step_seconds=0.5,
-                workers=1,
-            )
-            for k in range(2)
-        ]
+        folds = [fold_result(k, score, metric) for k in range(2)]
         params = {"learning_rate": 1e-4 * (number + 1)}
         return TrialRecord(
             variant=variant.name,

@@ -9,28 +9,15 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from ray_pipeline.hpo.results import FoldResult, FoldState
+from ray_pipeline.hpo.results import FoldState
 from ray_pipeline.hpo.stage import _collect
 from ray_pipeline.identity import study_key
 from ray_pipeline.loading import load_config
 from ray_pipeline.variants import create_variant, stage_place
+from tests.builders import fold_result
 from tests.conftest import MakeExp
 
 LR = optuna.distributions.FloatDistribution(1e-5, 1e-2, log=True)
-
-
-def _fold(fold: int, score: float) -> FoldResult:
-    return FoldResult(
-        fold=fold,
-        objective=score,
-        metrics={"macro_f1": score},
-        train_loss=0.5,
-        train_examples=80,
-        validation_examples=80,
-        seconds=1.0,
-        train_step_seconds=0.5,
-        workers=1,
-    )
 
 
 # (Optuna state, fold scores). For maximize the best complete trial is 2 (mean 0.70); the
@@ -68,7 +55,7 @@ def test_the_best_trial_is_the_extreme_complete_trial(
                 state=optuna.trial.TrialState[state],
             )
         )
-        folds = [_fold(k, score) for k, score in enumerate(scores)]
+        folds = [fold_result(k, score) for k, score in enumerate(scores)]
         best_fold = max(range(len(scores)), key=scores.__getitem__)
         state_json = FoldState(folds=folds, best_fold=best_fold).model_dump_json()
         outcomes[number] = {"fold_state": state_json}
