@@ -34,14 +34,26 @@ def kinds_and_states(runs: Iterable[Run]) -> Counter[tuple[str | None, str]]:
     return Counter((r.data.tags.get("ray_pipeline.kind"), r.info.status) for r in runs)
 
 
-def study_states(db: Path) -> list[tuple[int, str]]:
-    """(number, state) of each trial in an Optuna SQLite study, in trial order; empty while
-    the file or its ``trials`` table is not there yet (read-only: safe to poll while a search
-    creates and writes it). Any other database error is raised."""
-    if not db.exists():
+def study_states(path: Path) -> list[tuple[int, str]]:
+    """(number, state) of each trial in an Optuna study file (SQLite, or a ``.journal`` file
+    of Optuna's journal storage), in trial order; empty while the file, its ``trials`` table or
+    its study is not there yet (read-only: safe to poll while a search creates and writes it).
+    Any other database error is raised."""
+    if not path.exists():
         return []
+    if path.suffix == ".journal":
+        from optuna.storages import JournalStorage
+        from optuna.storages.journal import JournalFileBackend
+
+        storage = JournalStorage(JournalFileBackend(str(path)))
+        studies = storage.get_all_studies()
+        if not studies:  # created, the study not written yet
+            return []
+        (study,) = studies  # one study per variant
+        trials = storage.get_all_trials(study._study_id, deepcopy=False)
+        return sorted((t.number, t.state.name) for t in trials)
     try:
-        with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
             return list(conn.execute("SELECT number, state FROM trials ORDER BY number"))
     except sqlite3.OperationalError as exc:
         if "no such table: trials" in str(exc):  # created, the schema not written yet

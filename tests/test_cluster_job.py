@@ -1,14 +1,14 @@
 """A real two-node Ray cluster on this machine (`ray start --head` + `ray start --address`),
-the smoke pipeline submitted with `ray job submit`, stopped with `ray job stop` mid-HPO and
-resubmitted with resume_if_incomplete; the dashboard API and the metrics endpoints checked."""
+the smoke pipeline submitted with `ray job submit`, its study in Optuna's journal storage (as
+docs/cluster.md advises for shared storage), stopped with `ray job stop` mid-HPO and
+resubmitted with resume_if_incomplete; the dashboard API and the metrics endpoints checked.
+The worker node runs in a mount namespace of its own with a tmpfs over one directory, so that
+an outputs path there is not shared storage: the job exits 2 before it writes anything."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import secrets
-import signal
 import subprocess
 import time
 import urllib.error
@@ -23,7 +23,7 @@ import pytest
 from ray_pipeline.artifacts import read_json
 from ray_pipeline.hpo.results import HpoResult
 from tests.conftest import REPO
-from tests.processes import RAY, free_port, ray_node_env, start_logged
+from tests.processes import RAY, free_port, kill_started, ray_node_env, start_logged
 from tests.run_outputs import study_states
 from tests.waits import poll_until, showing_log, wait_for
 
@@ -40,6 +40,8 @@ class TwoNodes:
     dashboard: str
     token: str
     metrics_ports: tuple[int, int]
+    unshared: Path
+    """A directory that the worker node sees as an empty tmpfs of its own."""
 
     def job(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
         argv = [RAY, "job", *args[:1], "--address", self.dashboard, *args[1:]]
@@ -66,56 +68,6 @@ class TwoNodes:
         return {n for n in names if n.startswith("ray_pipeline_")}
 
 
-def _processes() -> dict[int, tuple[int, int]]:
-    """Each live process's (parent pid, session id), from /proc."""
-    table = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:  # ended since the listing
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()  # state ppid pgrp session ...
-        if fields[0] != "Z":
-            table[int(entry.name)] = (int(fields[1]), int(fields[3]))
-    return table
-
-
-def _started_by(roots: set[int]) -> set[int]:
-    """The live processes among ``roots`` and all they started: their descendants, and what
-    is left in their sessions (an orphan handed to init keeps its session id)."""
-    table = _processes()
-    found = {pid for pid, (_, session) in table.items() if pid in roots or session in roots}
-    while more := {pid for pid, (parent, _) in table.items() if parent in found} - found:
-        found |= more
-    return found
-
-
-def _kill_started(processes: list[subprocess.Popen[bytes]]) -> None:
-    """SIGKILL the `ray start` processes this module launched and everything they started,
-    found by parentage and session (never by name; `ray stop` would stop every Ray on the
-    machine, other tests' included). All are stopped (SIGSTOP) before any is killed, so that
-    none starts another unseen or is orphaned out of the tree meanwhile."""
-    roots = {p.pid for p in processes}
-    stopped: set[int] = set()
-    while more := _started_by(roots) - stopped:
-        for pid in more:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGSTOP)
-        stopped |= more
-    for pid in stopped:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    for process in processes:
-        process.wait(timeout=60)
-    wait_for(
-        lambda: not stopped & set(_processes()),
-        f"the cluster's {len(stopped)} processes to end",
-        timeout=60,
-    )
-
-
 @pytest.fixture(scope="module")
 def two_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TwoNodes]:
     token = secrets.token_hex(16)
@@ -125,15 +77,20 @@ def two_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TwoNodes]:
     # find, and two nodes on one machine do not delete each other's runtime_env files. One CPU
     # per node: the smoke search's two concurrent trials land on both nodes.
     head_dir, node_dir = tmp_path_factory.mktemp("head"), tmp_path_factory.mktemp("node2")
+    unshared = tmp_path_factory.mktemp("unshared")
     head = [RAY, "start", "--head", "--block", f"--port={gcs}", "--num-cpus=1"]
     head += [
         "--dashboard-host=127.0.0.1",
         f"--dashboard-port={dash}",
         f"--metrics-export-port={m1}",
     ]
-    worker = [RAY, "start", "--block", f"--address=127.0.0.1:{gcs}", "--num-cpus=1"]
+    # The worker node: in a private mount namespace, a tmpfs over `unshared`, then (exec, the
+    # same pid) `ray start`.
+    mount = 'mount -t tmpfs tmpfs "$0" && exec "$@"'
+    worker = ["unshare", "--mount", "--propagation", "private", "sh", "-c", mount, str(unshared)]
+    worker += [RAY, "start", "--block", f"--address=127.0.0.1:{gcs}", "--num-cpus=1"]
     worker += [f"--metrics-export-port={m2}"]
-    nodes = TwoNodes(env, f"http://127.0.0.1:{dash}", token, (m1, m2))
+    nodes = TwoNodes(env, f"http://127.0.0.1:{dash}", token, (m1, m2), unshared)
     started: list[subprocess.Popen[bytes]] = []
     try:
         for argv, temp in ((head, head_dir), (worker, node_dir)):
@@ -141,7 +98,7 @@ def two_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TwoNodes]:
             _start_node(nodes, argv, temp / "start.log", started)
         yield nodes
     finally:
-        _kill_started(started)
+        kill_started(started)
 
 
 def _start_node(
@@ -176,8 +133,8 @@ def _alive_nodes(nodes: TwoNodes) -> int:
     return sum(n["state"] == "ALIVE" for n in listing["data"]["result"]["result"])
 
 
-def _complete(db: Path) -> int:
-    return sum(state == "COMPLETE" for _, state in study_states(db))
+def _complete(study: Path) -> int:
+    return sum(state == "COMPLETE" for _, state in study_states(study))
 
 
 def _submit(two_nodes: TwoNodes, submission: str, entrypoint: list[str]) -> None:
@@ -207,21 +164,31 @@ def _wait_until_ended(two_nodes: TwoNodes, submission: str, seen: set[str], time
     return poll_until(ended, f"job {submission!r} to end", timeout, interval=1)
 
 
+SMOKE_JOB = ["--", "python", "-m", "ray_pipeline", "run"]
+SMOKE_JOB += ["--config", "config/experiment/smoke.yaml"]
+"""The entrypoint of a job that runs the whole smoke pipeline."""
+
+
+def test_outputs_a_node_cannot_see_stop_the_job_with_exit_2_and_nothing_written(
+    two_nodes: TwoNodes,
+) -> None:
+    outputs = two_nodes.unshared / "outputs"
+    _submit(two_nodes, "blind", [*SMOKE_JOB, f"outputs_root={outputs}"])
+    assert _wait_until_ended(two_nodes, "blind", set(), 300) == "FAILED"
+    logs = two_nodes.job("logs", "blind").stdout
+    assert f"error: outputs_root: {outputs} is not shared storage: 1 of 2 nodes cannot" in logs
+    assert "exit code 2" in two_nodes.api("/api/jobs/blind")["message"]
+    assert list(two_nodes.unshared.iterdir()) == []  # no outputs, the probe file removed
+
+
 def test_job_stopped_mid_hpo_then_resumed_on_two_nodes(two_nodes: TwoNodes, tmp_path: Path) -> None:
     outputs = tmp_path / "shared"
     root = outputs / "smoke"
     variant = root / "hpo" / "tiny-bert" / "hpo_tiny-bert"
-    smoke = [
-        "--",
-        "python",
-        "-m",
-        "ray_pipeline",
-        "run",
-        "--config",
-        "config/experiment/smoke.yaml",
-    ]
-    # Trials long enough (40 epochs per fold) for the stop to land mid-search.
-    smoke += [f"outputs_root={outputs}", "hpo.training.epochs=40"]
+    study = variant / "study.journal"
+    # Trials long enough (12 epochs per fold, ~8 s a trial) for the stop to land mid-search.
+    smoke = [*SMOKE_JOB, f"outputs_root={outputs}", "hpo.training.epochs=12"]
+    smoke.append("hpo.checkpoint.storage_backend=journal")
     clock = time.monotonic()
 
     # Submit, stop with `ray job stop` once a trial has finished.
@@ -230,7 +197,7 @@ def test_job_stopped_mid_hpo_then_resumed_on_two_nodes(two_nodes: TwoNodes, tmp_
 
     def a_trial_complete() -> bool:
         seen.update(two_nodes.metric_names())
-        return _complete(variant / "study.db") >= 1
+        return _complete(study) >= 1
 
     poll_until(
         a_trial_complete,
@@ -242,12 +209,12 @@ def test_job_stopped_mid_hpo_then_resumed_on_two_nodes(two_nodes: TwoNodes, tmp_
     stop = two_nodes.job("stop", "cut", timeout=120)
     assert stop.returncode == 0, stop.stderr
     assert _wait_until_ended(two_nodes, "cut", seen, 60) == "STOPPED"
-    assert _complete(variant / "study.db") < 3
+    assert _complete(study) < 3
     assert json.loads((variant / "variant.json").read_text())["status"] == "failed"
     print(f"stopped after {time.monotonic() - clock:.0f} s")
 
     # Resubmit with resume_if_incomplete: the whole pipeline finishes, no trial runs twice.
-    # (Final training refits for 1 epoch: its 40 would add a minute and prove nothing here.)
+    # (Final training refits for 1 epoch: the trial's 12 would prove nothing more here.)
     resume = [*smoke, "hpo.run.mode=resume_if_incomplete", "final_training.epochs=1"]
     _submit(two_nodes, "resumed", resume)
     status = _wait_until_ended(two_nodes, "resumed", seen, 600)
@@ -255,7 +222,9 @@ def test_job_stopped_mid_hpo_then_resumed_on_two_nodes(two_nodes: TwoNodes, tmp_
     print(f"resumed run done after {time.monotonic() - clock:.0f} s")
     logs = two_nodes.job("logs", "resumed").stdout
     assert "ray: 2 nodes share" in logs and "resuming hpo_tiny-bert" in logs
-    states = [state for _, state in study_states(variant / "study.db")]
+    assert "prefer hpo.checkpoint.storage_backend=journal" not in logs
+    assert not (variant / "study.db").exists()
+    states = [state for _, state in study_states(study)]
     assert states.count("COMPLETE") == 3 and "RUNNING" not in states
     hpo = read_json(variant / "hpo.json", HpoResult)
     assert len([t for t in hpo.trials if t.state == "COMPLETE"]) == 3

@@ -21,7 +21,7 @@ from ray_pipeline.cluster import ctrl_c_unwinds
 from ray_pipeline.hpo.results import HpoResult
 from ray_pipeline.variants import VariantRecord
 from tests.conftest import CONFIG_DIR, MakeExp
-from tests.processes import cli_process
+from tests.processes import cli_process, kill_started
 from tests.run_outputs import embedded_store, kinds_and_states, mlflow_runs, study_states
 from tests.waits import showing_log, wait_for
 
@@ -30,23 +30,27 @@ SMALL_BENCHMARK = {"benchmarking": {"batch_sizes": [1], "iterations": 5, "max_le
 
 @contextlib.contextmanager
 def _cli(*args: str, log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """``ray-pipeline ARGS`` in a session of its own; whatever of it is left at the end (the
-    whole session, if the test failed before it exited) is killed."""
+    """``ray-pipeline ARGS`` in a session of its own; whatever of it and of what it started is
+    left at the end (all of it, if the test failed before it exited) is killed."""
     proc = cli_process(*args, log=log)
     try:
         yield proc
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        kill_started([proc])
 
 
 def _ctrl_c(proc: subprocess.Popen[bytes], log: Path) -> str:
-    """Send the CLI process SIGINT (what Ctrl-C sends it); its exit must be 130. Its output."""
+    """Send the CLI process SIGINT (what Ctrl-C sends it); its exit must be 130. Its output.
+    A failure shows how the process handled signals when it was sent (its /proc status
+    lines: blocked, ignored and caught signal masks; SIGINT is bit 1)."""
+    status = Path(f"/proc/{proc.pid}/status").read_text()
+    masks = [
+        line for line in status.splitlines() if line.startswith(("SigBlk", "SigIgn", "SigCgt"))
+    ]
     os.kill(proc.pid, signal.SIGINT)
     code = proc.wait(timeout=180)
     output = log.read_text(errors="replace")
-    assert code == 130, f"exit {code}:\n{output[-4000:]}"
+    assert code == 130, f"exit {code} (signal masks when sent: {masks}):\n{output[-4000:]}"
     assert "interrupted" in output.splitlines()
     return output
 

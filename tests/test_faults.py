@@ -59,7 +59,7 @@ def test_killed_trial_resumes_inside_its_fold(
 ) -> None:
     path = smoke_experiment()
     args = ["hpo", "--config", str(path), "hpo.num_samples=1", f"hpo.k_folds={folds}"]
-    args += ["hpo.training.epochs=30", f"resources.workers_per_trial={workers}"]
+    args += ["hpo.training.epochs=12", f"resources.workers_per_trial={workers}"]
     variant = tmp_path / "outputs" / "t" / "hpo" / "tiny-bert" / "hpo_tiny-bert"
     run = InThread(main, args)
     seen = wait_for(
@@ -126,7 +126,7 @@ def test_killed_benchmark_actor_is_restarted_and_every_benchmark_lands(
 def test_killed_final_training_worker_resumes_from_its_epoch_checkpoint(
     ray_with_state_api: None, smoke_experiment: MakeExp, tmp_path: Path
 ) -> None:
-    epochs = 40
+    epochs = 15
     path = smoke_experiment()
     add_hpo_variant(load_config(path), "tiny-bert", 0.5, trial=1)
     args = ["train", "--config", str(path), "final_training.source.variant=hpo_tiny-bert"]

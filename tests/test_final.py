@@ -1,24 +1,26 @@
-"""Final training on real Ray: source checks, and a SIGKILLed refit resumed from its last
-epoch checkpoint."""
+"""Final training on real Ray: source checks, the run.mode rows (reuse, force_new, resume on a
+complete variant), a changed selection, a named source trial, the `ray_pipeline.run()` API, and
+a SIGKILLed refit resumed from its last epoch checkpoint."""
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 from pathlib import Path
 
 import pytest
 
+import ray_pipeline
 from ray_pipeline.artifacts import read_json
 from ray_pipeline.cli import main
+from ray_pipeline.errors import ConfigError
 from ray_pipeline.final.results import FinalMetrics, Lineage
 from ray_pipeline.final.stage import check_final
 from ray_pipeline.loading import load_config
+from ray_pipeline.selection import SelectionResult
 from tests.builders import add_hpo_variant
 from tests.conftest import CONFIG_DIR, MakeExp
-from tests.processes import cli_process
+from tests.processes import cli_process, kill_started
 from tests.run_outputs import assert_model_classifies
 from tests.waits import wait_for
 
@@ -52,6 +54,87 @@ def test_train_without_selection_or_source_exits_2_and_writes_nothing(
     assert not (outputs / "final").exists() and not (outputs / "config.resolved.yaml").exists()
 
 
+def _stamps(variant: Path) -> dict[str, tuple[int, int]]:
+    """(mtime, size) of each file a final variant exported: changes if any is written again."""
+    files = [variant / "metrics.json", variant / "lineage.json", *(variant / "model").iterdir()]
+    return {p.name: (p.stat().st_mtime_ns, p.stat().st_size) for p in files}
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_final_run_modes_a_changed_selection_and_a_named_trial(
+    smoke_experiment: MakeExp, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The final-training rows of docs/run-modes.md and docs/final-training.md, through the
+    API and the CLI, asserted by which trial each variant refit (builders give every trial its
+    own learning rate, 1e-4 * (number + 1)) and by which files were written."""
+    path = smoke_experiment(final_training={"epochs": 1})
+    config = load_config(path)
+    add_hpo_variant(config, "tiny-bert", 0.80, trial=1)  # hpo_tiny-bert: trials 0-2, best 1
+    final_dir = tmp_path / "outputs" / "t" / "final" / "tiny-bert"
+    selection_file = tmp_path / "outputs" / "t" / "selection" / "selection.json"
+
+    def refit(name: str) -> Lineage:
+        return read_json(final_dir / name / "lineage.json", Lineage)
+
+    # The API: a named trial that is not complete is refused before anything is written.
+    missing = ["final_training.source.variant=hpo_tiny-bert", "final_training.source.trial=7"]
+    with pytest.raises(ConfigError, match=r"no complete trial 7 \(complete: \[0, 1, 2\]\)"):
+        ray_pipeline.run(path, stages=["final"], overrides=missing)
+    assert not (tmp_path / "outputs" / "t" / "final").exists()
+    # The API runs the later stages; the refit is the selection's winner, trial 1.
+    ray_pipeline.run(path, stages=["benchmark", "select", "final"])
+    first = refit("final_tiny-bert")
+    assert (first.source.trial.variant, first.source.trial.number) == ("hpo_tiny-bert", 1)
+    assert first.source.chosen_by == "selection"
+    assert first.training.learning_rate == pytest.approx(2e-4)
+    stamps = _stamps(final_dir / "final_tiny-bert")
+    capsys.readouterr()
+
+    # reuse_if_exists on a complete variant: nothing is trained or written.
+    assert main(["train", "--config", str(path)]) == 0
+    assert "final tiny-bert: reuse final_tiny-bert <- " in capsys.readouterr().out
+    assert _stamps(final_dir / "final_tiny-bert") == stamps
+
+    # A better variant makes the selection pick another trial: reuse_if_exists refuses to
+    # pass the old refit off as the new winner's (exit 2); the selection is kept.
+    add_hpo_variant(config, "tiny-bert", 0.90, trial=2)  # hpo_tiny-bert_v2, best trial 2
+    later = ["run", "--stages", "benchmark,select,final", "--config", str(path)]
+    assert main(later) == 2
+    err = capsys.readouterr().err
+    assert "final_training.run.mode: reuse_if_exists would reuse final_tiny-bert" in err
+    assert "Set final_training.run.mode=force_new" in err
+    winner = read_json(selection_file, SelectionResult).winner
+    assert (winner.variant, winner.trial.number) == ("hpo_tiny-bert_v2", 2)
+    assert [p.name for p in final_dir.iterdir()] == ["final_tiny-bert"]
+    assert _stamps(final_dir / "final_tiny-bert") == stamps
+
+    # force_new refits the new winner as _v2 and leaves the old variant untouched.
+    assert main(["train", "--config", str(path), "final_training.run.mode=force_new"]) == 0
+    second = refit("final_tiny-bert_v2")
+    assert (second.source.trial.variant, second.source.trial.number) == ("hpo_tiny-bert_v2", 2)
+    assert second.training.learning_rate == pytest.approx(3e-4)
+    assert _stamps(final_dir / "final_tiny-bert") == stamps
+
+    # resume_if_incomplete with the latest variant complete creates the next one; here it
+    # refits a trial named in the config (source.trial), not the selection's winner.
+    named = ["final_training.source.variant=hpo_tiny-bert", "final_training.source.trial=0"]
+    resume = "final_training.run.mode=resume_if_incomplete"
+    assert main(["train", "--config", str(path), resume, *named]) == 0
+    third = refit("final_tiny-bert_v3")
+    assert (third.source.trial.variant, third.source.trial.number) == ("hpo_tiny-bert", 0)
+    assert third.source.chosen_by == "config"
+    assert third.training.learning_rate == pytest.approx(1e-4)
+    assert sorted(p.name for p in final_dir.iterdir()) == [
+        "final_tiny-bert",
+        "final_tiny-bert_v2",
+        "final_tiny-bert_v3",
+    ]
+    assert _stamps(final_dir / "final_tiny-bert") == stamps
+    metrics = read_json(final_dir / "final_tiny-bert_v3" / "metrics.json", FinalMetrics)
+    assert [e.epoch for e in metrics.epochs] == [0]  # final_training.epochs, not the trial's 2
+    assert_model_classifies(final_dir / "final_tiny-bert_v3" / "model")
+
+
 def _checkpointed_epochs(snapshot: Path) -> int:
     """Checkpoints Ray Train has registered (what a restarted run restores from)."""
     try:
@@ -79,7 +162,7 @@ def test_a_source_variant_typo_fails_before_any_stage_trains(
 def test_sigkilled_final_training_is_resumed_by_reuse_if_exists_from_its_last_epoch(
     smoke_experiment: MakeExp, tmp_path: Path
 ) -> None:
-    epochs = 20
+    epochs = 8
     path = smoke_experiment()
     add_hpo_variant(load_config(path), "tiny-bert", 0.5, trial=4)
     args = ("final_training.source.variant=hpo_tiny-bert", f"final_training.epochs={epochs}")
@@ -93,8 +176,7 @@ def test_sigkilled_final_training_is_resumed_by_reuse_if_exists_from_its_last_ep
         timeout=180,
         still_running=lambda: first.poll() is None,
     )
-    os.killpg(first.pid, signal.SIGKILL)  # the driver and the Ray cluster it started
-    first.wait()
+    kill_started([first])  # the driver and the Ray cluster it started
     assert not (variant / "model").exists() and not (variant / "metrics.json").exists()
 
     log = tmp_path / "second.log"  # the default run.mode, reuse_if_exists, resumes it

@@ -109,7 +109,7 @@ def test_worker_node_lost_mid_hpo_every_trial_completes(cluster: Cluster, tmp_pa
     variant = outputs / "smoke" / "hpo" / "tiny-bert" / "hpo_tiny-bert"
     head_node, worker_node = _alive_nodes(cluster.address, cluster.env)
     argv = [*CLI, "hpo", "--config", str(SMOKE)]
-    argv += [f"outputs_root={outputs}", "hpo.num_samples=4", "hpo.training.epochs=40"]
+    argv += [f"outputs_root={outputs}", "hpo.num_samples=4", "hpo.training.epochs=15"]
     log = tmp_path / "hpo.log"
     env = {**cluster.env, "RAY_ADDRESS": cluster.address}
     driver = start_logged(argv, log, env, cwd=REPO)
