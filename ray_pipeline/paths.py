@@ -43,6 +43,12 @@ FINAL_STATE = "final_state.json"
 MODEL_CARD = "README.md"
 """The model card inside an exported ``model/`` (the Hugging Face convention)."""
 
+# Ray Tune's own names inside a round directory (``tune/round_<r>/``).
+TUNE_SNAPSHOTS = "experiment_state-*.json"
+"""Tune's experiment snapshots; the newest (by name: a timestamp) is the one restored."""
+TUNE_CHECKPOINT_PREFIX = "checkpoint_"
+"""A Tune trial's checkpoints: ``trial_<n>/checkpoint_<index, 6 digits>``."""
+
 
 def data_cache_dir() -> Path:
     """Where demo data is cached: $RAY_PIPELINE_DATA_CACHE, else ~/.cache/ray_pipeline/data."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import shutil
 import signal
 import subprocess
 from pathlib import Path
@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 
 from ray_pipeline.artifacts import read_json
-from ray_pipeline.hpo.results import HpoResult
+from ray_pipeline.hpo.results import FoldState, HpoResult
+from ray_pipeline.hpo.tune_state import checkpoint_index, checkpoints_after, recorded_checkpoints
 from ray_pipeline.paths import trial_name
-from tests.checkpoints import fold_histories, inside_fold, resumed_at
+from tests.checkpoints import checkpoint_state, fold_histories, resumed_at
 from tests.conftest import MakeExp
-from tests.processes import cli_process
+from tests.processes import cli_process, kill_started
 from tests.run_outputs import embedded_store, mlflow_runs, study_states
 from tests.waits import wait_for
 
@@ -25,6 +26,38 @@ def _hpo(path: Path, *overrides: str, log: Path) -> subprocess.Popen[bytes]:
     return cli_process("hpo", "--config", str(path), *overrides, log=log)
 
 
+def _recorded_inside_fold_1(tune: Path) -> FoldState | None:
+    """The state of the checkpoint Tune's snapshot would restore trial 1 from, once that is
+    one inside fold 1 (None before, and while a snapshot is being written)."""
+    try:
+        name = recorded_checkpoints(tune).get(trial_name(1))
+    except (OSError, ValueError):
+        return None
+    state = checkpoint_state(tune / trial_name(1) / name, FoldState) if name else None
+    inside = state is not None and state.current is not None and state.current.fold == 1
+    return state if inside else None
+
+
+def _stage_a_replaced_checkpoint(trial_dir: Path) -> tuple[str, FoldState]:
+    """Make the kill land at its worst moment: Tune had registered a newer checkpoint of the
+    trial (deleting the one its snapshot names) and not yet written the snapshot. The
+    recorded checkpoint becomes the next one (newer ones, never registered, go); when the kill
+    really landed there, that is already so. The recorded name, and the state of the
+    checkpoint the trial must resume from."""
+    recorded = recorded_checkpoints(trial_dir.parent)[trial_dir.name]
+    index = checkpoint_index(recorded)
+    assert index is not None, recorded
+    if (trial_dir / recorded).exists():
+        for path in checkpoints_after(trial_dir, index):
+            shutil.rmtree(path)
+        (trial_dir / recorded).rename(trial_dir / f"checkpoint_{index + 1:06d}")
+    newer = checkpoints_after(trial_dir, index)
+    assert newer, f"neither {recorded} nor a newer checkpoint of {trial_dir.name} is on disk"
+    state = checkpoint_state(newer[0], FoldState)
+    assert state is not None and state.current is not None, newer[0]
+    return recorded, state
+
+
 def test_sigkilled_driver_is_resumed_by_reuse_if_exists_inside_the_fold_it_was_in(
     smoke_experiment: MakeExp, tmp_path: Path
 ) -> None:
@@ -32,9 +65,11 @@ def test_sigkilled_driver_is_resumed_by_reuse_if_exists_inside_the_fold_it_was_i
     outputs = tmp_path / "outputs"
     variant = outputs / "t" / "hpo" / "tiny-bert" / "hpo_tiny-bert"
     db = variant / "study.db"
-    # One trial at a time, folds of 10 epochs with a checkpoint after each: the kill lands
-    # after trial 0 finished, inside trial 1's second fold.
-    args = ["resources.max_concurrent_trials=1", "hpo.num_samples=2", "hpo.training.epochs=10"]
+    # One trial at a time, folds of 20 epochs with a checkpoint after each: the kill lands
+    # after trial 0 finished, once Tune's snapshot names a checkpoint inside trial 1's second
+    # fold; then that checkpoint is made to look replaced (a kill between Tune's registration
+    # of a newer one and its next snapshot).
+    args = ["resources.max_concurrent_trials=1", "hpo.num_samples=2", "hpo.training.epochs=20"]
 
     first = _hpo(path, *args, log=tmp_path / "first.log")
 
@@ -44,27 +79,29 @@ def test_sigkilled_driver_is_resumed_by_reuse_if_exists_inside_the_fold_it_was_i
     wait_for(lambda: "COMPLETE" in dict(study_states(db)).values(), "trial 0", 240, running)
     tune = variant / "tune" / "round_1"
     seen = wait_for(
-        lambda: inside_fold(tune, None, 1, trial_name(1)),
-        "a checkpoint inside trial 1's fold 1",
+        lambda: _recorded_inside_fold_1(tune),
+        "Tune's snapshot to name a checkpoint inside trial 1's fold 1",
         240,
         running,
     )
-    os.killpg(first.pid, signal.SIGKILL)  # the driver and everything it started
-    first.wait()
+    kill_started([first])  # the driver and everything it started, its Ray cluster too
     assert dict(study_states(db)) == {0: "COMPLETE", 1: "RUNNING"}
     assert seen.current is not None and [f.fold for f in seen.folds] == [0]
+    recorded, restored = _stage_a_replaced_checkpoint(tune / trial_name(1))
+    assert restored.current is not None and restored.current.fold == 1
 
     log = tmp_path / "second.log"  # the default run.mode, reuse_if_exists, resumes it
     second = _hpo(path, *args, log=log)
     assert second.wait(timeout=400) == 0, log.read_text()[-3000:]
     output = log.read_text()
     assert f"resuming {variant.name} (round_1)" in output
+    assert f"trial_1: its snapshot names {recorded}, which Tune replaced by" in output
     assert "trial 1: resuming after 1 of 2 finished fold(s), inside fold 1 after" in output
     states = study_states(db)
     assert states == [(0, "COMPLETE"), (1, "COMPLETE")]  # the same two trials, no duplicates
     result = read_json(variant / "hpo.json", HpoResult)
     (resume,) = result.trials[1].resumes  # trial 1 went on inside fold 1, from that epoch on
-    assert resumed_at(resume) >= (1, seen.current.epochs_done)
+    assert resumed_at(resume) == (1, restored.current.epochs_done)
     assert result.trials[1].folds[0] == seen.folds[0]  # its first fold was not trained again
     # Every fold was trained and logged once: a retrained fold would log its objective again.
     histories = fold_histories(outputs)

@@ -28,6 +28,7 @@ from ray_pipeline.hpo import trial_runs
 from ray_pipeline.hpo.jobs import StudyJob, TrialJob
 from ray_pipeline.hpo.results import CHECKPOINT_KEY
 from ray_pipeline.hpo.search_space import make_sampler, to_distributions
+from ray_pipeline.hpo.tune_state import repair_recorded_checkpoints
 from ray_pipeline.hpo.worker import run_folds, summary, train_folds
 from ray_pipeline.paths import trial_name
 from ray_pipeline.resources import DRIVER_MEMORY_BYTES, TrialPlan, scaling_config
@@ -365,6 +366,8 @@ def restore_round(
 
     if not tune.Tuner.can_restore(str(experiment_dir)):
         return None
+    for note in repair_recorded_checkpoints(experiment_dir):
+        print(f"hpo {job.backbone.name}: {note}")
     spec = RoundSpec(job.model_dump(mode="json"), str(train_dir), asdict(plan), str(failure_log))
     tuner = tune.Tuner.restore(
         str(experiment_dir),

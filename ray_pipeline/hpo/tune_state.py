@@ -1,0 +1,77 @@
+"""A Tune round's snapshot, read before the round is restored, and the one repair it may need.
+
+Tune registers a trial's new checkpoint, deletes the one before it (``num_to_keep=1``), and
+only then writes the experiment snapshot and syncs it to the round directory in the
+background. A driver killed in between (a preempted head node, SIGKILL) leaves a snapshot that
+names a deleted checkpoint, and Tune's restore of that trial fails on every retry ("Could not
+recover from checkpoint as it does not exist on storage anymore"): the trial's finished folds
+would be lost. The checkpoint that replaced it is on disk and complete (Tune registers only
+checkpoints the trial has persisted), so it takes the recorded name; anything newer was
+written but never registered (perhaps only partly) and is removed.
+
+The snapshot's format is Tune's (``experiment_state-<time>.json``: per trial a JSON state and
+JSON run metadata holding the last result); pyproject pins the Ray versions it was read from.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from ray_pipeline.paths import TUNE_CHECKPOINT_PREFIX, TUNE_SNAPSHOTS
+
+FINISHED = ("TERMINATED", "ERROR")
+"""Trial statuses Tune does not resume from a checkpoint."""
+
+
+def checkpoint_index(name: str) -> int | None:
+    """``checkpoint_000009`` -> 9; None for any other name."""
+    digits = name.removeprefix(TUNE_CHECKPOINT_PREFIX)
+    return int(digits) if name.startswith(TUNE_CHECKPOINT_PREFIX) and digits.isdigit() else None
+
+
+def checkpoints_after(trial_dir: Path, index: int) -> list[Path]:
+    """A trial's checkpoints with an index above ``index``, oldest first."""
+    found = [(checkpoint_index(p.name), p) for p in trial_dir.glob(f"{TUNE_CHECKPOINT_PREFIX}*")]
+    return [p for i, p in sorted((i, p) for i, p in found if i is not None and i > index)]
+
+
+def recorded_checkpoints(round_dir: Path) -> dict[str, str]:
+    """For each unfinished trial of the newest snapshot: its directory name -> the name of the
+    checkpoint Tune will restore it from (trials without one are left out)."""
+    snapshots = sorted(round_dir.glob(TUNE_SNAPSHOTS))
+    if not snapshots:
+        return {}
+    state = json.loads(snapshots[-1].read_text(encoding="utf-8"))
+    recorded = {}
+    for trial_json, metadata_json in state.get("trial_data", []):
+        trial, metadata = json.loads(trial_json), json.loads(metadata_json)
+        name = (metadata.get("last_result") or {}).get("checkpoint_dir_name")
+        if trial.get("status") not in FINISHED and isinstance(name, str):
+            recorded[str(trial["relative_logdir"])] = name
+    return recorded
+
+
+def repair_recorded_checkpoints(round_dir: Path) -> list[str]:
+    """Give every recorded checkpoint that Tune replaced before its snapshot was written the
+    checkpoint that replaced it (see the module's docstring); what was done, one line each."""
+    notes = []
+    for trial, name in recorded_checkpoints(round_dir).items():
+        trial_dir, index = round_dir / trial, checkpoint_index(name)
+        if index is None or (trial_dir / name).exists():
+            continue
+        newer = checkpoints_after(trial_dir, index)
+        if not newer:
+            continue
+        replacement, *unregistered = newer
+        for path in unregistered:
+            shutil.rmtree(path)
+        replacement.rename(trial_dir / name)
+        dropped = f"; dropped unregistered {', '.join(p.name for p in unregistered)}"
+        notes.append(
+            f"{trial}: its snapshot names {name}, which Tune replaced by {replacement.name} "
+            f"before the driver stopped; resuming from {replacement.name}"
+            + (dropped if unregistered else "")
+        )
+    return notes
