@@ -12,7 +12,7 @@ import pytest
 from ray_pipeline.artifacts import read_json
 from ray_pipeline.hpo.results import FoldState, HpoResult
 from ray_pipeline.hpo.tune_state import checkpoint_index, checkpoints_after, recorded_checkpoints
-from ray_pipeline.paths import trial_name
+from ray_pipeline.paths import TUNE_CHECKPOINT_PREFIX, trial_name
 from tests.checkpoints import checkpoint_state, fold_histories, resumed_at
 from tests.conftest import MakeExp
 from tests.processes import cli_process, kill_started
@@ -50,7 +50,7 @@ def _stage_a_replaced_checkpoint(trial_dir: Path) -> tuple[str, FoldState]:
     if (trial_dir / recorded).exists():
         for path in checkpoints_after(trial_dir, index):
             shutil.rmtree(path)
-        (trial_dir / recorded).rename(trial_dir / f"checkpoint_{index + 1:06d}")
+        (trial_dir / recorded).rename(trial_dir / f"{TUNE_CHECKPOINT_PREFIX}{index + 1:06d}")
     newer = checkpoints_after(trial_dir, index)
     assert newer, f"neither {recorded} nor a newer checkpoint of {trial_dir.name} is on disk"
     state = checkpoint_state(newer[0], FoldState)
