@@ -24,8 +24,9 @@ class Failure(Record):
 
     trial: int | None
     """The HPO trial number (None: final training)."""
-    source: Literal["tune", "train"]
-    """Who saw it: Ray Tune (the trial's process or node) or Ray Train (a worker group)."""
+    source: Literal["tune", "train", "task"]
+    """Who saw it: Ray Tune (the trial's process or node), Ray Train (a worker group) or the
+    driver of a Ray task (final training on one worker)."""
     cause: str
     """The error's first line."""
     at: str
@@ -54,7 +55,7 @@ def last_tune_error(error_file: str | None) -> str:
 
 
 def record_failure(
-    log: Path, trial: int | None, source: Literal["tune", "train"], cause: str
+    log: Path, trial: int | None, source: Literal["tune", "train", "task"], cause: str
 ) -> None:
     """Append one failure to ``log`` (an append of one short line: safe across processes)."""
     failure = Failure(

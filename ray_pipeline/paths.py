@@ -46,6 +46,8 @@ MODEL_CARD = "README.md"
 # Ray Tune's own names inside a round directory (``tune/round_<r>/``).
 TUNE_SNAPSHOTS = "experiment_state-*.json"
 """Tune's experiment snapshots; the newest (by name: a timestamp) is the one restored."""
+FINAL_EPOCH_PREFIX = "epoch_"
+"""Final training's epoch checkpoints: ``checkpoints/epoch_<epochs done, 4 digits>``."""
 TUNE_CHECKPOINT_PREFIX = "checkpoint_"
 """A Tune trial's checkpoints: ``trial_<n>/checkpoint_<index, 6 digits>``."""
 
@@ -176,7 +178,7 @@ class VariantFiles:
 
     @property
     def train_dir(self) -> Path:
-        """Trial checkpoints (Ray Tune / Ray Train storage)."""
+        """Ray Train's storage: DDP trials' checkpoints (HPO), the DDP refit's run (final)."""
         return self.path / "train"
 
     @property
@@ -206,6 +208,6 @@ class VariantFiles:
         return self.path / "lineage.json"
 
     @property
-    def checkpoints_name(self) -> str:
-        """Ray Train's run name for final training: its checkpoints live under this."""
-        return "checkpoints"
+    def checkpoints(self) -> Path:
+        """Final training's epoch checkpoints (``epoch_<n>/``), whatever ran them."""
+        return self.path / "checkpoints"

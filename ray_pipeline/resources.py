@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ray_pipeline.errors import ConfigError
-from ray_pipeline.schema import ResourcesConfig
+from ray_pipeline.schema import FinalResources, ResourcesConfig
 
 DRIVER_MEMORY_BYTES = 1 << 20
 """A trial driver only waits on its workers; it reserves memory, not a CPU, so trials pack."""
@@ -28,7 +28,7 @@ class Node:
 
 @dataclass(frozen=True)
 class TrialPlan:
-    """What one trial asks for, and how many trials run at once."""
+    """What one trial (or final training) asks for, and how many trials run at once."""
 
     workers: int
     cpus_per_worker: float
@@ -37,8 +37,8 @@ class TrialPlan:
     max_failures: int = 0
     """Retries per trial, worker group or benchmark actor (``resources.max_failures``)."""
     in_process: bool = False
-    """A trial trains inside its Tune trial (one worker, trial_backend auto), not in a Ray
-    Train worker group."""
+    """One worker trains in one process, not in a Ray Train worker group: inside its Tune trial
+    (HPO, trial_backend auto), or in one Ray task (final training)."""
 
     @property
     def use_gpu(self) -> bool:
@@ -100,6 +100,69 @@ def plan_trials(config: ResourcesConfig, nodes: Sequence[Node]) -> TrialPlan:
         max_failures=config.max_failures,
         in_process=workers == 1 and config.trial_backend == "auto",
     )
+
+
+def plan_final(final: FinalResources, trials: ResourcesConfig, nodes: Sequence[Node]) -> TrialPlan:
+    """Final training's worker group: ``final_training.resources``, its null fields chosen from
+    ``nodes`` (docs/final-training.md#resources); ConfigError when it can never be placed."""
+    if not nodes:
+        raise ConfigError.at("final_training.resources", "the Ray cluster has no alive nodes")
+    gpw = final.gpus_per_worker
+    if gpw is None:
+        gpw = 1.0 if any(n.gpus >= 1 for n in nodes) else 0.0
+    cpw = final.cpus_per_worker
+    if cpw is None and gpw > 0:  # a GPU worker's CPUs feed it; leave every GPU one
+        per_gpu = min((n.cpus / n.gpus for n in nodes if n.gpus >= gpw), default=1.0)
+        cpw = min(trials.cpus_per_worker, per_gpu)
+    elif cpw is None:  # CPU training: the most cores per worker that fit the workers asked
+        cpw = _most_cpus_per_worker(final.workers or 1, nodes)
+    asked = f"({cpw:g} CPU, {gpw:g} GPU) per worker"
+    if gpw > 0 and not any(n.gpus > 0 for n in nodes):
+        raise ConfigError.at(
+            "final_training.resources.gpus_per_worker",
+            f"{asked} asks for GPUs, but the cluster has none ({_describe(nodes)}); set "
+            "final_training.resources.gpus_per_worker=0 to train on CPUs",
+        )
+    capacity = sum(_workers_fitting(n, cpw, gpw) for n in nodes)
+    shared_gpu = 0 < gpw < 1  # DDP ranks on one GPU fail in NCCL: one worker then
+    workers = final.workers or (1 if shared_gpu else min(capacity, final.max_workers or capacity))
+    if capacity < max(workers, 1):
+        raise ConfigError.at(
+            "final_training.resources.workers",
+            f"final training asks for {max(workers, 1)} worker(s) x {asked}, but the cluster "
+            f"fits {capacity}: {_describe(nodes)}. Lower final_training.resources.workers or "
+            "cpus_per_worker / gpus_per_worker (null: chosen from the cluster), or add nodes",
+        )
+    in_process = workers == 1 and trials.trial_backend == "auto"
+    return TrialPlan(workers, cpw, gpw, 1, max_failures=trials.max_failures, in_process=in_process)
+
+
+def _most_cpus_per_worker(workers: int, nodes: Sequence[Node]) -> float:
+    """The most whole CPUs per worker with which ``nodes`` fit ``workers`` workers (1 if none:
+    the caller reports what does not fit). One worker: the largest node's cores."""
+    for cpus in range(math.floor(max(n.cpus for n in nodes)), 1, -1):
+        if sum(math.floor(n.cpus / cpus + 1e-9) for n in nodes) >= workers:
+            return float(cpus)
+    return 1.0
+
+
+def threads_for(cpus: float) -> int:
+    """Torch intra-op threads for a reservation of ``cpus`` CPUs: its whole CPUs, at least 1."""
+    return max(1, math.floor(cpus + 1e-9))
+
+
+def match_threads() -> int:
+    """Torch's intra-op threads := the CPUs Ray reserved for this task, actor or worker. Ray
+    sets OMP_NUM_THREADS per task, but torch reads it once per process, and Ray reuses worker
+    processes: measured with Ray 2.60, a 2-CPU task that ran after a 1-CPU task in the same
+    worker trained with 1 thread, and a 1-CPU task after a 2-CPU one with 2. So set it."""
+    import ray
+    import torch
+
+    assigned = ray.get_runtime_context().get_assigned_resources()  # type: ignore[no-untyped-call]
+    threads = threads_for(float(assigned.get("CPU", 1.0)))
+    torch.set_num_threads(threads)
+    return threads
 
 
 def cluster_nodes() -> list[Node]:

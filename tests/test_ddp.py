@@ -24,6 +24,7 @@ def test_two_workers_on_uneven_rows_complete_every_stage(ray_cluster: None, tmp_
     args = ["run", "--config", str(SMOKE), f"outputs_root={outputs}"]
     args += ["resources.workers_per_trial=2", "data.max_train_examples=33"]
     args += ["hpo.training.batch_size=16", "hpo.num_samples=1"]
+    args += ["final_training.resources.workers=2"]  # by default one worker with 2 threads
     run = InThread(main, args)
     assert run.result(timeout=600) == 0  # a DDP hang fails here instead of blocking the suite
 
@@ -35,6 +36,10 @@ def test_two_workers_on_uneven_rows_complete_every_stage(ray_cluster: None, tmp_
     assert sorted(f.validation_examples for f in hpo.trials[0].folds) == [16, 17]
     final = root / "final" / "tiny-bert" / "final_tiny-bert"
     metrics = read_json(final / "metrics.json", FinalMetrics)
-    assert metrics.workers == 2 and metrics.train_examples == 33
+    refit = metrics.refit
+    assert refit is not None and (refit.workers, refit.backend) == (2, "train")
+    assert (refit.batch_size_per_worker, refit.effective_batch_size) == (8, 16)
+    assert {(e.workers, e.threads) for e in metrics.epochs} == {(2, 1)}
+    assert metrics.train_examples == 33
     assert metrics.test_examples == 46  # the test metrics cover the whole test set
     assert_model_classifies(final / "model")

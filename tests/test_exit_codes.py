@@ -18,6 +18,7 @@ import pytest
 from ray_pipeline.artifacts import read_json
 from ray_pipeline.cli import main
 from ray_pipeline.cluster import ctrl_c_unwinds
+from ray_pipeline.final.worker import epoch_checkpoints
 from ray_pipeline.hpo.results import HpoResult
 from ray_pipeline.variants import VariantRecord
 from tests.conftest import CONFIG_DIR, MakeExp
@@ -114,7 +115,7 @@ def test_ctrl_c_during_final_training_exits_130_and_keeps_earlier_stages(
     args = ["run", "--config", str(path), "hpo.num_samples=1", "final_training.epochs=100"]
     with _cli(*args, log=log) as proc, showing_log(log):
         wait_for(
-            lambda: list((final / "checkpoints").glob("checkpoint_*")),
+            lambda: epoch_checkpoints(final / "checkpoints"),
             "final training's first epoch checkpoint",
             timeout=400,
             still_running=lambda: proc.poll() is None,

@@ -1,7 +1,8 @@
 """Faults survived on a real local Ray cluster: a killed Train worker of a DDP trial, a killed
-one-worker trial process, a killed benchmark actor and a killed final-training worker. Each
-test kills exactly what it started (a pid Ray reports for the actor it runs, or an actor with
-``ray.kill``) and checks from the results and MLflow that finished work was not redone."""
+one-worker trial process, a killed benchmark actor and a killed final-training process. Each
+test kills exactly what it started (a pid Ray reports for the actor or task it runs, or an
+actor with ``ray.kill``) and checks from the results and MLflow that finished work was not
+redone."""
 
 from __future__ import annotations
 
@@ -14,10 +15,11 @@ import pytest
 from ray_pipeline.artifacts import read_json
 from ray_pipeline.cli import main
 from ray_pipeline.final.results import FinalMetrics
+from ray_pipeline.final.worker import epoch_checkpoints
 from ray_pipeline.hpo.results import HpoResult
 from ray_pipeline.loading import load_config
 from tests.builders import add_hpo_variant
-from tests.checkpoints import fold_histories, inside_fold, last_checkpoints, resumed_at
+from tests.checkpoints import fold_histories, inside_fold, resumed_at
 from tests.conftest import MakeExp
 from tests.run_outputs import assert_model_classifies
 from tests.waits import InThread, wait_for
@@ -123,7 +125,15 @@ def test_killed_benchmark_actor_is_restarted_and_every_benchmark_lands(
     assert actor.num_restarts == 1  # restarted once after the kill, then ended by the stage
 
 
-def test_killed_final_training_worker_resumes_from_its_epoch_checkpoint(
+def _final_task_pids(name: str) -> list[int]:
+    """Worker pids of the running Ray task ``name`` (final training on one worker)."""
+    from ray.util.state import list_tasks
+
+    found = list_tasks(filters=[("name", "=", name), ("state", "=", "RUNNING")])
+    return sorted(int(t.worker_pid) for t in found if t.worker_pid)
+
+
+def test_killed_final_training_process_resumes_from_its_epoch_checkpoint(
     ray_with_state_api: None, smoke_experiment: MakeExp, tmp_path: Path
 ) -> None:
     epochs = 15
@@ -134,12 +144,13 @@ def test_killed_final_training_worker_resumes_from_its_epoch_checkpoint(
     variant = tmp_path / "outputs" / "t" / "final" / "tiny-bert" / "final_tiny-bert"
     run = InThread(main, args)
     wait_for(
-        lambda: last_checkpoints(variant, "checkpoints"),
-        "final training's first registered epoch checkpoint",
+        lambda: epoch_checkpoints(variant / "checkpoints"),
+        "final training's first epoch checkpoint",
         timeout=180,
         still_running=run.running,
     )
-    pid = wait_for(lambda: _alive_pids(TRAIN_WORKER), "a live final-training worker", 60)[0]
+    task = "final final_tiny-bert"  # the task's name: final_training's one worker
+    pid = wait_for(lambda: _final_task_pids(task), "the running final-training task", 60)[0]
     os.kill(pid, signal.SIGKILL)
 
     assert run.result(timeout=300) == 0
@@ -147,5 +158,6 @@ def test_killed_final_training_worker_resumes_from_its_epoch_checkpoint(
     start = metrics.resumed_from_epoch
     assert start is not None and 1 <= start < epochs, start
     assert [e.epoch for e in metrics.epochs] == list(range(epochs))  # each epoch exactly once
-    assert metrics.failures, "the worker group's failure is recorded"
+    assert len(metrics.failures) == 1, metrics.failures  # the lost process, recorded once
+    assert metrics.refit is not None and metrics.refit.backend == "task"
     assert_model_classifies(variant / "model")

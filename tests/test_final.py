@@ -1,10 +1,10 @@
 """Final training on real Ray: source checks, the run.mode rows (reuse, force_new, resume on a
 complete variant), a changed selection, a named source trial, the `ray_pipeline.run()` API, and
-a SIGKILLed refit resumed from its last epoch checkpoint."""
+a 2-worker refit SIGKILLed and resumed on one worker from its last epoch checkpoint."""
 
 from __future__ import annotations
 
-import json
+import re
 import shutil
 from pathlib import Path
 
@@ -16,6 +16,7 @@ from ray_pipeline.cli import main
 from ray_pipeline.errors import ConfigError
 from ray_pipeline.final.results import FinalMetrics, Lineage
 from ray_pipeline.final.stage import check_final
+from ray_pipeline.final.worker import epoch_checkpoints
 from ray_pipeline.loading import load_config
 from ray_pipeline.selection import SelectionResult
 from tests.builders import add_hpo_variant
@@ -135,14 +136,6 @@ def test_final_run_modes_a_changed_selection_and_a_named_trial(
     assert_model_classifies(final_dir / "final_tiny-bert_v3" / "model")
 
 
-def _checkpointed_epochs(snapshot: Path) -> int:
-    """Checkpoints Ray Train has registered (what a restarted run restores from)."""
-    try:
-        return len(json.loads(snapshot.read_text()).get("checkpoint_results", []))
-    except (OSError, ValueError):
-        return 0
-
-
 @pytest.mark.usefixtures("ray_cluster")
 def test_a_source_variant_typo_fails_before_any_stage_trains(
     smoke_experiment: MakeExp, tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -159,27 +152,30 @@ def test_a_source_variant_typo_fails_before_any_stage_trains(
     check_final(config, ("hpo", "benchmark", "select", "final"))
 
 
-def test_sigkilled_final_training_is_resumed_by_reuse_if_exists_from_its_last_epoch(
+def test_a_refit_killed_on_two_workers_resumes_on_one_from_its_last_epoch(
     smoke_experiment: MakeExp, tmp_path: Path
 ) -> None:
+    """A spot cluster that came back smaller: a DDP refit (2 workers) is SIGKILLed after an
+    epoch checkpoint; the next run (reuse_if_exists, the default) resumes it on the default
+    one worker, and every epoch is trained exactly once."""
     epochs = 8
     path = smoke_experiment()
     add_hpo_variant(load_config(path), "tiny-bert", 0.5, trial=4)
     args = ("final_training.source.variant=hpo_tiny-bert", f"final_training.epochs={epochs}")
     variant = tmp_path / "outputs" / "t" / "final" / "tiny-bert" / "final_tiny-bert"
-    snapshot = variant / "checkpoints" / "checkpoint_manager_snapshot.json"
 
-    first = cli_process("train", "--config", str(path), *args, log=tmp_path / "first.log")
+    two = "final_training.resources.workers=2"
+    first = cli_process("train", "--config", str(path), *args, two, log=tmp_path / "first.log")
     wait_for(
-        lambda: _checkpointed_epochs(snapshot),
-        "final training's first registered epoch checkpoint",
+        lambda: epoch_checkpoints(variant / "checkpoints"),
+        "the 2-worker refit's first epoch checkpoint",
         timeout=180,
         still_running=lambda: first.poll() is None,
     )
     kill_started([first])  # the driver and the Ray cluster it started
     assert not (variant / "model").exists() and not (variant / "metrics.json").exists()
 
-    log = tmp_path / "second.log"  # the default run.mode, reuse_if_exists, resumes it
+    log = tmp_path / "second.log"
     second = cli_process("train", "--config", str(path), *args, log=log)
     assert second.wait(timeout=300) == 0, log.read_text()[-3000:]
     assert "resume final_tiny-bert" in log.read_text()
@@ -190,8 +186,18 @@ def test_sigkilled_final_training_is_resumed_by_reuse_if_exists_from_its_last_ep
     before = {e.attempt for e in metrics.epochs[:start]}
     after = {e.attempt for e in metrics.epochs[start:]}
     assert len(before) == 1 and len(after) == 1 and before != after  # two runs, one history
+    # The resumed run is the default plan on one node: one task training on all its cores.
+    refit = metrics.refit
+    assert refit is not None and (refit.workers, refit.backend) == (1, "task")
+    found = re.search(r"^ray: (\d+) CPUs", log.read_text(), re.MULTILINE)
+    assert found is not None and refit.threads_per_worker == refit.cpus_per_worker == int(found[1])
+    assert refit.effective_batch_size == metrics.source.trial.training.batch_size
+    # What each epoch really ran on: 2 workers x 1 thread, then 1 worker with every core.
+    ran = [(e.workers, e.threads) for e in metrics.epochs]
+    assert ran == [(2, 1)] * start + [(1, int(found[1]))] * (epochs - start), ran
     assert [p.name for p in variant.parent.iterdir()] == ["final_tiny-bert"]  # one variant
     lineage = read_json(variant / "lineage.json", Lineage)
+    assert lineage.refit == metrics.refit
     assert (lineage.source.trial.variant, lineage.source.trial.number) == ("hpo_tiny-bert", 4)
     # The refit trained with what trial 4 trained with, not trial 0's (the first) settings.
     trained = lineage.source.trial.params["learning_rate"]  # builders: 1e-4 * (number + 1)

@@ -22,7 +22,7 @@ from ray_pipeline.data.examples import Examples
 from ray_pipeline.data.splits import load_splits, read_labelled_file, take
 from ray_pipeline.errors import ConfigError, PipelineError
 from ray_pipeline.identity import benchmark_settings_hash
-from ray_pipeline.resources import Node, cluster_nodes
+from ray_pipeline.resources import Node, cluster_nodes, threads_for
 from ray_pipeline.run_mode import benchmark_run_mode
 from ray_pipeline.schema import BenchmarkSettings, PipelineConfig
 
@@ -152,7 +152,7 @@ def _fan_out(
     from ray_pipeline.benchmark.actor import BenchmarkActor
 
     plan = inputs.actors
-    threads = max(1, int(plan.cpus))
+    threads = threads_for(plan.cpus)
     count = min(plan.slots, len(todo))
     print(f"benchmark: {count} actor(s) ({plan.cpus:g} CPU, {plan.gpus:g} GPU each)")
     by_variant = {t.variant.name: t for t, _ in todo}

@@ -63,6 +63,7 @@ def export(
         final_key_hash=stable_hash(key),
         source=source,
         training=training,
+        refit=metrics.refit,
         data_fingerprint=data_fingerprint(config),
         labels=labels,
         mlflow={
@@ -112,7 +113,7 @@ def model_card(
     config: PipelineConfig, metrics: FinalMetrics, lineage: Lineage, files: VariantFiles
 ) -> str:
     """The exported model's README.md: what it is, how good, how it was chosen, how to use it."""
-    source, trial = metrics.source, metrics.source.trial
+    source, trial, refit = metrics.source, metrics.source.trial, metrics.refit
     task = PIPELINE_TASKS[metrics.task]
     rows = "\n".join(f"| {k} | {v:.4f} |" for k, v in metrics.test_metrics.items())
     params = ", ".join(f"{k}={v}" for k, v in trial.params.items()) or "(none searched)"
@@ -123,6 +124,14 @@ def model_card(
         else "named in `final_training.source`"
     )
     objective = "-" if trial.objective_mean is None else f"{trial.objective_mean:.4f}"
+    ran = (
+        ""
+        if refit is None
+        else (
+            f" with {refit.workers} worker(s) x {refit.threads_per_worker} thread(s) on "
+            f"{refit.device}, batch {refit.effective_batch_size} per step"
+        )
+    )
     return f"""---
 pipeline_tag: {task}
 library_name: transformers
@@ -142,8 +151,8 @@ Labels: {", ".join(lineage.labels)}.
 
 HPO variant `{trial.variant}`, trial {trial.number} ({trial.metric} {objective} in
 cross-validation), {chosen}; hyperparameters: {params}. Refit on all
-{metrics.train_examples} training examples for {len(metrics.epochs)} epoch(s) with
-{metrics.workers} Ray Train worker(s). Lineage (hashes, MLflow run ids, package versions):
+{metrics.train_examples} training examples for {len(metrics.epochs)} epoch(s){ran}.
+Lineage (hashes, MLflow run ids, package versions):
 `{os.path.relpath(files.lineage, files.model)}`.
 
 ## Use

@@ -3,9 +3,9 @@ written next to the exported model (``metrics.json``, ``lineage.json``)."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from ray_pipeline.artifacts import Record
 from ray_pipeline.hpo.results import TrialRecord
@@ -24,10 +24,31 @@ class SourceTrial(Record):
     benchmark_run_id: str | None = None
 
 
+class Refit(Record):
+    """How the refit ran: ``final_training.resources`` as planned on the cluster."""
+
+    workers: int
+    cpus_per_worker: float
+    gpus_per_worker: float
+    threads_per_worker: int
+    """Torch intra-op threads of each worker: the CPUs it reserved."""
+    device: Literal["cpu", "cuda"]
+    backend: Literal["task", "train"]
+    """``task``: one worker, trained in one Ray task; ``train``: a Ray Train DDP worker group."""
+    batch_size_per_worker: int
+    effective_batch_size: int
+    """Examples per optimiser step across the workers (the source trial's batch size, rounded
+    up to a multiple of ``workers``)."""
+
+
 class FinalJob(Record):
     """Everything a final-training worker needs (a plain dict across the Ray boundary)."""
 
     variant: str
+    checkpoints: str
+    """The variant's epoch checkpoints directory (shared storage)."""
+    keep_checkpoints: int
+    batch_size_per_worker: int
     backbone: BackboneConfig
     data: DataConfig
     task: Task
@@ -42,12 +63,20 @@ class EpochRecord(Record):
     train_loss: float
     seconds: float
     attempt: str
+    workers: int = 1
+    """The DDP workers that trained this epoch."""
+    threads: int | None = None
+    """Torch intra-op threads per worker while it trained (None: not recorded)."""
 
 
 class FinalState(Record):
     """Saved with every epoch checkpoint, so a resumed run continues after the last epoch."""
 
     epochs: list[EpochRecord] = Field(default_factory=list)
+    test_metrics: dict[str, float] | None = None
+    """Set in the last epoch's checkpoint, once the refit model was evaluated."""
+    resumed_from_epoch: int | None = None
+    """The first epoch of the latest attempt that resumed from a checkpoint."""
 
     @property
     def next_epoch(self) -> int:
@@ -71,9 +100,22 @@ class FinalMetrics(Record):
     resumed_from_epoch: int | None
     """The first epoch this (resumed) run trained; None when it started from scratch."""
     failures: list[str] = Field(default_factory=list)
-    """The cause of each worker-group failure Ray Train recovered from (resources.max_failures)."""
-    workers: int
+    """The cause of each failed attempt that was retried (resources.max_failures)."""
+    refit: Refit | None
+    """None only in a metrics.json written before final_training.resources existed."""
     seconds: float
+
+    @model_validator(mode="before")
+    @classmethod
+    def _older_metrics(cls, data: Any) -> Any:
+        return upgrade_metrics(data)
+
+
+def upgrade_metrics(data: Any) -> Any:
+    """A metrics.json from before ``refit`` recorded only ``workers``: still readable."""
+    if isinstance(data, dict) and "refit" not in data:
+        return {**{k: v for k, v in data.items() if k != "workers"}, "refit": None}
+    return data
 
 
 class Lineage(Record):
@@ -83,6 +125,8 @@ class Lineage(Record):
     final_key_hash: str
     source: SourceTrial
     training: TrainingParams
+    refit: Refit | None = None
+    """None only in a lineage.json written before final_training.resources existed."""
     data_fingerprint: str
     labels: list[str]
     mlflow: dict[str, str | None]

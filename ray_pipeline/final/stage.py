@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 from ray_pipeline import faults, tracking
@@ -20,17 +19,24 @@ from ray_pipeline.cluster import ctrl_c_unwinds
 from ray_pipeline.data.splits import load_splits
 from ray_pipeline.errors import ConfigError, PipelineError
 from ray_pipeline.final.export import export
-from ray_pipeline.final.results import FinalJob, FinalMetrics, FinalState, SourceTrial
-from ray_pipeline.final.worker import TEST_PREFIX, train_final
+from ray_pipeline.final.results import FinalJob, FinalMetrics, FinalState, Refit, SourceTrial
+from ray_pipeline.final.worker import epoch_checkpoints, read_state, train_in_task, train_on_worker
 from ray_pipeline.hpo.results import HpoResult, TrialRecord, read_hpo
 from ray_pipeline.identity import backbone_identity, changed_keys, final_key, stable_hash
 from ray_pipeline.metrics import BASELINE_METRIC, majority_rate
 from ray_pipeline.naming import variant_number
-from ray_pipeline.paths import CHECKPOINT_MODEL, FINAL_STATE, OutputsLayout
-from ray_pipeline.resources import TrialPlan, cluster_nodes, plan_trials, scaling_config
+from ray_pipeline.paths import CHECKPOINT_MODEL, OutputsLayout
+from ray_pipeline.resources import (
+    TrialPlan,
+    cluster_nodes,
+    plan_final,
+    scaling_config,
+    threads_for,
+)
 from ray_pipeline.run_mode import get_run_mode
 from ray_pipeline.schema import BackboneConfig, PipelineConfig, TrainingParams
 from ray_pipeline.selection import SelectionResult
+from ray_pipeline.training import per_worker_batch
 from ray_pipeline.variants import (
     Variant,
     base_name_for,
@@ -48,7 +54,7 @@ def check_final(config: PipelineConfig, stages: Sequence[str]) -> TrialPlan:
     and what run.mode would do with the final variant."""
     load_splits(config.data)
     tracking.check_tracking(config)
-    plan = plan_trials(config.resources, cluster_nodes())
+    plan = plan_final(config.final_training.resources, config.resources, cluster_nodes())
     _check_source_name(config)
     from_selection = config.final_training.source.variant is None
     if "hpo" not in stages and not (from_selection and "select" in stages):
@@ -214,13 +220,13 @@ def _train_and_export(
     run: tracking.RunRef | None,
     key: dict[str, Any],
 ) -> FinalMetrics:
-    from ray.train import CheckpointConfig, RunConfig
-    from ray.train.torch import TorchTrainer
-
     started = datetime.now(timezone.utc)
-    failure_log = variant.files.failures
+    refit = _refit_of(plan, training)
     job = FinalJob(
         variant=variant.name,
+        checkpoints=str(variant.files.checkpoints),
+        keep_checkpoints=config.final_training.keep_checkpoints,
+        batch_size_per_worker=refit.batch_size_per_worker,
         backbone=backbone,
         data=config.data,
         task=config.data.task,
@@ -228,19 +234,112 @@ def _train_and_export(
         seed=source.trial.seed,
         attempt=started.isoformat(timespec="seconds"),
     )
+    before = epoch_checkpoints(variant.files.checkpoints)
+    start = read_state(before[-1]).next_epoch if before else 0
+    print(
+        f"final {variant.name}: {refit.workers} worker(s) x {refit.threads_per_worker} "
+        f"thread(s) on {refit.device} ({_BACKENDS[refit.backend]}), "
+        f"batch {refit.batch_size_per_worker} per worker = {refit.effective_batch_size} per step"
+    )
+    if plan.in_process:
+        _run_task(plan, job, variant)
+    else:
+        _run_worker_group(plan, job, variant)
+    found = epoch_checkpoints(variant.files.checkpoints)
+    state = read_state(found[-1]) if found else FinalState()
+    if state.test_metrics is None:
+        raise PipelineError(f"final {variant.name}: training ended without a tested checkpoint")
+    splits = load_splits(config.data)
+    majority, rate = majority_rate(splits.train.label_counts(), splits.test.label_counts())
+    metrics = FinalMetrics(
+        variant=variant.name,
+        source=source,
+        task=config.data.task,
+        test_metrics=state.test_metrics,
+        train_examples=len(splits.train),
+        test_examples=len(splits.test),
+        majority_label=majority,
+        majority_rate=rate,
+        epochs=state.epochs,
+        resumed_from_epoch=state.resumed_from_epoch or start or None,
+        failures=[f.cause for f in faults.read_failures(variant.files.failures)],
+        refit=refit,
+        seconds=(datetime.now(timezone.utc) - started).total_seconds(),
+    )
+    export(config, variant, found[-1] / CHECKPOINT_MODEL, metrics, training, key, run)
+    return metrics
+
+
+_BACKENDS = {"task": "one Ray task", "train": "a Ray Train DDP worker group"}
+
+
+def _refit_of(plan: TrialPlan, training: TrainingParams) -> Refit:
+    per_worker = per_worker_batch(training.batch_size, plan.workers)
+    return Refit(
+        workers=plan.workers,
+        cpus_per_worker=plan.cpus_per_worker,
+        gpus_per_worker=plan.gpus_per_worker,
+        threads_per_worker=threads_for(plan.cpus_per_worker),
+        device="cuda" if plan.use_gpu else "cpu",
+        backend="task" if plan.in_process else "train",
+        batch_size_per_worker=per_worker,
+        effective_batch_size=per_worker * plan.workers,
+    )
+
+
+def _run_task(plan: TrialPlan, job: FinalJob, variant: Variant) -> None:
+    """One worker: the epoch loop in one Ray task (seconds to start, where a worker group takes
+    ~20 s). A failed attempt (its process or node lost, or an error) is recorded and retried
+    up to resources.max_failures times, each resuming after the last epoch checkpoint."""
+    import ray
+
+    task = ray.remote(train_in_task).options(
+        num_cpus=plan.cpus_per_worker,
+        num_gpus=plan.gpus_per_worker,
+        max_retries=0,
+        name=f"final {variant.name}",
+    )
+    for attempt in range(plan.max_failures + 1):
+        ref = task.remote(job.model_dump(mode="json"))
+        try:
+            ray.get(ref)
+            return
+        except KeyboardInterrupt:
+            ray.cancel(ref, force=True)
+            raise
+        except ray.exceptions.RayError as exc:
+            cause = faults.cause_of(
+                exc.cause if isinstance(exc, ray.exceptions.RayTaskError) else exc
+            )
+            faults.record_failure(variant.files.failures, None, "task", cause)
+            if attempt == plan.max_failures:
+                raise PipelineError(
+                    f"final {variant.name}: failed after {attempt + 1} attempt(s): {cause}"
+                ) from exc
+            print(
+                f"final {variant.name}: attempt {attempt + 1} failed ({cause}); retrying from "
+                f"the last epoch checkpoint (resources.max_failures={plan.max_failures})"
+            )
+
+
+def _run_worker_group(plan: TrialPlan, job: FinalJob, variant: Variant) -> None:
+    """Several workers: a Ray Train DDP worker group, restarted by Ray Train after a lost
+    worker or node; every restart resumes after the last epoch checkpoint."""
+    from ray.train import RunConfig
+    from ray.train.torch import TorchTrainer
+
+    train_dir = variant.files.train_dir
     trainer = TorchTrainer(
-        train_final,
+        train_on_worker,
         train_loop_config=job.model_dump(mode="json"),
         scaling_config=scaling_config(plan),
         run_config=RunConfig(
-            name=variant.files.checkpoints_name,
-            storage_path=str(variant.path),
-            checkpoint_config=CheckpointConfig(num_to_keep=config.final_training.keep_checkpoints),
-            # A lost worker or node: the worker group restarts from the last epoch checkpoint.
+            name=train_dir.name,
+            storage_path=str(train_dir.parent),
             failure_config=faults.train_failure_config(plan.max_failures),
             callbacks=[
                 faults.train_failure_callback(
-                    failure_log,
+                    variant.files.failures,
                     None,
                     f"final {variant.name}",
                     f"Ray Train retries from the last epoch checkpoint "
@@ -250,37 +349,7 @@ def _train_and_export(
         ),
     )
     with ctrl_c_unwinds():  # Ray Train's own SIGINT handler would make Ctrl-C exit 1
-        result = trainer.fit()
-    if result.checkpoint is None or not result.metrics:
-        raise PipelineError(f"final {variant.name}: training reported no checkpoint")
-    splits = load_splits(config.data)
-    start = int(result.metrics["start_epoch"])
-    test = {
-        k[len(TEST_PREFIX) :]: float(v)
-        for k, v in result.metrics.items()
-        if k.startswith(TEST_PREFIX)
-    }
-    majority, rate = majority_rate(splits.train.label_counts(), splits.test.label_counts())
-    metrics = FinalMetrics(
-        variant=variant.name,
-        source=source,
-        task=config.data.task,
-        test_metrics=test,
-        train_examples=len(splits.train),
-        test_examples=len(splits.test),
-        majority_label=majority,
-        majority_rate=rate,
-        epochs=[],
-        resumed_from_epoch=start or None,
-        failures=[f.cause for f in faults.read_failures(failure_log)],
-        workers=plan.workers,
-        seconds=(datetime.now(timezone.utc) - started).total_seconds(),
-    )
-    with result.checkpoint.as_directory() as directory:
-        state = FinalState.model_validate_json((Path(directory) / FINAL_STATE).read_text())
-        metrics = metrics.model_copy(update={"epochs": state.epochs})
-        export(config, variant, Path(directory) / CHECKPOINT_MODEL, metrics, training, key, run)
-    return metrics
+        trainer.fit()
 
 
 def _print_summary(metrics: FinalMetrics, variant: Variant) -> None:

@@ -1,10 +1,18 @@
-"""The per-worker loop of final training: every epoch on all training data, a checkpoint per
-epoch (model, optimiser, scheduler, epoch records), test-set evaluation after the last one.
-A restarted run continues after the last checkpointed epoch. Knows nothing of Tune."""
+"""The epoch loop of final training, the same on one process or on every DDP worker: every
+epoch on all training data, an epoch checkpoint written by rank 0, test-set evaluation after
+the last one. Knows nothing of Tune; the ``Session`` says where it runs.
+
+Epoch checkpoints are the variant's own (``checkpoints/epoch_<n>/``, renamed into place when
+complete), not Ray Train's: any attempt, with any number of workers, resumes after the last
+one, so a spot cluster that comes back smaller continues the same refit. Each holds the
+training state (model, optimiser, scheduler) and the epoch records; the last epoch's also
+holds the model and tokenizer as export takes them (``model/``) and the test metrics.
+"""
 
 from __future__ import annotations
 
 import math
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -14,115 +22,133 @@ from ray_pipeline.data.encode import encode
 from ray_pipeline.data.splits import load_splits
 from ray_pipeline.final.results import EpochRecord, FinalJob, FinalState
 from ray_pipeline.models import build_model, load_tokenizer
-from ray_pipeline.paths import CHECKPOINT_MODEL, FINAL_STATE, TRAINING_STATE
-from ray_pipeline.training import batches, evaluate, make_optimizer, shard, train_epoch
+from ray_pipeline.paths import CHECKPOINT_MODEL, FINAL_EPOCH_PREFIX, FINAL_STATE, TRAINING_STATE
+from ray_pipeline.sessions import Session, TaskSession, TrainSession, quiet_checkpoints
+from ray_pipeline.training import batches, epoch_shard, evaluate, make_optimizer, train_epoch
 
 if TYPE_CHECKING:
     import torch
 
-TEST_PREFIX = "test_"
+
+def epoch_checkpoints(directory: Path) -> list[Path]:
+    """The complete epoch checkpoints in ``directory``, oldest first."""
+    if not directory.is_dir():
+        return []
+    found = [p for p in directory.glob(f"{FINAL_EPOCH_PREFIX}*") if (p / FINAL_STATE).is_file()]
+    return sorted(found, key=lambda p: int(p.name[len(FINAL_EPOCH_PREFIX) :]))
 
 
-def _restore(model: Any, optimizer: Any, scheduler: Any, device: torch.device) -> FinalState:
-    import ray.train
+def read_state(checkpoint: Path) -> FinalState:
+    return FinalState.model_validate_json((checkpoint / FINAL_STATE).read_text())
+
+
+def _save(
+    job: FinalJob, state: FinalState, model: Any, optimizer: Any, scheduler: Any, tokenizer: Any
+) -> None:
+    """Write the checkpoint after ``state``'s last epoch aside, rename it into place, and keep
+    the newest ``job.keep_checkpoints``."""
     import torch
 
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None:
+    root = Path(job.checkpoints)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"{FINAL_EPOCH_PREFIX}{state.next_epoch:04d}"
+    aside = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=root))
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+        },
+        aside / TRAINING_STATE,
+    )
+    if state.next_epoch == job.training.epochs:  # what export takes (training state resumes)
+        model.save_pretrained(aside / CHECKPOINT_MODEL)
+        tokenizer.save_pretrained(aside / CHECKPOINT_MODEL)
+    (aside / FINAL_STATE).write_text(state.model_dump_json())  # last: marks it complete
+    if final.exists():  # the last epoch again, now with its test metrics
+        shutil.rmtree(final)
+    aside.rename(final)
+    for old in epoch_checkpoints(root)[: -job.keep_checkpoints]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _restore(
+    job: FinalJob, model: Any, optimizer: Any, scheduler: Any, device: torch.device
+) -> FinalState:
+    import torch
+
+    found = epoch_checkpoints(Path(job.checkpoints))
+    if not found:
         return FinalState()
-    with checkpoint.as_directory() as directory:
-        state = FinalState.model_validate_json((Path(directory) / FINAL_STATE).read_text())
-        saved = torch.load(Path(directory) / TRAINING_STATE, map_location=device)
+    saved = torch.load(found[-1] / TRAINING_STATE, map_location=device)
     model.load_state_dict(saved["model"])
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
-    return state
+    return read_state(found[-1])
 
 
-def _report(
-    state: FinalState,
-    start: int,
-    model: Any,
-    optimizer: Any,
-    scheduler: Any,
-    tokenizer: Any,
-    test_metrics: dict[str, float] | None,
-) -> None:
-    """All workers report; rank 0 attaches the epoch checkpoint."""
-    import ray.train
+def run_epochs(job: FinalJob, session: Session) -> None:
+    """Train (or finish training) ``job`` on this worker."""
     import torch
 
-    metrics = {
-        "epoch": state.next_epoch - 1,
-        "train_loss": state.epochs[-1].train_loss if state.epochs else float("nan"),
-        "start_epoch": start,
-        **{f"{TEST_PREFIX}{k}": v for k, v in (test_metrics or {}).items()},
-    }
-    if ray.train.get_context().get_world_rank() != 0:
-        ray.train.report(metrics)
-        return
-    with tempfile.TemporaryDirectory() as directory:
-        path = Path(directory)
-        (path / FINAL_STATE).write_text(state.model_dump_json())
-        torch.save(
-            {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-            },
-            path / TRAINING_STATE,
-        )
-        model.save_pretrained(path / CHECKPOINT_MODEL)
-        tokenizer.save_pretrained(path / CHECKPOINT_MODEL)
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
-
-
-def train_final(config: dict[str, Any]) -> None:
-    """``train_loop_per_worker`` of final training."""
-    import ray.train
-    import ray.train.torch
-
-    job = FinalJob.model_validate(config)
+    quiet_checkpoints()
     splits = load_splits(job.data)
     tokenizer = load_tokenizer(job.backbone)
-    p = job.training
+    p, rank, world = job.training, session.rank, session.world_size
     rows = encode(tokenizer, splits.train, splits.label2id, p.max_length)
-    test_rows = encode(tokenizer, splits.test, splits.label2id, p.max_length)
     pad_id = int(tokenizer.pad_token_id or 0)
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    own = shard(range(len(rows)), rank, world)  # every rank the same number of steps
-    train_rows = [rows[i] for i in own]
     model = build_model(job.backbone, job.task, splits.labels, seed=job.seed)
-    device = ray.train.torch.get_device()
-    ddp = ray.train.torch.prepare_model(model)
-    steps = p.epochs * math.ceil(len(train_rows) / p.batch_size)
-    optimizer, scheduler = make_optimizer(ddp, p, steps)
-    state = _restore(model, optimizer, scheduler, device)
+    ddp = session.prepare(model)
+    per_epoch = math.ceil(math.ceil(len(rows) / world) / job.batch_size_per_worker)
+    optimizer, scheduler = make_optimizer(ddp, p, p.epochs * per_epoch)
+    state = _restore(job, model, optimizer, scheduler, session.device)
     start = state.next_epoch
-    if start:
-        print(f"final {job.variant}: resuming after epoch {start} of {p.epochs}")
+    if start and start < p.epochs:
+        state = state.model_copy(update={"resumed_from_epoch": start})
+        if rank == 0:
+            print(f"final {job.variant}: resuming after epoch {start} of {p.epochs}")
     for epoch in range(start, p.epochs):
-        data = batches(train_rows, p.batch_size, pad_id, job.seed * 10_007 + epoch, device)
+        seed = job.seed * 10_007 + epoch
+        own = [rows[i] for i in epoch_shard(len(rows), seed, rank, world)]
+        data = batches(own, job.batch_size_per_worker, pad_id, None, session.device)
         begin = time.perf_counter()
         loss = train_epoch(ddp, data, optimizer, scheduler)
         record = EpochRecord(
-            epoch=epoch, train_loss=loss, seconds=time.perf_counter() - begin, attempt=job.attempt
+            epoch=epoch,
+            train_loss=loss,
+            seconds=time.perf_counter() - begin,
+            attempt=job.attempt,
+            workers=world,
+            threads=torch.get_num_threads(),
         )
-        state = FinalState(epochs=[*state.epochs, record])
-        print(f"final {job.variant}: epoch {epoch + 1}/{p.epochs} train_loss {loss:.4f}")
-        last = epoch == p.epochs - 1
-        test = _test(model, test_rows, splits.labels, job, pad_id, device) if last else None
-        _report(state, start, model, optimizer, scheduler, tokenizer, test)
-    if start >= p.epochs:  # every epoch was checkpointed before the restart: evaluate again
-        test = _test(model, test_rows, splits.labels, job, pad_id, device)
-        _report(state, start, model, optimizer, scheduler, tokenizer, test)
+        state = state.model_copy(update={"epochs": [*state.epochs, record]})
+        if rank == 0:
+            print(f"final {job.variant}: epoch {epoch + 1}/{p.epochs} train_loss {loss:.4f}")
+            if epoch == p.epochs - 1:
+                state = _tested(job, state, model, tokenizer, pad_id, session.device)
+            _save(job, state, model, optimizer, scheduler, tokenizer)
+        session.report({"epoch": epoch, "train_loss": loss}, None)  # DDP: a barrier
+    if state.test_metrics is None and rank == 0:  # restarted after the last epoch's checkpoint
+        state = _tested(job, state, model, tokenizer, pad_id, session.device)
+        _save(job, state, model, optimizer, scheduler, tokenizer)
 
 
-def _test(model: Any, rows: Any, labels: Any, job: FinalJob, pad_id: int, device: Any) -> Any:
-    import ray.train
-
-    if ray.train.get_context().get_world_rank() != 0:
-        return None
+def _tested(
+    job: FinalJob, state: FinalState, model: Any, tokenizer: Any, pad_id: int, device: Any
+) -> FinalState:
+    """``state`` with the test metrics of ``model``."""
+    splits = load_splits(job.data)
+    rows = encode(tokenizer, splits.test, splits.label2id, job.training.max_length)
     size = max(job.training.batch_size, 32)
-    return evaluate(model, rows, labels, job.task, size, pad_id, device)
+    test = evaluate(model, rows, splits.labels, job.task, size, pad_id, device)
+    return state.model_copy(update={"test_metrics": test})
+
+
+def train_in_task(config: dict[str, Any]) -> None:
+    """The body of final training's Ray task (one worker)."""
+    run_epochs(FinalJob.model_validate(config), TaskSession())
+
+
+def train_on_worker(config: dict[str, Any]) -> None:
+    """``train_loop_per_worker`` of final training's Ray Train worker group (DDP)."""
+    run_epochs(FinalJob.model_validate(config), TrainSession())

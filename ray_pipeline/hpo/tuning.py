@@ -33,9 +33,9 @@ from ray_pipeline.hpo.worker import run_folds, summary, train_folds
 from ray_pipeline.paths import trial_name
 from ray_pipeline.resources import DRIVER_MEMORY_BYTES, TrialPlan, scaling_config
 from ray_pipeline.schema import ParamSpec, SchedulerConfig
+from ray_pipeline.sessions import TaskSession
 
 if TYPE_CHECKING:
-    import torch
     from optuna.storages import BaseStorage
     from ray.tune import ResultGrid
     from ray.tune.experiment import Trial
@@ -138,22 +138,8 @@ class RoundSpec:
     failure_log: str
 
 
-class TuneSession:
+class TuneSession(TaskSession):
     """The fold loop inside the Tune trial itself: one worker, this process's CPU/GPU."""
-
-    rank = 0
-    world_size = 1
-
-    def __init__(self) -> None:
-        import ray
-        import torch
-
-        cuda = bool(ray.get_gpu_ids()) and torch.cuda.is_available()
-        # Ray sets CUDA_VISIBLE_DEVICES to the trial's GPU: it is device 0 here.
-        self.device: torch.device = torch.device("cuda", 0) if cuda else torch.device("cpu")
-
-    def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
-        return model.to(self.device)
 
     def checkpoint(self) -> Any | None:
         from ray import tune

@@ -15,13 +15,12 @@ loses at most one epoch. Knows nothing of Tune or Optuna.
 from __future__ import annotations
 
 import json
-import logging
 import math
 import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any
 
 from ray_pipeline import monitoring
 from ray_pipeline.data.splits import fold_indices
@@ -29,62 +28,8 @@ from ray_pipeline.hpo.cache import Prepared, fresh_model, prepared
 from ray_pipeline.hpo.jobs import TrialJob
 from ray_pipeline.hpo.results import FoldProgress, FoldResult, FoldState
 from ray_pipeline.paths import CHECKPOINT_MODEL, FOLD_STATE, TRAINING_STATE
+from ray_pipeline.sessions import Session, TrainSession, quiet_checkpoints
 from ray_pipeline.training import batches, evaluate, make_optimizer, shard, train_epoch
-
-if TYPE_CHECKING:
-    import torch
-
-CHECKPOINT_LOGGERS = ("ray.train._internal.storage", "ray.train.v2._internal.execution.storage")
-"""Ray's loggers that print "Checkpoint successfully created" at INFO for every checkpoint."""
-
-
-class Session(Protocol):
-    """What the loop needs of the place it runs in (a Tune trial or a Train worker)."""
-
-    rank: int
-    world_size: int
-    device: torch.device
-
-    def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
-        """The model on this worker's device (wrapped for DDP when there are several)."""
-        ...
-
-    def checkpoint(self) -> Any | None:
-        """The last checkpoint this trial reported before a retry (a ``ray.train.Checkpoint``)."""
-        ...
-
-    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
-        """Report ``metrics`` (a barrier across workers), with the directory as a checkpoint."""
-        ...
-
-
-class TrainSession:
-    """The loop on a Ray Train worker: DDP across the worker group."""
-
-    def __init__(self) -> None:
-        import ray.train
-        import ray.train.torch
-
-        context = ray.train.get_context()
-        self.rank, self.world_size = context.get_world_rank(), context.get_world_size()
-        self.device: torch.device = ray.train.torch.get_device()
-
-    def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
-        import ray.train.torch
-
-        prepared_model: torch.nn.Module = ray.train.torch.prepare_model(model)
-        return prepared_model
-
-    def checkpoint(self) -> Any | None:
-        import ray.train
-
-        return ray.train.get_checkpoint()
-
-    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
-        import ray.train
-
-        checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-        ray.train.report(metrics, checkpoint=checkpoint)
 
 
 class FoldRun:
@@ -230,18 +175,9 @@ def _resume(
     return state.model_copy(update={"resumes": [*state.resumes, where]}), fold
 
 
-def _quiet() -> None:
-    """No line per checkpoint (one per epoch) and no progress bar per saved model."""
-    from transformers.utils import logging as transformers_logging
-
-    transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
-    for name in CHECKPOINT_LOGGERS:
-        logging.getLogger(name).setLevel(logging.WARNING)
-
-
 def run_folds(job: TrialJob, session: Session) -> FoldState:
     """The k folds of one trial, resuming where the last checkpoint left off."""
-    _quiet()
+    quiet_checkpoints()
     inputs = prepared(job.study.data, job.study.backbone, job.training.max_length)
     with tempfile.TemporaryDirectory(prefix="ray_pipeline_best_") as keep:
         best_model = Path(keep) / CHECKPOINT_MODEL  # rank 0: the best fold's model so far

@@ -85,6 +85,32 @@ class FinalSource(Section):
         return self
 
 
+class FinalResources(Section):
+    """The refit's own worker group (docs/final-training.md#resources). null fields are chosen
+    from the cluster when final training starts: on GPUs one DDP worker per GPU; on CPUs one
+    worker per node of the largest size, training with all of that node's cores as threads."""
+
+    workers: PositiveInt | None = None
+    """DDP workers (null: as many as the cluster fits, see above; capped by max_workers)."""
+    max_workers: PositiveInt | None = None
+    """Upper bound on the workers chosen when ``workers`` is null."""
+    cpus_per_worker: float | None = Field(default=None, gt=0)
+    """CPUs each worker reserves and trains with as torch threads (null: on CPUs the largest
+    node's cores; on GPUs ``resources.cpus_per_worker``, at most the CPUs per GPU)."""
+    gpus_per_worker: float | None = Field(default=None, ge=0)
+    """GPUs each worker reserves (null: 1 when the cluster has GPUs, else 0)."""
+
+    @model_validator(mode="after")
+    def _whole_gpus(self) -> FinalResources:
+        gpus = self.gpus_per_worker
+        if gpus is not None and 0 < gpus < 1 and (self.workers or 1) > 1:
+            raise ValueError(
+                f"gpus_per_worker={gpus:g} with workers={self.workers}: DDP ranks sharing a "
+                "GPU fail in NCCL; use gpus_per_worker=1"
+            )
+        return self
+
+
 class FinalTrainingConfig(Section):
     run: RunSection = Field(default_factory=RunSection)
     """How existing final-training variants are treated."""
@@ -96,6 +122,8 @@ class FinalTrainingConfig(Section):
     """Epoch checkpoints kept."""
     register_model: bool = False
     """Also register the exported model in the MLflow model registry."""
+    resources: FinalResources = Field(default_factory=FinalResources)
+    """The refit's workers, CPUs and GPUs (default: the whole cluster)."""
 
 
 class TrackingConfig(Section):
@@ -129,8 +157,9 @@ class ResourcesConfig(Section):
     fail at the first loss. 3 suits spot clusters."""
     trial_backend: Literal["auto", "train"] = "auto"
     """auto: a one-worker trial trains inside its Ray Tune trial (a reused process with cached
-    data and weights: seconds of start-up); more workers use a Ray Train worker group (DDP).
-    train: always a Ray Train worker group, also for one worker."""
+    data and weights: seconds of start-up), a one-worker final training in one Ray task; more
+    workers use a Ray Train worker group (DDP). train: always a Ray Train worker group, also
+    for one worker."""
 
     @model_validator(mode="after")
     def _whole_gpus_for_ddp(self) -> ResourcesConfig:
