@@ -86,7 +86,7 @@ def char_tokenizer() -> PreTrainedTokenizerBase:
         pair="[CLS] $A [SEP] $B:1 [SEP]:1",
         special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
     )
-    return PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
+    return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         pad_token="[PAD]",
         unk_token="[UNK]",

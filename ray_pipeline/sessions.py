@@ -23,7 +23,7 @@ def quiet_checkpoints() -> None:
     """No line per checkpoint (one per epoch) and no progress bar per saved model."""
     from transformers.utils import logging as transformers_logging
 
-    transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    transformers_logging.disable_progress_bar()
     for name in CHECKPOINT_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
 

@@ -18,7 +18,7 @@ class BenchmarkActor:
     def __init__(self) -> None:
         from transformers.utils import logging
 
-        logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # per-load bars would flood the driver's log
+        logging.disable_progress_bar()  # per-load bars would flood the driver's log
 
     def run(self, job: dict[str, Any]) -> dict[str, Any]:
         """``BenchmarkJob`` as a dict in, ``BenchmarkResult`` as a dict out."""
