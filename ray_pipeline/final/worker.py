@@ -125,19 +125,24 @@ def run_epochs(job: FinalJob, session: Session) -> None:
         if rank == 0:
             print(f"final {job.variant}: epoch {epoch + 1}/{p.epochs} train_loss {loss:.4f}")
             if epoch == p.epochs - 1:
-                state = _tested(job, state, model, tokenizer, pad_id, session.device)
+                state = _tested(job, state, model, splits, tokenizer, pad_id, session.device)
             _save(job, state, model, optimizer, scheduler, tokenizer)
         session.report({"epoch": epoch, "train_loss": loss}, None)  # DDP: a barrier
     if state.test_metrics is None and rank == 0:  # restarted after the last epoch's checkpoint
-        state = _tested(job, state, model, tokenizer, pad_id, session.device)
+        state = _tested(job, state, model, splits, tokenizer, pad_id, session.device)
         _save(job, state, model, optimizer, scheduler, tokenizer)
 
 
 def _tested(
-    job: FinalJob, state: FinalState, model: Any, tokenizer: Any, pad_id: int, device: Any
+    job: FinalJob,
+    state: FinalState,
+    model: Any,
+    splits: Any,
+    tokenizer: Any,
+    pad_id: int,
+    device: Any,
 ) -> FinalState:
-    """``state`` with the test metrics of ``model``."""
-    splits = load_splits(job.data)
+    """``state`` with the test metrics of ``model`` on ``splits.test``."""
     rows = encode(tokenizer, splits.test, splits.label2id, job.training.max_length)
     size = max(job.training.batch_size, 32)
     test = evaluate(model, rows, splits.labels, job.task, size, pad_id, device)
