@@ -14,6 +14,8 @@ from ray_pipeline.schema import Task, TrainingParams
 if TYPE_CHECKING:
     import torch
 
+    from ray_pipeline.precision import Amp
+
 
 def batches(
     rows: Sequence[Row],
@@ -21,17 +23,54 @@ def batches(
     pad_id: int,
     shuffle_seed: int | None = None,
     device: torch.device | None = None,
+    *,
+    group_by_length: bool = False,
 ) -> Iterator[dict[str, torch.Tensor]]:
-    """Padded batches of ``rows`` on ``device``, shuffled with ``shuffle_seed`` when given."""
-    import torch
-
+    """Padded batches of ``rows`` on ``device``: in order, shuffled with ``shuffle_seed``, or
+    (``group_by_length``) length-grouped with it (``grouped_order``)."""
     order = list(range(len(rows)))
-    if shuffle_seed is not None:
-        generator = torch.Generator().manual_seed(shuffle_seed)
-        order = torch.randperm(len(rows), generator=generator).tolist()
+    if shuffle_seed is not None and group_by_length:
+        lengths = [len(r["input_ids"]) for r in rows]
+        order = grouped_order(lengths, batch_size, shuffle_seed)
+    elif shuffle_seed is not None:
+        order = _permutation(len(rows), shuffle_seed)
     for start in range(0, len(order), batch_size):
         batch = collate([rows[i] for i in order[start : start + batch_size]], pad_id)
         yield {k: v.to(device) for k, v in batch.items()} if device is not None else batch
+
+
+def _permutation(count: int, seed: int) -> list[int]:
+    import torch
+
+    order: list[int] = torch.randperm(count, generator=torch.Generator().manual_seed(seed)).tolist()
+    return order
+
+
+MEGA_BATCHES = 50
+"""Batches per chunk that ``grouped_order`` sorts by length (Hugging Face Trainer's 50)."""
+
+
+def grouped_order(lengths: Sequence[int], batch_size: int, seed: int) -> list[int]:
+    """Every index of ``lengths`` once, so that consecutive ``batch_size`` slices hold rows of
+    similar length: shuffle with ``seed``, sort chunks of up to 50 batches (fewer, so there
+    are at least 4 chunks) by length, cut them into batches and shuffle the batches, the one
+    holding the longest row first (an out-of-memory shows at the first step, not mid-epoch).
+    The last, short batch stays last, so every other batch is full."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(lengths), generator=generator).tolist()
+    chunk = batch_size * max(1, min(len(lengths) // (batch_size * 4), MEGA_BATCHES))
+    ranked: list[int] = []
+    for start in range(0, len(order), chunk):
+        ranked += sorted(order[start : start + chunk], key=lambda i: -lengths[i])
+    groups = [ranked[i : i + batch_size] for i in range(0, len(ranked), batch_size)]
+    tail = [groups.pop()] if groups and len(groups[-1]) < batch_size else []
+    shuffled = [groups[i] for i in torch.randperm(len(groups), generator=generator).tolist()]
+    if shuffled:
+        longest = max(range(len(shuffled)), key=lambda b: max(lengths[i] for i in shuffled[b]))
+        shuffled[0], shuffled[longest] = shuffled[longest], shuffled[0]
+    return [i for group in [*shuffled, *tail] for i in group]
 
 
 def shard(indices: Sequence[int], rank: int, world: int) -> list[int]:
@@ -48,10 +87,7 @@ def shard(indices: Sequence[int], rank: int, world: int) -> list[int]:
 def epoch_shard(count: int, seed: int, rank: int, world: int) -> list[int]:
     """This rank's rows of one epoch: all ``count`` rows shuffled with ``seed`` (the same order
     on every rank), then ``shard``-ed. With one worker: the whole shuffled order."""
-    import torch
-
-    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed)).tolist()
-    return shard(order, rank, world)
+    return shard(_permutation(count, seed), rank, world)
 
 
 def per_worker_batch(batch_size: int, workers: int) -> int:
@@ -63,10 +99,11 @@ def per_worker_batch(batch_size: int, workers: int) -> int:
 def make_optimizer(
     model: torch.nn.Module, params: TrainingParams, total_steps: int
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-    """AdamW with linear warm-up then linear decay over ``total_steps``. Fused on CPU and CUDA:
-    torch's default for-loop AdamW took 200 ms of a 1.5 s MiniLM step here (16 x 64 tokens, one
-    thread), the fused one 30 ms."""
+    """AdamW with linear warm-up then linear decay to 0 over ``total_steps``
+    (``transformers.get_scheduler``). Fused on CPU and CUDA: torch's default for-loop AdamW
+    took 200 ms of a 1.5 s MiniLM step here (16 x 64 tokens, one thread), the fused one 30 ms."""
     import torch
+    from transformers import get_scheduler
 
     devices = {p.device.type for p in model.parameters()}
     optimizer = torch.optim.AdamW(
@@ -76,13 +113,10 @@ def make_optimizer(
         fused=devices <= {"cpu", "cuda"} or None,
     )
     warmup = math.ceil(params.warmup_ratio * total_steps)
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
-
-    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    scheduler: torch.optim.lr_scheduler.LRScheduler = get_scheduler(
+        "linear", optimizer, num_warmup_steps=warmup, num_training_steps=total_steps
+    )
+    return optimizer, scheduler
 
 
 def train_epoch(
@@ -90,14 +124,21 @@ def train_epoch(
     batch_iter: Iterator[dict[str, torch.Tensor]],
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
+    amp: Amp | None = None,
 ) -> float:
-    """Train over the batches once; return the mean loss."""
+    """Train over the batches once (in ``amp``'s precision; default fp32); return the mean
+    loss."""
+    import torch
+
+    from ray_pipeline.precision import Amp
+
+    amp = amp or Amp("fp32", torch.device("cpu"))
     model.train()
     total, count = 0.0, 0
     for batch in batch_iter:
-        loss = model(**batch).loss
-        loss.backward()
-        optimizer.step()
+        with amp.autocast():
+            loss = model(**batch).loss
+        amp.backward_step(loss, optimizer)
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         total += float(loss.detach())
@@ -112,21 +153,25 @@ def predict(
     pad_id: int,
     device: torch.device | None = None,
 ) -> list[Any]:
-    """Predicted label ids: one per example (sequence) or one per labelled token (tokens)."""
+    """Predicted label ids in the order of ``rows``: one per example (sequence) or one per
+    labelled token (tokens). Batches are cut from the rows sorted by length (least padding)."""
     import torch
 
     model.eval()
-    out: list[Any] = []
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i]["input_ids"]))
+    out: list[Any] = [None] * len(rows)
     with torch.inference_mode():
-        for batch in batches(rows, batch_size, pad_id, device=device):
+        for start in range(0, len(order), batch_size):
+            chosen = order[start : start + batch_size]
+            batch = collate([rows[i] for i in chosen], pad_id)
             labels = batch.pop("labels")
-            ids = model(**batch).logits.argmax(dim=-1)
-            if ids.dim() == 1:
-                out.extend(ids.tolist())
-                continue
-            for row_ids, row_labels in zip(ids, labels, strict=True):
-                keep = row_labels != IGNORE_INDEX
-                out.append(row_ids[keep].tolist())
+            inputs = {k: v.to(device) for k, v in batch.items()} if device is not None else batch
+            ids = model(**inputs).logits.argmax(dim=-1).cpu()
+            for row, row_ids, row_labels in zip(chosen, ids, labels, strict=True):
+                if row_ids.dim() == 0:
+                    out[row] = int(row_ids)
+                else:
+                    out[row] = row_ids[row_labels != IGNORE_INDEX].tolist()
     return out
 
 

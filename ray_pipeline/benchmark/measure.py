@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from ray_pipeline.benchmark.results import BenchmarkJob, BenchmarkResult, LatencyStats
 from ray_pipeline.data.encode import Row
 from ray_pipeline.models import TASK_MODEL_CLASSES
+from ray_pipeline.precision import Resolved, dtype_of, resolve
 from ray_pipeline.training import evaluate
 
 if TYPE_CHECKING:
@@ -40,12 +41,14 @@ def describe_device(device: torch.device) -> str:
     return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
 
 
-def load_checkpoint(path: Path, task: str, device: torch.device) -> Any:
-    """The checkpoint's model in eval mode on ``device``."""
+def load_checkpoint(
+    path: Path, task: str, device: torch.device, precision: Resolved = "fp32"
+) -> Any:
+    """The checkpoint's model in eval mode on ``device``, cast to ``precision``."""
     import transformers
 
     cls = getattr(transformers, TASK_MODEL_CLASSES[task])
-    return cls.from_pretrained(str(path)).to(device).eval()
+    return cls.from_pretrained(str(path)).to(device, dtype_of(precision)).eval()
 
 
 def fixed_length_batch(rows: Sequence[Row], batch_size: int, max_length: int, pad_id: int) -> Any:
@@ -128,7 +131,8 @@ def measure(job: BenchmarkJob, actor_id: str = "in-process") -> BenchmarkResult:
     start = time.perf_counter()
     settings = job.settings
     device = pick_device(settings.device)
-    model = load_checkpoint(job.checkpoint, job.task, device)
+    precision = resolve(job.precision, device, "benchmark.benchmarking.precision")
+    model = load_checkpoint(job.checkpoint, job.task, device, precision)
     pad_id = int(model.config.pad_token_id or 0)
     latency = []
     for size in settings.batch_sizes:
@@ -148,6 +152,7 @@ def measure(job: BenchmarkJob, actor_id: str = "in-process") -> BenchmarkResult:
         checkpoint=str(job.checkpoint),
         settings_hash=job.settings_hash,
         device=describe_device(device),
+        precision=precision,
         threads=torch.get_num_threads(),
         max_length=settings.max_length,
         latency=latency,

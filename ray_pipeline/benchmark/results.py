@@ -8,6 +8,7 @@ from ray_pipeline.artifacts import Record
 from ray_pipeline.data.encode import Row
 from ray_pipeline.hpo.results import TrialRecord
 from ray_pipeline.schema import BenchmarkSettings, Task
+from ray_pipeline.schema.hpo import Precision
 
 
 class BenchmarkJob(Record):
@@ -28,6 +29,8 @@ class BenchmarkJob(Record):
     """Encoded ``test_data`` examples, when configured."""
     labels: list[str]
     """Label names by id, as the checkpoint's head orders them."""
+    precision: Precision = "auto"
+    """What to infer in: ``benchmarking.precision``, else the trial's training precision."""
 
 
 class LatencyStats(Record):
@@ -56,6 +59,8 @@ class BenchmarkResult(Record):
     settings_hash: str
     device: str
     """``cpu`` or ``cuda:<n> (<name>)``."""
+    precision: str | None = None
+    """What the model ran in: fp32, bf16 or fp16 (None: measured before precision existed)."""
     threads: int
     max_length: int
     latency: list[LatencyStats]

@@ -114,6 +114,7 @@ def _job(
         timing_rows=timing_rows,
         test_rows=test_rows,
         labels=labels,
+        precision=settings.precision or target.best.training.precision,
     )
 
 
@@ -206,7 +207,11 @@ def _record(
         result = result.model_copy(update={"mlflow_run_id": run.run_id})
     write_json(target.benchmark_file, result)
     if run is not None:
-        tracking.log(run, metrics=_metrics(result), params={"device": result.device})
+        tracking.log(
+            run,
+            metrics=_metrics(result),
+            params={"device": result.device, "precision": result.precision},
+        )
         tracking.log_artifact(run, str(target.benchmark_file))
         tracking.end(run)
     return result
@@ -232,6 +237,6 @@ def _print_result(result: BenchmarkResult) -> None:
     if result.test_metrics:
         test = " | test " + ", ".join(f"{k} {v:.3f}" for k, v in result.test_metrics.items())
     print(
-        f"benchmark {result.trial.label} on {result.device}: {timings}; "
+        f"benchmark {result.trial.label} on {result.device} ({result.precision}): {timings}; "
         f"{result.parameters / 1e6:.1f}M params, {result.size_mb:.1f} MB{test}"
     )

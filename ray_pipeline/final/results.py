@@ -67,6 +67,8 @@ class EpochRecord(Record):
     """The DDP workers that trained this epoch."""
     threads: int | None = None
     """Torch intra-op threads per worker while it trained (None: not recorded)."""
+    precision: str | None = None
+    """What it trained in: fp32, bf16 or fp16 (None: recorded before precision existed)."""
 
 
 class FinalState(Record):

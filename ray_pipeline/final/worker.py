@@ -23,6 +23,7 @@ from ray_pipeline.data.splits import load_splits
 from ray_pipeline.final.results import EpochRecord, FinalJob, FinalState
 from ray_pipeline.models import build_model, load_tokenizer
 from ray_pipeline.paths import CHECKPOINT_MODEL, FINAL_EPOCH_PREFIX, FINAL_STATE, TRAINING_STATE
+from ray_pipeline.precision import Amp, resolve
 from ray_pipeline.sessions import Session, TaskSession, TrainSession, quiet_checkpoints
 from ray_pipeline.training import batches, epoch_shard, evaluate, make_optimizer, train_epoch
 
@@ -43,7 +44,13 @@ def read_state(checkpoint: Path) -> FinalState:
 
 
 def _save(
-    job: FinalJob, state: FinalState, model: Any, optimizer: Any, scheduler: Any, tokenizer: Any
+    job: FinalJob,
+    state: FinalState,
+    model: Any,
+    optimizer: Any,
+    scheduler: Any,
+    amp: Amp,
+    tokenizer: Any,
 ) -> None:
     """Write the checkpoint after ``state``'s last epoch aside, rename it into place, and keep
     the newest ``job.keep_checkpoints``."""
@@ -58,6 +65,7 @@ def _save(
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
+            "scaler": amp.state_dict(),
         },
         aside / TRAINING_STATE,
     )
@@ -73,7 +81,7 @@ def _save(
 
 
 def _restore(
-    job: FinalJob, model: Any, optimizer: Any, scheduler: Any, device: torch.device
+    job: FinalJob, model: Any, optimizer: Any, scheduler: Any, amp: Amp, device: torch.device
 ) -> FinalState:
     import torch
 
@@ -84,6 +92,7 @@ def _restore(
     model.load_state_dict(saved["model"])
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
+    amp.load_state_dict(saved.get("scaler"))
     return read_state(found[-1])
 
 
@@ -101,7 +110,8 @@ def run_epochs(job: FinalJob, session: Session) -> None:
     ddp = session.prepare(model)
     per_epoch = math.ceil(math.ceil(len(rows) / world) / job.batch_size_per_worker)
     optimizer, scheduler = make_optimizer(ddp, p, p.epochs * per_epoch)
-    state = _restore(job, model, optimizer, scheduler, session.device)
+    amp = Amp(resolve(p.precision, session.device, "final training's precision"), session.device)
+    state = _restore(job, model, optimizer, scheduler, amp, session.device)
     start = state.next_epoch
     if start and start < p.epochs:
         state = state.model_copy(update={"resumed_from_epoch": start})
@@ -110,9 +120,17 @@ def run_epochs(job: FinalJob, session: Session) -> None:
     for epoch in range(start, p.epochs):
         seed = job.seed * 10_007 + epoch
         own = [rows[i] for i in epoch_shard(len(rows), seed, rank, world)]
-        data = batches(own, job.batch_size_per_worker, pad_id, None, session.device)
+        # The rank's rows are already shuffled (epoch_shard): grouping sorts them with the seed.
+        data = batches(
+            own,
+            job.batch_size_per_worker,
+            pad_id,
+            seed if p.group_by_length else None,
+            session.device,
+            group_by_length=p.group_by_length,
+        )
         begin = time.perf_counter()
-        loss = train_epoch(ddp, data, optimizer, scheduler)
+        loss = train_epoch(ddp, data, optimizer, scheduler, amp)
         record = EpochRecord(
             epoch=epoch,
             train_loss=loss,
@@ -120,17 +138,21 @@ def run_epochs(job: FinalJob, session: Session) -> None:
             attempt=job.attempt,
             workers=world,
             threads=torch.get_num_threads(),
+            precision=amp.precision,
         )
         state = state.model_copy(update={"epochs": [*state.epochs, record]})
         if rank == 0:
-            print(f"final {job.variant}: epoch {epoch + 1}/{p.epochs} train_loss {loss:.4f}")
+            print(
+                f"final {job.variant}: epoch {epoch + 1}/{p.epochs} train_loss {loss:.4f} "
+                f"({amp.precision})"
+            )
             if epoch == p.epochs - 1:
                 state = _tested(job, state, model, splits, tokenizer, pad_id, session.device)
-            _save(job, state, model, optimizer, scheduler, tokenizer)
+            _save(job, state, model, optimizer, scheduler, amp, tokenizer)
         session.report({"epoch": epoch, "train_loss": loss}, None)  # DDP: a barrier
     if state.test_metrics is None and rank == 0:  # restarted after the last epoch's checkpoint
         state = _tested(job, state, model, splits, tokenizer, pad_id, session.device)
-        _save(job, state, model, optimizer, scheduler, tokenizer)
+        _save(job, state, model, optimizer, scheduler, amp, tokenizer)
 
 
 def _tested(

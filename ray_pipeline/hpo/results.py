@@ -40,6 +40,8 @@ class FoldResult(Record):
     """Ray node id of the rank-0 worker (which node trained it, on a multi-node cluster)."""
     gpu_ids: list[str] = Field(default_factory=list)
     """The GPUs Ray gave the rank-0 worker (several trials may share one: fractional GPUs)."""
+    precision: str | None = None
+    """What it trained in: fp32, bf16 or fp16 (None: recorded before precision existed)."""
 
 
 class FoldProgress(Record):

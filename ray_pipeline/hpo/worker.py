@@ -28,6 +28,7 @@ from ray_pipeline.hpo.cache import Prepared, fresh_model, prepared
 from ray_pipeline.hpo.jobs import TrialJob
 from ray_pipeline.hpo.results import FoldProgress, FoldResult, FoldState
 from ray_pipeline.paths import CHECKPOINT_MODEL, FOLD_STATE, TRAINING_STATE
+from ray_pipeline.precision import Amp, resolve
 from ray_pipeline.sessions import Session, TrainSession, quiet_checkpoints
 from ray_pipeline.training import batches, evaluate, make_optimizer, shard, train_epoch
 
@@ -54,13 +55,22 @@ class FoldRun:
         p = job.training
         steps = p.epochs * math.ceil(len(self.fit_rows) / p.batch_size)
         self.optimizer, self.scheduler = make_optimizer(self.ddp, p, steps)
+        precision = resolve(p.precision, self.device, "hpo.training.precision")
+        self.amp = Amp(precision, self.device)
 
     def train_epoch(self, epoch: int) -> tuple[float, float]:
         seed = self.job.study.seed * 10_007 + self.fold * 101 + epoch
-        pad = self.inputs.pad_id
-        data = batches(self.fit_rows, self.job.training.batch_size, pad, seed, self.device)
+        p, pad = self.job.training, self.inputs.pad_id
+        data = batches(
+            self.fit_rows,
+            p.batch_size,
+            pad,
+            seed,
+            self.device,
+            group_by_length=p.group_by_length,
+        )
         start = time.perf_counter()
-        loss = train_epoch(self.ddp, data, self.optimizer, self.scheduler)
+        loss = train_epoch(self.ddp, data, self.optimizer, self.scheduler, self.amp)
         return loss, time.perf_counter() - start
 
     def evaluate(self) -> dict[str, float]:
@@ -78,6 +88,7 @@ class FoldRun:
                 "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
+                "scaler": self.amp.state_dict(),
             },
             path,
         )
@@ -89,6 +100,7 @@ class FoldRun:
         self.model.load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
+        self.amp.load_state_dict(saved.get("scaler"))
 
 
 def _better(job: TrialJob, a: float, b: float) -> bool:
@@ -235,6 +247,7 @@ def _train_fold(
         seconds=progress.seconds + time.perf_counter() - begin,
         train_step_seconds=progress.step_seconds,
         workers=fold.workers,
+        precision=fold.amp.precision,
         **_placement(),
     )
     best = state.best_fold

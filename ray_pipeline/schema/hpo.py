@@ -12,6 +12,9 @@ from ray_pipeline.naming import check_safe_name
 from ray_pipeline.paths import DEFAULT_STUDY_PATH
 from ray_pipeline.schema.base import PositiveInt, RunSection, Section
 
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+"""Numeric precision of training (and of inference in the benchmark): ``ray_pipeline.precision``."""
+
 
 class TrainingParams(Section):
     learning_rate: float = Field(default=5e-5, gt=0)
@@ -26,6 +29,13 @@ class TrainingParams(Section):
     """Fraction of steps with linear warm-up."""
     max_length: PositiveInt = 128
     """Tokens per example after truncation."""
+    precision: Precision = "auto"
+    """auto: bf16 autocast on CUDA GPUs with native bfloat16, fp32 elsewhere (CPUs included).
+    fp32, bf16, or fp16 (with loss scaling); a device that cannot run it is refused (exit 2).
+    TF32 matmuls are on for every CUDA device."""
+    group_by_length: bool = True
+    """Batch examples of similar length together (less padding; same examples per epoch):
+    shuffle, sort within chunks of up to 50 batches, shuffle the batches."""
 
     def with_params(self, params: Mapping[str, Any]) -> TrainingParams:
         """These settings with a trial's hyperparameters applied (what the trial trains with)."""

@@ -15,7 +15,7 @@ from ray_pipeline.schema.base import (
     RunSection,
     Section,
 )
-from ray_pipeline.schema.hpo import ObjectiveConfig
+from ray_pipeline.schema.hpo import ObjectiveConfig, Precision
 
 
 class BenchmarkSettings(Section):
@@ -29,6 +29,10 @@ class BenchmarkSettings(Section):
     """Sequence length of the timed inputs."""
     device: Literal["cpu", "cuda"] | None = None
     """null: CUDA if the cluster has GPUs, else CPU."""
+    precision: Precision | None = None
+    """Precision of the timed inference (the model is cast to it). null: the precision the
+    trial trained in, ``auto`` resolved on the benchmark's device (bf16 on GPUs that have it,
+    fp32 elsewhere)."""
     cpus_per_actor: float = Field(default=1.0, gt=0)
     """CPUs each CPU benchmark actor reserves (its torch threads); a CUDA actor takes one GPU.
     As many actors run at once as the cluster fits."""
