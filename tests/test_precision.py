@@ -37,7 +37,7 @@ def _cpu_can(monkeypatch: pytest.MonkeyPatch, *can: str) -> None:
 def test_every_precision_is_a_valid_setting(smoke_experiment: MakeExp, value: str) -> None:
     config = load_config(smoke_experiment(), [f"hpo.training.precision={value}"])
     assert config.hpo.training.precision == value
-    assert config.hpo.training.group_by_length is True  # on by default
+    assert config.hpo.training.group_by_length is False  # off by default
 
 
 def test_an_unknown_precision_names_the_key(smoke_experiment: MakeExp) -> None:
@@ -148,7 +148,7 @@ def test_precision_and_grouping_are_part_of_the_study_key(smoke_experiment: Make
         for c in (
             base,
             load_config(exp, ["hpo.training.precision=fp32"]),
-            load_config(exp, ["hpo.training.group_by_length=false"]),
+            load_config(exp, ["hpo.training.group_by_length=true"]),
         )
     }
     assert len(keys) == 3

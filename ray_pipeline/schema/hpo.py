@@ -33,9 +33,10 @@ class TrainingParams(Section):
     """auto: bf16 autocast on CUDA GPUs with native bfloat16, fp32 elsewhere (CPUs included).
     fp32, bf16, or fp16 (with loss scaling); a device that cannot run it is refused (exit 2).
     TF32 matmuls are on for every CUDA device."""
-    group_by_length: bool = True
-    """Batch examples of similar length together (less padding; same examples per epoch):
-    shuffle, sort within chunks of up to 50 batches, shuffle the batches."""
+    group_by_length: bool = False
+    """Batch examples of similar length together (less padding, same examples per epoch):
+    shuffle, sort within chunks of up to 50 batches, shuffle the batches. Faster, but batches
+    of one length can train worse in short runs (docs/configuration.md#precision-and-padding)."""
 
     def with_params(self, params: Mapping[str, Any]) -> TrainingParams:
         """These settings with a trial's hyperparameters applied (what the trial trains with)."""
