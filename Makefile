@@ -31,7 +31,7 @@ demo-data: install
 test: lint demo-data
 	RAY_PIPELINE_REQUIRE_DEMO=1 $(BIN)/pytest --durations=15
 
-# The whole pipeline on the embedded demo (~12 min on 2 CPU cores), then the report.
+# The whole pipeline on the embedded demo (~11 min on 2 CPU cores), then the report.
 demo: install demo-data
 	$(BIN)/ray-pipeline run --config config/experiment/demo.yaml
 	$(BIN)/ray-pipeline report --config config/experiment/demo.yaml
