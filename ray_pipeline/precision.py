@@ -1,6 +1,6 @@
 """Numeric precision of training and inference: which precisions a device can run, what
 ``auto`` means, the config check that refuses the impossible before anything starts, and the
-autocast / loss scaling the training loop applies (docs/configuration.md#precision).
+autocast / loss scaling the training loop applies (docs/configuration.md#precision-and-padding).
 
 ``auto`` is bf16 on CUDA GPUs with native bfloat16 (Ampere and later), fp32 everywhere else:
 on CPUs bf16 autocast pays only with AMX/AVX512-BF16 and changes the numbers, so it is asked

@@ -110,7 +110,7 @@ def run_epochs(job: FinalJob, session: Session) -> None:
     ddp = session.prepare(model)
     per_epoch = math.ceil(math.ceil(len(rows) / world) / job.batch_size_per_worker)
     optimizer, scheduler = make_optimizer(ddp, p, p.epochs * per_epoch)
-    amp = Amp(resolve(p.precision, session.device, "final training's precision"), session.device)
+    amp = Amp(resolve(p.precision, session.device, "hpo.training.precision"), session.device)
     state = _restore(job, model, optimizer, scheduler, amp, session.device)
     start = state.next_epoch
     if start and start < p.epochs:
