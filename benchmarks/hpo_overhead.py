@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import tempfile
@@ -150,7 +149,13 @@ def plain_optuna(outputs: Path, trials: int, folds: int) -> tuple[float, float]:
     from ray_pipeline.data.splits import fold_indices, load_splits
     from ray_pipeline.hpo.search_space import to_distributions
     from ray_pipeline.models import build_model, load_tokenizer
-    from ray_pipeline.training import batches, evaluate, make_optimizer, train_epoch
+    from ray_pipeline.training import (
+        batches,
+        evaluate,
+        make_optimizer,
+        optimizer_steps,
+        train_epoch,
+    )
 
     config = _config(outputs, trials, folds)
     backbone, hpo = config.model.backbones[0], config.hpo
@@ -166,16 +171,20 @@ def plain_optuna(outputs: Path, trials: int, folds: int) -> tuple[float, float]:
         values = []
         for fold in range(folds):
             fit, val = fold_indices(len(rows), splits.train.strata, folds, hpo.seed, fold)
-            model = build_model(backbone, config.data.task, splits.labels, seed=hpo.seed + fold)
+            model = build_model(
+                backbone, config.data.task, splits.labels, hpo.seed + fold, training
+            )
             fit_rows = [rows[i] for i in fit]
-            total = training.epochs * math.ceil(len(fit_rows) / training.batch_size)
+            per_epoch = optimizer_steps(
+                len(fit_rows), training.batch_size, training.gradient_accumulation_steps
+            )
+            total = training.epochs * per_epoch
             optimizer, scheduler = make_optimizer(model, training, total)
             for epoch in range(training.epochs):
                 seed = hpo.seed * 10_007 + fold * 101 + epoch
                 start = time.perf_counter()
-                train_epoch(
-                    model, batches(fit_rows, training.batch_size, pad, seed), optimizer, scheduler
-                )
+                data = batches(fit_rows, training.batch_size, pad, seed)
+                train_epoch(model, data, optimizer, scheduler, None, training)
                 steps += time.perf_counter() - start
             metrics = evaluate(
                 model, [rows[i] for i in val], splits.labels, config.data.task, 32, pad

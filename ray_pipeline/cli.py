@@ -17,6 +17,7 @@ from ray_pipeline.data.demo import fetch_demo_data
 from ray_pipeline.data.inspect import format_report, inspect_data
 from ray_pipeline.errors import EXIT_INTERRUPTED, EXIT_OK, PipelineError
 from ray_pipeline.loading import default_config_path, load_config
+from ray_pipeline.models import check_dropout
 from ray_pipeline.precision import check_config as check_precision
 from ray_pipeline.status import collect_status, format_status
 
@@ -81,6 +82,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     config = load_config(config_path, args.overrides)
     if args.command == "validate":
         check_precision(config)
+        check_dropout(config)
         names = ", ".join(b.name for b in config.model.backbones)
         print(f"valid: {config_path} (experiment {config.experiment.name}; backbones {names})")
         if args.show:

@@ -14,7 +14,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ray_pipeline.schema import BackboneConfig, BenchmarkSettings, PipelineConfig
+from ray_pipeline.schema import (
+    BackboneConfig,
+    BenchmarkSettings,
+    PipelineConfig,
+    SamplerConfig,
+    TrainingParams,
+)
 
 _CHUNK = 1 << 20
 
@@ -59,6 +65,25 @@ def backbone_identity(backbone: BackboneConfig) -> dict[str, Any]:
     return ident
 
 
+KEYED_WHEN_SET = (
+    "lr_schedule",
+    "label_smoothing",
+    "dropout",
+    "classifier_dropout",
+    "gradient_accumulation_steps",
+    "max_grad_norm",
+)
+"""Training settings added after studies were first keyed: in a key only when they differ from
+their default, so a variant keyed before they existed keeps its key and stays reusable."""
+
+
+def training_identity(training: TrainingParams) -> dict[str, Any]:
+    """Training settings as keys hold them (``KEYED_WHEN_SET`` left out at their defaults)."""
+    values = training.model_dump(mode="json")
+    defaults = TrainingParams().model_dump(mode="json")
+    return {k: v for k, v in values.items() if k not in KEYED_WHEN_SET or v != defaults[k]}
+
+
 def study_key(config: PipelineConfig, backbone: BackboneConfig) -> dict[str, Any]:
     """The canonical description of one backbone's study, keyed like the config."""
     hpo = config.hpo
@@ -66,14 +91,29 @@ def study_key(config: PipelineConfig, backbone: BackboneConfig) -> dict[str, Any
         "data": _data_identity(config),
         "backbone": backbone_identity(backbone),
         "hpo": {
-            "search_space": {k: v.model_dump(mode="json") for k, v in hpo.search_space.items()},
-            "training": hpo.training.model_dump(mode="json"),
+            # A condition is keyed only where set: spaces keyed before conditions existed
+            # keep their key.
+            "search_space": {
+                k: v.model_dump(mode="json", exclude=None if v.when else {"when"})
+                for k, v in hpo.search_space.items()
+            },
+            "training": training_identity(hpo.training),
             "k_folds": hpo.k_folds,
             "seed": hpo.seed,
-            "sampler": hpo.sampler,
+            "sampler": sampler_identity(hpo.sampler),
             "objective": hpo.objective.model_dump(mode="json"),
+            # Keyed only where set: studies keyed before it existed keep their key.
+            **({"max_train_examples": hpo.max_train_examples} if hpo.max_train_examples else {}),
         },
     }
+
+
+def sampler_identity(sampler: SamplerConfig) -> Any:
+    """The sampler in a study key: its name alone while its options are Optuna's defaults (so
+    studies keyed before the options existed keep their key), else every setting."""
+    if sampler == SamplerConfig(type=sampler.type):
+        return sampler.type
+    return sampler.model_dump(mode="json")
 
 
 def trial_key_hash(study_hash: str, params: dict[str, Any]) -> str:
@@ -87,11 +127,15 @@ def data_fingerprint(config: PipelineConfig) -> str:
 
 
 def final_key(
-    config: PipelineConfig, trial_key_hash: str, training: dict[str, Any]
+    config: PipelineConfig, trial_key_hash: str, training: TrainingParams
 ) -> dict[str, Any]:
     """What defines a final-training variant: the trial it refits, the settings it trains
     with, and the data (a different winner or changed data needs ``force_new``)."""
-    return {"trial_key_hash": trial_key_hash, "training": training, "data": _data_identity(config)}
+    return {
+        "trial_key_hash": trial_key_hash,
+        "training": training_identity(training),
+        "data": _data_identity(config),
+    }
 
 
 def benchmark_key(settings: BenchmarkSettings) -> dict[str, Any]:

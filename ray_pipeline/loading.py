@@ -228,7 +228,8 @@ def _problems_from(exc: ValidationError, comp: _Composer) -> list[Problem]:
             continue  # already reported as a missing or broken include
         where = ".".join(map(str, loc)) or "(top level)"
         message, show_value = _explain(err, loc)
-        show_value = show_value and bool(loc)  # a cross-section rule names its own keys
+        # A rule over a whole section or across sections names its own keys.
+        show_value = show_value and bool(loc) and not isinstance(err.get("input"), dict)
         problems.append(Problem(where, message, comp.source_of(loc), err.get("input"), show_value))
     return problems
 

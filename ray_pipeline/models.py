@@ -9,10 +9,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ray_pipeline.errors import ConfigError
-from ray_pipeline.schema import BackboneConfig, Task
+from ray_pipeline.schema import BackboneConfig, Task, TrainingParams
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+    from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+    from ray_pipeline.schema import PipelineConfig
 
 TASK_MODEL_CLASSES: dict[str, str] = {
     "sequence_classification": "AutoModelForSequenceClassification",
@@ -109,33 +111,120 @@ def load_tokenizer(backbone: BackboneConfig) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
+BACKBONE_DROPOUT = (
+    "hidden_dropout_prob",  # BERT, RoBERTa, MiniLM, DeBERTa, ELECTRA, ALBERT, MPNet, ...
+    "attention_probs_dropout_prob",
+    "dropout",  # DistilBERT, XLNet, BART
+    "attention_dropout",  # DistilBERT, ModernBERT, BART, Funnel
+    "hidden_dropout",  # Funnel
+    "embedding_dropout",  # ModernBERT
+    "mlp_dropout",
+    "resid_pdrop",  # GPT-2
+    "embd_pdrop",
+    "attn_pdrop",
+    "dropout_rate",  # T5
+)
+"""Config attributes that hold dropout inside a backbone: ``dropout`` sets those it has."""
+
+CLASSIFIER_DROPOUT = (
+    "classifier_dropout",  # BERT family, ModernBERT, BART, T5
+    "seq_classif_dropout",  # DistilBERT
+    "classifier_dropout_prob",  # ALBERT
+    "cls_dropout",  # DeBERTa (read with getattr: absent from its config class)
+)
+"""Config attributes that hold the dropout before the classification head."""
+
+_READ_IF_ABSENT = {"deberta": ("cls_dropout",), "deberta-v2": ("cls_dropout",)}
+"""Head dropout attributes a model reads although its config class does not define them."""
+
+
+def dropout_overrides(
+    config: PretrainedConfig,
+    dropout: float | None = None,
+    classifier_dropout: float | None = None,
+    where: str = "hpo.training",
+) -> dict[str, float]:
+    """The config attributes (and values) that set ``dropout`` and ``classifier_dropout`` on
+    ``config``'s architecture; nothing for a null. ConfigError at ``where``.<key> when a value
+    is set and the architecture has none of the known attributes for it."""
+    found: dict[str, float] = {}
+    for key, value, known in (
+        ("dropout", dropout, BACKBONE_DROPOUT),
+        ("classifier_dropout", classifier_dropout, CLASSIFIER_DROPOUT),
+    ):
+        if value is None:
+            continue
+        absent = _READ_IF_ABSENT.get(config.model_type, ())
+        names = [n for n in known if hasattr(config, n) or n in absent]
+        if not names:
+            raise ConfigError.at(
+                f"{where}.{key}",
+                f"the {config.model_type!r} architecture has none of the dropout settings "
+                f"ray_pipeline knows ({', '.join(known)}): leave {key} null for this backbone",
+            )
+        found.update(dict.fromkeys(names, value))
+    return found
+
+
 def build_model(
-    backbone: BackboneConfig, task: Task, labels: tuple[str, ...], seed: int
+    backbone: BackboneConfig,
+    task: Task,
+    labels: tuple[str, ...],
+    seed: int,
+    training: TrainingParams | None = None,
 ) -> PreTrainedModel:
-    """A model for ``task`` with a fresh head for ``labels``, seeded for reproducibility."""
+    """A model for ``task`` with a fresh head for ``labels``, seeded for reproducibility, with
+    ``training``'s dropout settings in its config (null ones: the backbone's own)."""
     import torch
-    from transformers import AutoConfig
 
     torch.manual_seed(seed)
     id2label = dict(enumerate(labels))
     label2id = {label: i for i, label in id2label.items()}
+    config = model_config(backbone, num_labels=len(labels), id2label=id2label, label2id=label2id)
+    if training is not None:
+        overrides = dropout_overrides(config, training.dropout, training.classifier_dropout)
+        for name, value in overrides.items():
+            setattr(config, name, value)
     cls = model_class(task)
     if backbone.random is not None:
-        config = AutoConfig.for_model(
-            backbone.random.model_type,
-            **{"vocab_size": len(char_vocab()), **backbone.random.config},
-            num_labels=len(labels),
-            id2label=id2label,
-            label2id=label2id,
-        )
         model: PreTrainedModel = cls.from_config(config)
         return model
     model = cls.from_pretrained(
         pretrained_source(backbone),
-        num_labels=len(labels),
-        id2label=id2label,
-        label2id=label2id,
+        config=config,
         trust_remote_code=backbone.trust_remote_code,
         ignore_mismatched_sizes=True,
     )
     return model
+
+
+def model_config(backbone: BackboneConfig, **attributes: Any) -> PretrainedConfig:
+    """The backbone's config (read from its files, or built for a random one) with
+    ``attributes`` set."""
+    from transformers import AutoConfig
+
+    if backbone.random is not None:
+        built = {"vocab_size": len(char_vocab()), **backbone.random.config, **attributes}
+        return AutoConfig.for_model(backbone.random.model_type, **built)
+    config: PretrainedConfig = AutoConfig.from_pretrained(
+        pretrained_source(backbone), trust_remote_code=backbone.trust_remote_code, **attributes
+    )
+    return config
+
+
+def check_dropout(config: PipelineConfig) -> None:
+    """Refuse (exit 2) a dropout setting, fixed or searched, that a backbone's architecture has
+    no attribute for, where its config is at hand without a download (random, local path and
+    package backbones; a hub backbone is checked when its model is built)."""
+    hpo = config.hpo
+    asked: dict[str, str] = {}
+    for key in ("dropout", "classifier_dropout"):
+        if key in hpo.search_space:
+            asked[key] = "hpo.search_space"
+        elif getattr(hpo.training, key) is not None:
+            asked[key] = "hpo.training"
+    for backbone in config.model.backbones if asked else ():
+        if backbone.hub is None:
+            built = model_config(backbone)
+            for key, where in asked.items():
+                dropout_overrides(built, **{key: 0.1}, where=where)

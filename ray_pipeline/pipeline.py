@@ -19,6 +19,7 @@ import yaml
 from ray_pipeline.artifacts import write_text_atomic
 from ray_pipeline.errors import ConfigError
 from ray_pipeline.loading import load_config
+from ray_pipeline.models import check_dropout
 from ray_pipeline.paths import OutputsLayout
 from ray_pipeline.precision import check_config as check_precision
 from ray_pipeline.schema import PipelineConfig
@@ -93,6 +94,7 @@ def run(
     """Run ``stages`` (in pipeline order) of an experiment given as a config or a file path."""
     cfg = config if isinstance(config, PipelineConfig) else load_config(config, tuple(overrides))
     check_precision(cfg)
+    check_dropout(cfg)
     ordered = parse_stages(",".join(stages))
     built = {name: STAGES[name]() for name in ordered}
     if any(stage.needs_ray for stage in built.values()):

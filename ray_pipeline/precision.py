@@ -141,13 +141,25 @@ class Amp:
             self.device_type, dtype=dtype_of(self.precision), enabled=self.precision != "fp32"
         )
 
-    def backward_step(self, loss: Any, optimizer: torch.optim.Optimizer) -> None:
-        """Back-propagate ``loss`` (a scalar tensor) and step ``optimizer`` (scaled for fp16)."""
+    def backward(self, loss: Any) -> None:
+        """Back-propagate ``loss`` (a scalar tensor; scaled for fp16). Gradients add up until
+        ``step``."""
+        (loss if self.scaler is None else self.scaler.scale(loss)).backward()
+
+    def step(self, optimizer: torch.optim.Optimizer, max_grad_norm: float | None = None) -> None:
+        """Step ``optimizer`` on the gradients so far, their total norm clipped to
+        ``max_grad_norm`` first (for fp16, after unscaling them: the bound is on the true
+        gradients; a step with inf or NaN gradients is skipped and the scale lowered)."""
+        import torch
+
+        if max_grad_norm is not None:
+            if self.scaler is not None:
+                self.scaler.unscale_(optimizer)
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+            torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
         if self.scaler is None:
-            loss.backward()
             optimizer.step()
             return
-        self.scaler.scale(loss).backward()
         self.scaler.step(optimizer)
         self.scaler.update()
 

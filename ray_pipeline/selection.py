@@ -3,8 +3,10 @@
 Candidates are the best trials of the benchmarked variants the benchmark strategy covers.
 Rules (``best_model_selection.yaml``): an optional hard limit on p95 latency at one batch size;
 then the objective, or with ``latency_weight > 0`` a trade-off score ``objective' - w *
-latency'`` over min-max normalised values (objective' oriented so higher is better); ties go
-to lower latency, then the smaller model. ``select_best`` is pure (no Ray, no files).
+latency'`` over min-max normalised values (objective' oriented so higher is better), or with
+``rule: one_standard_error`` the best objective for every candidate within one standard error
+of it; ties go to lower latency, then the smaller model. ``select_best`` is pure (no Ray, no
+files).
 
 ``selection/selection.json`` records the winner, every candidate with its score and why it
 lost, and a cache key over the rules and the bytes of every candidate's hpo.json and
@@ -13,6 +15,7 @@ benchmark.json: run.mode ``reuse_if_exists`` reuses it while that key holds.
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Sequence
 from datetime import datetime, timezone
@@ -37,6 +40,7 @@ class SelectionRules(Record):
     max_latency_ms: float | None
     latency_batch_size: int
     latency_weight: float
+    rule: Literal["best", "one_standard_error"] = "best"
 
 
 class Candidate(Record):
@@ -95,6 +99,7 @@ def rules_of(config: PipelineConfig) -> SelectionRules:
         max_latency_ms=selection.max_latency_ms,
         latency_batch_size=selection.latency_batch_size,
         latency_weight=selection.latency_weight,
+        rule=selection.rule,
     )
 
 
@@ -115,7 +120,12 @@ def _verdict(
             f"({r.metric} {c.objective:.4f}, p95 {c.latency_ms:.2f} ms)"
         )
     if c.latency_ms > win.latency_ms:
-        return f"tied score; slower: p95 {c.latency_ms:.2f} ms vs {win.latency_ms:.2f} ms"
+        tied = (
+            f"{r.metric} {c.objective:.4f}, within one standard error of the best"
+            if r.rule == "one_standard_error"
+            else "tied score"
+        )
+        return f"{tied}; slower: p95 {c.latency_ms:.2f} ms vs {win.latency_ms:.2f} ms"
     if c.parameters > win.parameters:
         return f"tied score and latency; larger: {c.parameters} vs {win.parameters} parameters"
     return "tied on every rule; ordered by name"
@@ -142,6 +152,9 @@ def select_best(candidates: Sequence[Candidate], rules: SelectionRules) -> list[
         lat = _normalised([c.latency_ms for c in feasible])
         obj = _normalised(oriented)
         scores = [o - rules.latency_weight * t for o, t in zip(obj, lat, strict=True)]
+    elif rules.rule == "one_standard_error":
+        top, error = _one_standard_error(feasible, oriented)
+        scores = [top if o >= top - error else o for o in oriented]
     else:
         scores = oriented
     ranked = sorted(
@@ -164,6 +177,18 @@ def select_best(candidates: Sequence[Candidate], rules: SelectionRules) -> list[
     return out
 
 
+def _one_standard_error(
+    candidates: Sequence[Candidate], oriented: Sequence[float]
+) -> tuple[float, float]:
+    """The best oriented objective and its standard error: the sample standard deviation of the
+    best candidate's fold scores over the square root of its folds (``objective_std`` is the
+    population one: std / sqrt(k - 1)); 0 with a single fold."""
+    index = max(range(len(oriented)), key=oriented.__getitem__)
+    best = candidates[index]
+    folds = len(best.trial.folds)
+    return oriented[index], best.objective_std / math.sqrt(folds - 1) if folds > 1 else 0.0
+
+
 def explain(ranked: Sequence[Scored], rules: SelectionRules) -> str:
     """One paragraph: who won, under which rules, and why the others lost."""
     win = ranked[0].candidate
@@ -179,6 +204,14 @@ def explain(ranked: Sequence[Scored], rules: SelectionRules) -> str:
     if rules.latency_weight > 0:
         text += (
             f"; score = normalised {rules.metric} - {rules.latency_weight:g} x normalised latency"
+        )
+    if rules.rule == "one_standard_error":
+        feasible_ones = [s.candidate for s in ranked if s.feasible]
+        sign = 1.0 if rules.direction == "maximize" else -1.0
+        top, error = _one_standard_error(feasible_ones, [sign * c.objective for c in feasible_ones])
+        text += (
+            f"; rule one_standard_error: {rules.metric} within {error:.4f} (one standard error) "
+            f"of the best, {sign * top:.4f}, counts as tied, and the fastest of those wins"
         )
     losers = "; ".join(f"{s.candidate.variant}: {s.verdict}" for s in ranked[1:])
     return text + (f". Others: {losers}." if losers else ".")

@@ -3,8 +3,10 @@ Optuna; the HPO worker loop and final training call it."""
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any
 
 from ray_pipeline.data.encode import IGNORE_INDEX, Row, collate
@@ -96,12 +98,19 @@ def per_worker_batch(batch_size: int, workers: int) -> int:
     return math.ceil(batch_size / workers)
 
 
+def optimizer_steps(examples: int, batch_size: int, accumulation: int) -> int:
+    """Optimizer steps in one epoch of ``examples`` rows cut into batches of ``batch_size``, one
+    step per ``accumulation`` batches (the last, shorter group steps too)."""
+    return math.ceil(math.ceil(examples / batch_size) / accumulation)
+
+
 def make_optimizer(
     model: torch.nn.Module, params: TrainingParams, total_steps: int
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-    """AdamW with linear warm-up then linear decay to 0 over ``total_steps``
-    (``transformers.get_scheduler``). Fused on CPU and CUDA: torch's default for-loop AdamW
-    took 200 ms of a 1.5 s MiniLM step here (16 x 64 tokens, one thread), the fused one 30 ms."""
+    """AdamW, and ``params.lr_schedule`` over ``total_steps`` optimizer steps after a linear
+    warm-up (``transformers.get_scheduler``). Fused on CPU and CUDA: torch's default for-loop
+    AdamW took 200 ms of a 1.5 s MiniLM step here (16 x 64 tokens, one thread), the fused one
+    30 ms."""
     import torch
     from transformers import get_scheduler
 
@@ -114,7 +123,7 @@ def make_optimizer(
     )
     warmup = math.ceil(params.warmup_ratio * total_steps)
     scheduler: torch.optim.lr_scheduler.LRScheduler = get_scheduler(
-        "linear", optimizer, num_warmup_steps=warmup, num_training_steps=total_steps
+        params.lr_schedule, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps
     )
     return optimizer, scheduler
 
@@ -125,25 +134,63 @@ def train_epoch(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     amp: Amp | None = None,
+    params: TrainingParams | None = None,
 ) -> float:
-    """Train over the batches once (in ``amp``'s precision; default fp32); return the mean
-    loss."""
+    """Train over the batches once (in ``amp``'s precision; default fp32) with ``params``'
+    loss, accumulation and clipping settings; return the mean loss of the batches.
+
+    One optimizer step per ``gradient_accumulation_steps`` batches, each batch's loss divided
+    by the batches in its group (the last group of an epoch may be shorter), so a group trains
+    like one batch of its rows. A DDP model synchronises gradients on a group's last batch only.
+    """
     import torch
 
     from ray_pipeline.precision import Amp
 
     amp = amp or Amp("fp32", torch.device("cpu"))
+    params = params or TrainingParams()
     model.train()
     total, count = 0.0, 0
-    for batch in batch_iter:
-        with amp.autocast():
-            loss = model(**batch).loss
-        amp.backward_step(loss, optimizer)
+    while group := list(itertools.islice(batch_iter, params.gradient_accumulation_steps)):
+        for position, batch in enumerate(group):
+            with _gradient_sync(model, position == len(group) - 1):
+                with amp.autocast():
+                    loss = training_loss(model, batch, params.label_smoothing)
+                amp.backward(loss / len(group))
+            total += float(loss.detach())
+            count += 1
+        amp.step(optimizer, params.max_grad_norm)
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        total += float(loss.detach())
-        count += 1
     return total / max(count, 1)
+
+
+def training_loss(
+    model: torch.nn.Module, batch: dict[str, torch.Tensor], label_smoothing: float = 0.0
+) -> torch.Tensor:
+    """Cross-entropy of the model's logits on the batch's labels, with ``label_smoothing``;
+    labels ``IGNORE_INDEX`` (special and continuation tokens, padding) do not count. With no
+    smoothing it is the loss the model computes itself."""
+    import torch
+
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    logits = model(**inputs).logits
+    return torch.nn.functional.cross_entropy(
+        logits.flatten(0, -2).float(),
+        batch["labels"].flatten(),
+        ignore_index=IGNORE_INDEX,
+        label_smoothing=label_smoothing,
+    )
+
+
+def _gradient_sync(model: torch.nn.Module, sync: bool) -> AbstractContextManager[Any]:
+    """DDP's ``no_sync`` unless ``sync``: gradients of a group's earlier batches stay local and
+    are all-reduced with its last one."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    if sync or not isinstance(model, DistributedDataParallel):
+        return nullcontext()
+    return model.no_sync()
 
 
 def predict(

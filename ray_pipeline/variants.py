@@ -28,7 +28,9 @@ from ray_pipeline.paths import OutputsLayout, VariantFiles
 from ray_pipeline.run_mode import RunMode
 from ray_pipeline.schema import PipelineConfig
 
-VariantStatus = Literal["running", "complete", "failed"]
+VariantStatus = Literal["running", "complete", "stopped", "failed"]
+"""``stopped``: an HPO budget (``hpo.time_budget_s``, ``hpo.patience``) ended the search before
+``num_samples``; its results are used like a complete variant's, and a later run continues it."""
 Action = Literal["create", "reuse", "resume"]
 _MAX_CREATE_ATTEMPTS = 1000
 
@@ -73,6 +75,11 @@ class Variant:
     @property
     def complete(self) -> bool:
         return self.record.status == "complete"
+
+    @property
+    def usable(self) -> bool:
+        """Its results can feed the later stages: complete, or stopped by a budget."""
+        return self.record.status in ("complete", "stopped")
 
 
 @dataclass(frozen=True)
@@ -209,7 +216,9 @@ def plan_variant(
     if mode == "resume_if_incomplete" and latest.complete:
         return "create", None
     _check_same_study(latest, key, mode)
-    if latest.complete:
+    if latest.complete or latest.record.status == "stopped":
+        # A stopped variant's runs all ended: it is continued as it is (the HPO stage runs
+        # its missing trials), under reuse_if_exists and resume_if_incomplete alike.
         return "reuse", latest
     if mode == "reuse_if_exists" and not auto_resume:
         stage = SECTIONS[latest.record.stage]

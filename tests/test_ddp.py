@@ -1,6 +1,8 @@
-"""DDP in every stage: two workers per trial and for final training on a row count that does
-not divide evenly (33 rows, batch 16: unpadded shards would give the ranks 2 and 1 steps, and
-the rank with fewer would leave the other waiting in an all-reduce for good)."""
+"""DDP in every stage that trains: two workers per trial and for final training on a row
+count that does not divide evenly (33 rows, batch 16: unpadded shards would give the ranks 2
+and 1 steps, and the rank with fewer would leave the other waiting in an all-reduce for good).
+The trial also evaluates after every epoch on rank 0 alone, for ASHA, while rank 1 waits at
+the report."""
 
 from __future__ import annotations
 
@@ -19,11 +21,16 @@ from tests.waits import InThread
 pytestmark = pytest.mark.slow
 
 
-def test_two_workers_on_uneven_rows_complete_every_stage(ray_cluster: None, tmp_path: Path) -> None:
+def test_two_workers_on_uneven_rows_complete_every_training_stage(
+    ray_cluster: None, tmp_path: Path
+) -> None:
     outputs = tmp_path / "outputs"
-    args = ["run", "--config", str(SMOKE), f"outputs_root={outputs}"]
+    # The stages that train; final training refits the search's best trial directly (the
+    # benchmark and the selection run no DDP).
+    args = ["run", "--stages", "hpo,final", "--config", str(SMOKE), f"outputs_root={outputs}"]
+    args += ["final_training.source.variant=hpo_tiny-bert"]
     args += ["resources.workers_per_trial=2", "data.max_train_examples=33"]
-    args += ["hpo.training.batch_size=16", "hpo.num_samples=1"]
+    args += ["hpo.training.batch_size=16", "hpo.num_samples=1", "hpo.scheduler.type=asha"]
     args += ["final_training.resources.workers=2"]  # by default one worker with 2 threads
     run = InThread(main, args)
     assert run.result(timeout=600) == 0  # a DDP hang fails here instead of blocking the suite
@@ -31,6 +38,7 @@ def test_two_workers_on_uneven_rows_complete_every_stage(ray_cluster: None, tmp_
     root = outputs / "smoke"
     hpo = read_json(root / "hpo" / "tiny-bert" / "hpo_tiny-bert" / "hpo.json", HpoResult)
     assert [t.state for t in hpo.trials] == ["COMPLETE"]
+    assert hpo.trials[0].epochs_trained == 4  # 2 folds x 2 epochs, each reported
     assert {f.workers for t in hpo.trials for f in t.folds} == {2}
     # Each fold is validated on its whole held-out part (33 rows, 2 folds), not on a shard.
     assert sorted(f.validation_examples for f in hpo.trials[0].folds) == [16, 17]

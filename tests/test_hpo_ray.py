@@ -172,23 +172,3 @@ def test_a_changed_study_of_any_backbone_exits_2_before_any_backbone_trains(
     outputs = tmp_path / "outputs" / "t"
     assert not (outputs / "hpo" / "tiny-a").exists()  # the first backbone did not start
     assert not (outputs / "config.resolved.yaml").exists()
-
-
-def test_two_ddp_workers_per_trial_with_epoch_reports_and_asha(
-    ray_cluster: None, smoke_experiment: MakeExp, tmp_path: Path
-) -> None:
-    overrides = [
-        "resources.workers_per_trial=2",
-        "hpo.num_samples=1",
-        "hpo.training.epochs=2",
-        "hpo.report_every_epoch=true",
-        "hpo.scheduler.type=asha",
-        "tracking.enabled=false",
-    ]
-    assert main(["hpo", "--config", str(smoke_experiment()), *overrides]) == 0
-    variant = tmp_path / "outputs" / "t" / "hpo" / "tiny-bert" / "hpo_tiny-bert"
-    (trial,) = read_json(variant / "hpo.json", HpoResult).trials
-    assert trial.state == "COMPLETE"
-    assert [f.workers for f in trial.folds] == [2, 2]
-    assert [f.train_examples for f in trial.folds] == [80, 80]
-    assert not (tmp_path / "outputs" / "t" / "mlflow.db").exists()  # tracking off

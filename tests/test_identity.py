@@ -106,3 +106,22 @@ def test_changed_keys_names_dotted_paths() -> None:
         "x (removed, was 1)",
         "y (added: 2)",
     ]
+
+
+def test_settings_added_later_leave_older_keys_unchanged_at_their_defaults(
+    smoke_experiment: MakeExp,
+) -> None:
+    """A variant keyed before lr_schedule, label smoothing, dropout, accumulation and clipping
+    existed (its stored key has none of them) is still the same study while they keep their
+    defaults, and a different one once one is set; the same for a condition and sampler options."""
+    path = smoke_experiment()
+    config = load_config(path)
+    key = study_key(config, config.model.backbones[0])
+    added = {"lr_schedule", "label_smoothing", "dropout", "classifier_dropout"}
+    added |= {"gradient_accumulation_steps", "max_grad_norm"}
+    assert not added & set(key["hpo"]["training"])
+    assert "when" not in key["hpo"]["search_space"]["learning_rate"]
+    assert key["hpo"]["sampler"] == "tpe"
+    smoothed = load_config(path, ["hpo.training.label_smoothing=0.1"])
+    changed = changed_keys(key, study_key(smoothed, smoothed.model.backbones[0]))
+    assert changed == ["hpo.training.label_smoothing (added: 0.1)"]

@@ -119,8 +119,8 @@ def test_bad_search_space(
 def test_unknown_hyperparameter_names_the_choices(smoke_experiment: MakeExp) -> None:
     spec = {"type": "float", "low": 0.0, "high": 0.5}
     with pytest.raises(ConfigError) as exc:
-        load_config(smoke_experiment(hpo={"search_space": {"dropout": spec}}))
-    assert "unknown hyperparameter(s) dropout; choose from learning_rate" in str(exc.value)
+        load_config(smoke_experiment(hpo={"search_space": {"dropout_rate": spec}}))
+    assert "unknown hyperparameter(s) dropout_rate; choose from learning_rate" in str(exc.value)
 
 
 @pytest.mark.parametrize(

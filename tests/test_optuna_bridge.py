@@ -10,11 +10,12 @@ from typing import Any
 
 import optuna
 import pytest
+from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from ray_pipeline.errors import PipelineError
-from ray_pipeline.hpo.search_space import to_distributions
-from ray_pipeline.hpo.tuning import OPTUNA_SEARCH_INTERNALS, TRIAL_NUMBER, StudySearch
+from ray_pipeline.hpo.search_space import DefineSpace
+from ray_pipeline.hpo.tuning import OPTUNA_SEARCH_INTERNALS, TRIAL_NUMBER, Budget, StudySearch
 from ray_pipeline.schema import FloatParam, ParamSpec
 
 
@@ -22,8 +23,9 @@ def _search(storage: optuna.storages.BaseStorage, **extra: Any) -> StudySearch:
     space: dict[str, ParamSpec] = {
         "learning_rate": FloatParam(type="float", low=1e-5, high=1e-3, log=True)
     }
+    extra.setdefault("budget", Budget(time_budget_s=None, patience=None, maximize=True))
     return StudySearch(
-        space=to_distributions(space),
+        space=DefineSpace(space),
         metric="objective",
         mode="max",
         sampler=optuna.samplers.RandomSampler(seed=0),
@@ -72,3 +74,18 @@ def test_a_ray_without_the_internals_is_refused_at_construction(
     monkeypatch.setattr(OptunaSearch, "__init__", renamed)
     with pytest.raises(PipelineError, match="_ot_trials"):
         _search(optuna.storages.InMemoryStorage())
+
+
+def test_a_spent_budget_finishes_the_search_but_not_a_trial_it_already_started() -> None:
+    storage = optuna.storages.InMemoryStorage()
+    search = _search(storage, budget=Budget(time_budget_s=None, patience=1, maximize=True))
+    first = search.suggest("t0")
+    assert isinstance(first, dict) and search.stop_reason is None
+    search.on_trial_complete("t0", {"objective": 0.6, "folds_done": 3})  # the best so far
+    second = search.suggest("t1")
+    assert isinstance(second, dict)
+    search.on_trial_complete("t1", {"objective": 0.5, "folds_done": 3})  # no better: patience 1
+    assert search.suggest("t2") == Searcher.FINISHED
+    assert search.stop_reason == "patience 1: no better objective in the last 1 trials"
+    assert search.suggest("t1") == second  # a known trial (restored) still gets its parameters
+    assert len(optuna.load_study(study_name="bridge", storage=storage).trials) == 2

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from ray_pipeline.cli import main
 from ray_pipeline.errors import ConfigError
-from ray_pipeline.hpo.results import TrialRecord
+from ray_pipeline.hpo.results import FoldResult, TrialRecord
 from ray_pipeline.schema import TrainingParams
 from ray_pipeline.selection import Candidate, SelectionRules, cache_key, explain, select_best
+from tests.conftest import MakeExp
 
 
 def _candidate(variant: str, objective: float, latency: float, parameters: int = 1000) -> Candidate:
@@ -114,3 +116,62 @@ def test_cache_key_covers_rules_and_inputs() -> None:
     assert key != cache_key([SMALL, BIG], _rules(max_latency_ms=50.0))
     changed = SMALL.model_copy(update={"inputs_sha256": "other"})
     assert key != cache_key([changed, BIG], _rules())
+
+
+def _spread(candidate: Candidate, std: float, folds: int) -> Candidate:
+    """``candidate`` with a fold spread: ``std`` over ``folds`` folds."""
+    fold = FoldResult(
+        fold=0,
+        objective=candidate.objective,
+        metrics={},
+        train_loss=0.1,
+        train_examples=10,
+        validation_examples=5,
+        seconds=1.0,
+        train_step_seconds=1.0,
+        workers=1,
+    )
+    trial = candidate.trial.model_copy(update={"folds": [fold] * folds, "objective_std": std})
+    return candidate.model_copy(update={"trial": trial, "objective_std": std})
+
+
+def test_one_standard_error_picks_the_fastest_candidate_within_it() -> None:
+    # BIG's standard error: 0.06 (population std of 4 folds) / sqrt(3) = 0.0346, so MID
+    # (0.88 >= 0.91 - 0.0346) ties with it and is faster; SMALL (0.80) does not.
+    big = _spread(BIG, 0.06, 4)
+    rules = _rules(rule="one_standard_error")
+    ranked = select_best([SMALL, big, MID], rules)
+    assert [s.candidate.variant for s in ranked] == ["hpo_base", "hpo_large", "hpo_small"]
+    assert ranked[1].verdict.startswith("macro_f1 0.9100, within one standard error of the best")
+    text = explain(ranked, rules)
+    assert (
+        "rule one_standard_error: macro_f1 within 0.0346 (one standard error) of the best" in text
+    )
+    # A tighter spread: SE 0.02 / sqrt(3) = 0.0115, MID is out and the most accurate wins.
+    assert select_best([SMALL, _spread(BIG, 0.02, 4), MID], rules)[0].candidate == _spread(
+        BIG, 0.02, 4
+    )
+    assert select_best([SMALL, big, MID], _rules())[0].candidate == big  # rule best
+
+
+def test_one_standard_error_when_lower_is_better() -> None:
+    # Losses: 0.20 ± SE 0.0577 (0.1 / sqrt 3); 0.24 is within it and faster, 0.30 is not.
+    best = _spread(_candidate("hpo_a", 0.20, latency=30.0), 0.1, 4)
+    near = _candidate("hpo_b", 0.24, latency=10.0)
+    far = _candidate("hpo_c", 0.30, latency=1.0)
+    rules = _rules(metric="loss", direction="minimize", rule="one_standard_error")
+    assert [s.candidate.variant for s in select_best([far, best, near], rules)] == [
+        "hpo_b",
+        "hpo_a",
+        "hpo_c",
+    ]
+
+
+def test_one_standard_error_and_a_latency_weight_are_refused(
+    smoke_experiment: MakeExp, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = smoke_experiment()
+    args = ["validate", "--config", str(path), "selection.rule=one_standard_error"]
+    assert main([*args, "selection.latency_weight=0.5"]) == 2
+    assert "one_standard_error already trades the objective for latency" in capsys.readouterr().err
+    assert main(args) == 0

@@ -84,7 +84,7 @@ def variants_in_scope(config: PipelineConfig) -> tuple[list[VariantBest], list[s
     for backbone in config.model.backbones:
         usable: list[VariantBest] = []
         for variant in backbone_variants(config, "hpo", backbone.name):
-            hpo = read_hpo(variant.files) if variant.complete else None
+            hpo = read_hpo(variant.files) if variant.usable else None
             if hpo is None:
                 notes.append(f"{variant.name}: {variant.record.status}, not a candidate")
             elif hpo.best is None or hpo.best_checkpoint is None:

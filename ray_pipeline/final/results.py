@@ -37,8 +37,8 @@ class Refit(Record):
     """``task``: one worker, trained in one Ray task; ``train``: a Ray Train DDP worker group."""
     batch_size_per_worker: int
     effective_batch_size: int
-    """Examples per optimiser step across the workers (the source trial's batch size, rounded
-    up to a multiple of ``workers``)."""
+    """Examples per optimiser step across the workers: the source trial's batch size (rounded
+    up to a multiple of ``workers``) x its ``gradient_accumulation_steps``."""
 
 
 class FinalJob(Record):

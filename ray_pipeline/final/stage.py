@@ -124,7 +124,7 @@ def resolve_source(config: PipelineConfig) -> SourceTrial:
         where = f"final_training.source (the winner in {layout.selection_file})"
         variant = _hpo_variant(config, selection.winner.variant, where)
         number = selection.winner.trial.number
-    hpo = read_hpo(variant.files) if variant.complete else None
+    hpo = read_hpo(variant.files) if variant.usable else None
     if hpo is None:
         raise ConfigError.at(where, f"{variant.name} is {variant.record.status}")
     _check_backbone(config, variant)
@@ -146,8 +146,7 @@ def _training(config: PipelineConfig, source: SourceTrial) -> TrainingParams:
 
 
 def _final_key(config: PipelineConfig, source: SourceTrial) -> dict[str, Any]:
-    training = _training(config, source).model_dump(mode="json")
-    return final_key(config, source.trial.trial_key_hash, training)
+    return final_key(config, source.trial.trial_key_hash, _training(config, source))
 
 
 def _backbone(config: PipelineConfig, name: str) -> BackboneConfig:
@@ -283,7 +282,7 @@ def _refit_of(plan: TrialPlan, training: TrainingParams) -> Refit:
         device="cuda" if plan.use_gpu else "cpu",
         backend="task" if plan.in_process else "train",
         batch_size_per_worker=per_worker,
-        effective_batch_size=per_worker * plan.workers,
+        effective_batch_size=per_worker * plan.workers * training.gradient_accumulation_steps,
     )
 
 

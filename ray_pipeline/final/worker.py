@@ -25,7 +25,14 @@ from ray_pipeline.models import build_model, load_tokenizer
 from ray_pipeline.paths import CHECKPOINT_MODEL, FINAL_EPOCH_PREFIX, FINAL_STATE, TRAINING_STATE
 from ray_pipeline.precision import Amp, resolve
 from ray_pipeline.sessions import Session, TaskSession, TrainSession, quiet_checkpoints
-from ray_pipeline.training import batches, epoch_shard, evaluate, make_optimizer, train_epoch
+from ray_pipeline.training import (
+    batches,
+    epoch_shard,
+    evaluate,
+    make_optimizer,
+    optimizer_steps,
+    train_epoch,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -106,9 +113,10 @@ def run_epochs(job: FinalJob, session: Session) -> None:
     p, rank, world = job.training, session.rank, session.world_size
     rows = encode(tokenizer, splits.train, splits.label2id, p.max_length)
     pad_id = int(tokenizer.pad_token_id or 0)
-    model = build_model(job.backbone, job.task, splits.labels, seed=job.seed)
+    model = build_model(job.backbone, job.task, splits.labels, job.seed, p)
     ddp = session.prepare(model)
-    per_epoch = math.ceil(math.ceil(len(rows) / world) / job.batch_size_per_worker)
+    own_rows = math.ceil(len(rows) / world)
+    per_epoch = optimizer_steps(own_rows, job.batch_size_per_worker, p.gradient_accumulation_steps)
     optimizer, scheduler = make_optimizer(ddp, p, p.epochs * per_epoch)
     amp = Amp(resolve(p.precision, session.device, "hpo.training.precision"), session.device)
     state = _restore(job, model, optimizer, scheduler, amp, session.device)
@@ -130,7 +138,7 @@ def run_epochs(job: FinalJob, session: Session) -> None:
             group_by_length=p.group_by_length,
         )
         begin = time.perf_counter()
-        loss = train_epoch(ddp, data, optimizer, scheduler, amp)
+        loss = train_epoch(ddp, data, optimizer, scheduler, amp, p)
         record = EpochRecord(
             epoch=epoch,
             train_loss=loss,

@@ -3,8 +3,9 @@
 Ray Tune reuses a one-worker trial's process for the next trial (``reuse_actors``), so the
 second trial on a process skips loading and tokenizing the data and reading the backbone's
 weights: it starts in well under a second instead of seconds. Keys are the configs' JSON, so
-a change of data, backbone or ``max_length`` loads afresh. Models are copied out of the cache,
-never handed out, so a trial cannot change what the next one starts from.
+a change of data, backbone or ``max_length`` loads afresh, and one of dropout builds afresh.
+Models are copied out of the cache, never handed out, so a trial cannot change what the next
+one starts from.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from ray_pipeline.data.encode import Row, encode
 from ray_pipeline.data.examples import DatasetSplits
 from ray_pipeline.data.splits import load_splits
 from ray_pipeline.models import build_model, load_tokenizer
-from ray_pipeline.schema import BackboneConfig, DataConfig, Task
+from ray_pipeline.schema import BackboneConfig, DataConfig, Task, TrainingParams
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -54,17 +55,23 @@ def _prepared(data_json: str, backbone_json: str, max_length: int) -> Prepared:
 
 
 def fresh_model(
-    backbone: BackboneConfig, task: Task, labels: tuple[str, ...], seed: int
+    backbone: BackboneConfig,
+    task: Task,
+    labels: tuple[str, ...],
+    seed: int,
+    training: TrainingParams,
 ) -> PreTrainedModel:
-    """A copy of the backbone's model for ``task`` and ``labels``, seeded (cached per process).
+    """A copy of the backbone's model for ``task`` and ``labels``, seeded, with ``training``'s
+    dropout settings (cached per process).
 
     Torch's RNG is seeded again afterwards, so dropout and shuffling draw the same numbers
     whether the model came from the cache or was built."""
     import torch
 
-    key = (backbone.model_dump_json(), task, labels, seed)
+    dropouts = training.dropout, training.classifier_dropout  # all else of it trains the model
+    key = (backbone.model_dump_json(), task, labels, seed, *dropouts)
     if key not in _MODELS:
-        model = build_model(backbone, task, labels, seed)
+        model = build_model(backbone, task, labels, seed, training)
         size = sum(p.numel() * p.element_size() for p in model.parameters())
         while _MODELS and sum(_MODEL_BYTES.values()) + size > MODEL_CACHE_BYTES:
             oldest = next(iter(_MODELS))
@@ -78,6 +85,6 @@ def fresh_model(
     return copied
 
 
-_ModelKey = tuple[str, Task, tuple[str, ...], int]
+_ModelKey = tuple[str, Task, tuple[str, ...], int, float | None, float | None]
 _MODELS: dict[_ModelKey, PreTrainedModel] = {}
 _MODEL_BYTES: dict[_ModelKey, int] = {}

@@ -15,6 +15,8 @@ from ray_pipeline.artifacts import Record, read_json
 from ray_pipeline.paths import VariantFiles
 from ray_pipeline.schema import TrainingParams
 
+ENQUEUED_FROM = "enqueued_from"
+"""Optuna user attribute of an enqueued trial: where its parameters came from."""
 CHECKPOINT_KEY = "checkpoint"
 """In a trial's outcome (its last Tune metrics): the path of the trial's last checkpoint."""
 
@@ -96,6 +98,12 @@ class TrialRecord(Record):
     """Where each retry picked up (see FoldState.resumes): finished folds are not retrained."""
     failures: list[str] = Field(default_factory=list)
     """The cause of each failed attempt that was retried (or was the last)."""
+    epochs_trained: int | None = None
+    """Epochs it trained over all its folds (fewer than k_folds x epochs when a scheduler
+    stopped it; None: not reported)."""
+    enqueued_from: str | None = None
+    """Where its parameters came from when they were enqueued rather than sampled: an earlier
+    variant's trial (``hpo.warm_start``) or ``hpo.enqueue[i]``."""
 
     @property
     def label(self) -> str:
@@ -120,6 +128,12 @@ class HpoResult(Record):
     best_checkpoint: str | None
     """``<variant>/best``: the best trial's best-fold model, kept for the benchmark
     (None until the variant is complete)."""
+    train_examples: int | None = None
+    """Training rows the search split into folds (``hpo.max_train_examples`` may cap them
+    below what final training refits on); None: recorded before it was."""
+    stop_reason: str | None = None
+    """Why the last run stopped launching trials before ``num_samples`` (``hpo.time_budget_s``
+    or ``hpo.patience``); None when it did not."""
 
     @property
     def finished(self) -> int:

@@ -8,6 +8,7 @@ are not re-run, unfinished ones continue after their last fold) and then tops up
 
 from __future__ import annotations
 
+import math
 import shutil
 import statistics
 from pathlib import Path
@@ -18,17 +19,27 @@ from ray_pipeline.artifacts import write_json
 from ray_pipeline.data.splits import check_foldable, load_splits
 from ray_pipeline.errors import PipelineError
 from ray_pipeline.hpo.jobs import StudyJob
-from ray_pipeline.hpo.results import CHECKPOINT_KEY, FoldState, HpoResult, TrialRecord, read_hpo
+from ray_pipeline.hpo.results import (
+    CHECKPOINT_KEY,
+    ENQUEUED_FROM,
+    FoldState,
+    HpoResult,
+    TrialRecord,
+    read_hpo,
+)
+from ray_pipeline.hpo.search_space import fit_point
 from ray_pipeline.hpo.study import count_finished, fail_running, load_study, study_storage
 from ray_pipeline.identity import study_key, trial_key_hash
 from ray_pipeline.paths import CHECKPOINT_MODEL, OutputsLayout, staging_for
 from ray_pipeline.resources import TrialPlan, cluster_nodes, plan_trials
 from ray_pipeline.run_mode import get_run_mode
-from ray_pipeline.schema import BackboneConfig, PipelineConfig
+from ray_pipeline.schema import BackboneConfig, DataConfig, PipelineConfig
 from ray_pipeline.tracking import RunRef
 from ray_pipeline.variants import (
     Decision,
     Variant,
+    VariantStatus,
+    backbone_variants,
     plan_variant,
     resolve_variant,
     set_status,
@@ -40,7 +51,7 @@ def check_hpo(config: PipelineConfig) -> TrialPlan:
     """Everything that can be wrong with the input, checked before anything is written: the
     data, tracking, resources, and what run.mode would do with every backbone's variants (a
     study changed under reuse fails now, not after the other backbones trained)."""
-    check_foldable(load_splits(config.data).train, config.hpo.k_folds)
+    check_foldable(load_splits(search_data(config)).train, config.hpo.k_folds)
     tracking.check_tracking(config)
     for backbone in config.model.backbones:
         plan_variant(
@@ -50,6 +61,15 @@ def check_hpo(config: PipelineConfig) -> TrialPlan:
             auto_resume=config.hpo.checkpoint.auto_resume,
         )
     return plan_trials(config.resources, cluster_nodes())
+
+
+def search_data(config: PipelineConfig) -> DataConfig:
+    """The data the search trains and validates on: ``data``, its training rows capped at
+    ``hpo.max_train_examples`` (a stratified, seeded subset) when that is set."""
+    cap, current = config.hpo.max_train_examples, config.data.max_train_examples
+    if cap is None or (current is not None and current <= cap):
+        return config.data
+    return config.data.model_copy(update={"max_train_examples": cap})
 
 
 def run_hpo(config: PipelineConfig, plan: TrialPlan) -> list[HpoResult]:
@@ -69,7 +89,7 @@ def _job(
         variant=variant,
         study_key_hash=study_key_hash,
         parent_run=parent_run,
-        data=config.data,
+        data=search_data(config),
         backbone=backbone,
         task=config.data.task,
         training=hpo.training,
@@ -77,7 +97,8 @@ def _job(
         seed=hpo.seed,
         metric=hpo.objective.metric,
         direction=hpo.objective.direction,
-        report_every_epoch=hpo.report_every_epoch,
+        # A scheduler compares trials on every epoch's validation score.
+        report_every_epoch=hpo.report_every_epoch or hpo.scheduler.type != "none",
         every_epoch=hpo.checkpoint.every_epoch,
     )
 
@@ -97,6 +118,8 @@ def _run_backbone(config: PipelineConfig, backbone: BackboneConfig, plan: TrialP
     files = variant.files
     storage = study_storage(files, variant.name, hpo.checkpoint)
     study = load_study(storage, variant.name, hpo.objective.direction)
+    if not study.get_trials(deepcopy=False):
+        _enqueue_starts(config, backbone, variant, study)
     previous = _previous(variant)
     parent = tracking.open_variant_run(
         config, "hpo", backbone.name, variant.name, variant.record.study_key_hash
@@ -105,9 +128,9 @@ def _run_backbone(config: PipelineConfig, backbone: BackboneConfig, plan: TrialP
         tracking.end_open_runs(parent)  # runs a stopped process left RUNNING -> KILLED
     try:
         job = _job(config, backbone, variant.name, variant.record.study_key_hash, parent)
-        outcomes = _run_rounds(config, job, decision, storage, study, plan)
-        result = _collect(config, backbone, variant, study, outcomes, previous)
-        if result.finished >= hpo.num_samples:  # unfinished trials still need their checkpoints
+        outcomes, stop_reason = _run_rounds(config, job, decision, storage, study, plan)
+        result = _collect(config, backbone, variant, study, outcomes, previous, stop_reason)
+        if _done(result):  # unfinished trials still need their checkpoints
             result = _keep_best(result, variant, hpo.checkpoint.save_only_best)
         write_json(files.hpo_result, result)
     except BaseException as exc:
@@ -122,7 +145,13 @@ def _run_backbone(config: PipelineConfig, backbone: BackboneConfig, plan: TrialP
             tracking.end_open_runs(parent, status)
             tracking.end(parent, status)
         raise
-    complete = result.finished >= hpo.num_samples
+    complete = _done(result)
+    if hpo.max_train_examples is not None:
+        everything = len(load_splits(config.data).train)
+        print(
+            f"hpo {backbone.name}: searched on {result.train_examples} of {everything} training "
+            "examples (hpo.max_train_examples); final training refits on all of them"
+        )
     if parent is not None:
         ended: tracking.EndStatus = "FINISHED" if complete else "FAILED"
         _track_variant(parent, result, layout.resolved_config, files.hpo_result, ended)
@@ -133,9 +162,57 @@ def _run_backbone(config: PipelineConfig, backbone: BackboneConfig, plan: TrialP
             f"hpo {backbone.name}: only {result.finished} of {hpo.num_samples} trials finished in "
             f"{variant.name}; " + ("; ".join(errors[:3]) or "see the Tune output above")
         )
-    set_status(variant, "complete")
-    _print_summary(result)
+    final_status: VariantStatus = "complete" if result.finished >= hpo.num_samples else "stopped"
+    set_status(variant, final_status)
+    _print_summary(result, final_status)
     return result
+
+
+def _done(result: HpoResult) -> bool:
+    """Every trial finished, or a budget stopped the search with a best trial to show (a
+    later run continues up to ``num_samples``)."""
+    stopped = result.stop_reason is not None and result.best is not None
+    return result.finished >= result.num_samples or stopped
+
+
+def _enqueue_starts(
+    config: PipelineConfig, backbone: BackboneConfig, variant: Variant, study: Any
+) -> None:
+    """A new variant's first trials: the best ``hpo.warm_start`` parameter sets of the latest
+    earlier variant of this backbone (fitted to the current space), then ``hpo.enqueue``."""
+    hpo, label = config.hpo, f"hpo {backbone.name}"
+    starts: list[tuple[dict[str, Any], str]] = []
+    if hpo.warm_start:
+        earlier = [
+            found
+            for v in backbone_variants(config, "hpo", backbone.name)
+            if v.path != variant.path and (found := read_hpo(v.files)) is not None
+        ]
+        if not earlier:
+            print(f"{label}: warm_start: no earlier variant with results; starting cold")
+        else:
+            source = earlier[-1]
+            complete = [
+                t
+                for t in source.trials
+                if t.state == "COMPLETE"
+                and t.objective_mean is not None
+                and not math.isnan(t.objective_mean)
+            ]
+            complete.sort(
+                key=lambda t: t.objective_mean or 0.0, reverse=source.direction == "maximize"
+            )
+            for trial in complete[: hpo.warm_start]:
+                point, notes = fit_point(hpo.search_space, trial.params)
+                origin = trial.label
+                print(
+                    f"{label}: warm start from {origin}: {point}" + "".join(f"; {n}" for n in notes)
+                )
+                starts.append((point, origin))
+    for index, point in enumerate(hpo.enqueue):
+        starts.append((point, f"hpo.enqueue[{index}]"))
+    for point, origin in starts:
+        study.enqueue_trial(point, user_attrs={ENQUEUED_FROM: origin})
 
 
 def _run_rounds(
@@ -145,14 +222,16 @@ def _run_rounds(
     storage: Any,
     study: Any,
     plan: TrialPlan,
-) -> dict[int, dict[str, Any]]:
+) -> tuple[dict[int, dict[str, Any]], str | None]:
     """Restore an interrupted round (when resuming), then run the trials still missing.
-    Returns each trial's last reported metrics, by trial number."""
+    Returns each trial's last reported metrics, by trial number, and why the search stopped
+    launching trials before ``num_samples`` (a budget), if it did."""
     from ray_pipeline.hpo import tuning  # imports ray.tune: not for validate/status/report
 
     variant, hpo, backbone = decision.variant, config.hpo, job.backbone
     files = variant.files
     outcomes: dict[int, dict[str, Any]] = {}
+    stop_reason = None
     rounds = files.rounds()
     if decision.action == "resume" and rounds:
         print(f"hpo {backbone.name}: resuming {variant.name} ({rounds[-1].name})")
@@ -169,22 +248,26 @@ def _run_rounds(
     )
     if missing:
         set_status(variant, "running")
-        grid = tuning.run_round(
+        grid, stop_reason = tuning.run_round(
             experiment_dir=files.round_dir(len(rounds) + 1),
             study_name=variant.name,
             storage=storage,
-            space=hpo.search_space,
+            hpo=hpo,
             job=job,
             plan=plan,
-            scheduler=hpo.scheduler,
-            sampler=hpo.sampler,
             num_samples=missing,
             train_dir=files.train_dir,
             failure_log=files.failures,
         )
         outcomes |= tuning.round_results(grid)
         fail_running(study)
-    return outcomes
+        if stop_reason is not None:
+            print(
+                f"hpo {backbone.name}: {stop_reason}; no new trials launched, running ones "
+                f"finished ({count_finished(study)} of {hpo.num_samples} trials); a later run "
+                "continues up to num_samples"
+            )
+    return outcomes, stop_reason
 
 
 def _track_variant(
@@ -230,6 +313,7 @@ def _collect(
     study: Any,
     outcomes: dict[int, dict[str, Any]],
     previous: dict[int, TrialRecord],
+    stop_reason: str | None = None,
 ) -> HpoResult:
     study_hash = variant.record.study_key_hash
     failures: dict[int, list[str]] = {}
@@ -251,6 +335,9 @@ def _collect(
             state = FoldState()
         values = [f.objective for f in state.folds]
         params = dict(frozen.params)
+        epochs = outcome.get("global_step") if outcome is not None else None
+        if epochs is None and old is not None:
+            epochs = old.epochs_trained
         trials.append(
             TrialRecord(
                 variant=variant.name,
@@ -270,6 +357,8 @@ def _collect(
                 checkpoint=checkpoint,
                 resumes=state.resumes,
                 failures=failures.get(frozen.number, []),
+                epochs_trained=None if epochs is None else int(epochs),
+                enqueued_from=frozen.user_attrs.get(ENQUEUED_FROM),
             )
         )
     complete = [t for t in trials if t.state == "COMPLETE" and t.objective_mean is not None]
@@ -286,6 +375,8 @@ def _collect(
         trials=trials,
         best=best,
         best_checkpoint=None,
+        stop_reason=stop_reason,
+        train_examples=len(load_splits(search_data(config)).train),
     )
 
 
@@ -324,8 +415,8 @@ def _keep_best(result: HpoResult, variant: Variant, only_best: bool) -> HpoResul
     )
 
 
-def _print_summary(result: HpoResult) -> None:
-    print(f"hpo {result.backbone}: {result.variant} complete ({result.finished} trials)")
+def _print_summary(result: HpoResult, status: str) -> None:
+    print(f"hpo {result.backbone}: {result.variant} {status} ({result.finished} trials)")
     for t in result.trials:
         mean = "-" if t.objective_mean is None else f"{t.objective_mean:.4f}"
         std = "" if t.objective_std is None else f" ± {t.objective_std:.4f}"

@@ -12,14 +12,17 @@ recorded.
 
 from __future__ import annotations
 
+import datetime
 import logging
 import math
 import os
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from ray.tune import Callback
+from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from ray_pipeline import faults, monitoring
@@ -27,12 +30,12 @@ from ray_pipeline.errors import PipelineError
 from ray_pipeline.hpo import trial_runs
 from ray_pipeline.hpo.jobs import StudyJob, TrialJob
 from ray_pipeline.hpo.results import CHECKPOINT_KEY
-from ray_pipeline.hpo.search_space import make_sampler, to_distributions
+from ray_pipeline.hpo.search_space import DefineSpace, make_sampler
 from ray_pipeline.hpo.tune_state import repair_recorded_checkpoints
-from ray_pipeline.hpo.worker import run_folds, summary, train_folds
+from ray_pipeline.hpo.worker import SCORE, run_folds, summary, train_folds
 from ray_pipeline.paths import trial_name
 from ray_pipeline.resources import DRIVER_MEMORY_BYTES, TrialPlan, scaling_config
-from ray_pipeline.schema import ParamSpec, SchedulerConfig
+from ray_pipeline.schema import HpoConfig, SchedulerConfig
 from ray_pipeline.sessions import TaskSession
 
 if TYPE_CHECKING:
@@ -57,12 +60,54 @@ OPTUNA_SEARCH_INTERNALS = ("_ot_trials", "_ot_study", "_completed_trials", "_stu
 versions this was tested with, and a construction without them fails at once, naming them."""
 
 
-class StudySearch(OptunaSearch):
-    """OptunaSearch that tells each trial its Optuna number and records early stops as PRUNED."""
+@dataclass(frozen=True)
+class Budget:
+    """When the search stops launching trials: ``hpo.time_budget_s`` after this run's first
+    trial started, or ``hpo.patience`` trials finished in this run in a row without beating
+    the best objective (of the whole study)."""
 
-    def __init__(self, *args: Any, k_folds: int, **kwargs: Any) -> None:
+    time_budget_s: float | None
+    patience: int | None
+    maximize: bool
+
+    def spent(self, study: Any, started: datetime.datetime) -> str | None:
+        """Why no new trial may start in a search whose first trial started at ``started``
+        (this run), or None."""
+        now = datetime.datetime.now()
+        elapsed = (now - started).total_seconds()
+        if self.time_budget_s is not None and elapsed >= self.time_budget_s:
+            return f"time budget of {self.time_budget_s:g} s reached after {elapsed:.0f} s"
+        if self.patience is None:
+            return None
+        finished = [
+            t
+            for t in study.get_trials(deepcopy=False)
+            if t.state.name in ("COMPLETE", "PRUNED") and t.datetime_complete is not None
+        ]
+        best, since = None, 0
+        for trial in sorted(finished, key=lambda t: t.datetime_complete):
+            value = trial.values[0] if trial.state.name == "COMPLETE" else None
+            improved = value is not None and (
+                best is None or (value > best if self.maximize else value < best)
+            )
+            best = value if improved else best
+            if trial.datetime_complete >= started:  # an earlier run's trials set the bar only
+                since = 0 if improved else since + 1
+        if since >= self.patience:
+            return f"patience {self.patience}: no better objective in the last {since} trials"
+        return None
+
+
+class StudySearch(OptunaSearch):
+    """OptunaSearch that tells each trial its Optuna number, records early stops as PRUNED, and
+    stops launching trials when the budget is spent (``stop_reason``)."""
+
+    def __init__(self, *args: Any, k_folds: int, budget: Budget, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._k_folds = k_folds
+        self._budget = budget
+        self._started: datetime.datetime | None = None
+        self.stop_reason: str | None = None
         missing = [name for name in OPTUNA_SEARCH_INTERNALS if not hasattr(self, name)]
         if missing:
             import ray
@@ -72,7 +117,14 @@ class StudySearch(OptunaSearch):
                 "ray_pipeline's search relies on; install the Ray version pyproject.toml pins"
             )
 
-    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:  # type: ignore[override]
+        if trial_id not in self._ot_trials:  # a new trial (not one being restored)
+            if self._started is None:  # Optuna stamps trials with naive local datetimes
+                self._started = datetime.datetime.now()
+            reason = self.stop_reason or self._budget.spent(self._ot_study, self._started)
+            if reason is not None:
+                self.stop_reason = reason
+                return Searcher.FINISHED
         params = super().suggest(trial_id)
         if not isinstance(params, dict):
             return params
@@ -237,19 +289,45 @@ def _dirname(trial: Trial) -> str:
     return trial_name(int(trial.config.get(TRIAL_NUMBER, -1)))
 
 
-def _scheduler(config: SchedulerConfig, k_folds: int, mode: str) -> Any:
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+def _never_pause() -> type:
+    """Ray Tune's MedianStoppingRule that continues a trial it cannot judge yet (too few other
+    trials reached its epoch): Ray's own pauses it whenever another trial is pending, which
+    checkpoints, stops and later restores the trial (for a DDP trial, its whole worker group)."""
+    from ray.tune.schedulers import MedianStoppingRule, TrialScheduler
 
-    if config.type == "none":
-        return FIFOScheduler()  # type: ignore[no-untyped-call]
-    return ASHAScheduler(
-        time_attr="folds_done",
-        metric=OBJECTIVE,
-        mode=mode,
-        max_t=k_folds,
-        grace_period=min(config.grace_period, k_folds),
-        reduction_factor=config.reduction_factor,
-    )
+    class NeverPause(MedianStoppingRule):
+        def _on_insufficient_samples(self, tune_controller: Any, trial: Any, time: float) -> str:
+            return str(TrialScheduler.CONTINUE)
+
+    return NeverPause
+
+
+def _scheduler(config: SchedulerConfig, epochs: int, mode: str) -> Any:
+    """Ray Tune's scheduler for ``hpo.scheduler``: it may stop a trial after any of its
+    ``epochs`` (over all folds), comparing trials' running ``score`` at equal epoch counts."""
+    from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler
+
+    grace = min(config.grace_period, epochs)
+    metric, time_attr = SCORE, "global_step"
+    if config.type == "median":
+        return _never_pause()(
+            time_attr=time_attr,
+            metric=metric,
+            mode=mode,
+            grace_period=grace,
+            min_samples_required=config.min_samples_required,
+        )
+    if config.type in ("asha", "hyperband"):
+        return AsyncHyperBandScheduler(
+            time_attr=time_attr,
+            metric=metric,
+            mode=mode,
+            max_t=epochs,
+            grace_period=grace,
+            reduction_factor=config.reduction_factor,
+            brackets=1 if config.type == "asha" else config.brackets,
+        )
+    return FIFOScheduler()  # type: ignore[no-untyped-call]
 
 
 def run_round(
@@ -257,36 +335,37 @@ def run_round(
     experiment_dir: Path,
     study_name: str,
     storage: BaseStorage,
-    space: dict[str, ParamSpec],
+    hpo: HpoConfig,
     job: StudyJob,
     plan: TrialPlan,
-    scheduler: SchedulerConfig,
-    sampler: Literal["tpe", "random"],
     num_samples: int,
     train_dir: Path,
     failure_log: Path,
-) -> ResultGrid:
-    """Run ``num_samples`` new trials of the study as a fresh Tune experiment."""
+) -> tuple[ResultGrid, str | None]:
+    """Run up to ``num_samples`` new trials of the study as a fresh Tune experiment; return its
+    results and why it stopped launching trials early (a budget), if it did."""
     from ray import tune
 
     mode = "max" if job.direction == "maximize" else "min"
     # Seed per round: a top-up round must not replay the first round's suggestions.
     seed = job.seed + len(storage.get_all_trials(storage.get_study_id_from_name(study_name)))
+    budget = Budget(hpo.time_budget_s, hpo.patience, mode == "max")
     search = StudySearch(
-        space=to_distributions(space),
+        space=DefineSpace(hpo.search_space),
         metric=OBJECTIVE,
         mode=mode,
-        sampler=make_sampler(sampler, seed),
+        sampler=make_sampler(hpo.sampler, seed, hpo.search_space),
         study_name=study_name,
         storage=storage,
         k_folds=job.k_folds,
+        budget=budget,
     )
     spec = RoundSpec(job.model_dump(mode="json"), str(train_dir), asdict(plan), str(failure_log))
     tuner = tune.Tuner(
         _trainable(spec),
         tune_config=tune.TuneConfig(
             search_alg=search,
-            scheduler=_scheduler(scheduler, job.k_folds, mode),
+            scheduler=_scheduler(hpo.scheduler, job.k_folds * job.training.epochs, mode),
             num_samples=num_samples,
             max_concurrent_trials=plan.max_concurrent_trials,
             trial_name_creator=_dirname,
@@ -303,7 +382,7 @@ def run_round(
             callbacks=_callbacks(job, plan, failure_log),
         ),
     )
-    return _fit(tuner)
+    return _fit(tuner), search.stop_reason
 
 
 def _fit(tuner: Any) -> ResultGrid:
@@ -323,7 +402,11 @@ def _fit(tuner: Any) -> ResultGrid:
     saved = {name: os.environ.get(name) for name in settings}
     os.environ.update({k: v for k, v in settings.items() if saved[k] is None})
     try:
-        grid: ResultGrid = tuner.fit()
+        with warnings.catch_warnings():
+            # The define-by-run space also runs the sampler's model (GP, CMA-ES), which can
+            # take seconds: expected, not the misuse Ray's warning is about.
+            warnings.filterwarnings("ignore", message="Define-by-run function passed in the")
+            grid: ResultGrid = tuner.fit()
         return grid
     finally:
         for name, value in saved.items():

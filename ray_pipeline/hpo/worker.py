@@ -30,7 +30,15 @@ from ray_pipeline.hpo.results import FoldProgress, FoldResult, FoldState
 from ray_pipeline.paths import CHECKPOINT_MODEL, FOLD_STATE, TRAINING_STATE
 from ray_pipeline.precision import Amp, resolve
 from ray_pipeline.sessions import Session, TrainSession, quiet_checkpoints
-from ray_pipeline.training import batches, evaluate, make_optimizer, shard, train_epoch
+from ray_pipeline.training import (
+    batches,
+    evaluate,
+    make_optimizer,
+    optimizer_steps,
+    per_worker_batch,
+    shard,
+    train_epoch,
+)
 
 
 class FoldRun:
@@ -46,15 +54,19 @@ class FoldRun:
         self.fit_rows = [rows[i] for i in shard(fit, session.rank, session.world_size)]
         self.val_rows = [rows[i] for i in val]  # rank 0 evaluates the whole validation set
         self.n_fit = len(fit)
+        p = job.training
         # Every fold starts from the backbone's weights with its own seed.
         self.model = fresh_model(
-            job.study.backbone, job.study.task, splits.labels, seed=job.study.seed + fold
+            job.study.backbone, job.study.task, splits.labels, job.study.seed + fold, p
         )
         self.device = session.device
         self.ddp = session.prepare(self.model)
-        p = job.training
-        steps = p.epochs * math.ceil(len(self.fit_rows) / p.batch_size)
-        self.optimizer, self.scheduler = make_optimizer(self.ddp, p, steps)
+        # batch_size is the trial's batch over all its workers, as in final training.
+        self.batch_size = per_worker_batch(p.batch_size, session.world_size)
+        per_epoch = optimizer_steps(
+            len(self.fit_rows), self.batch_size, p.gradient_accumulation_steps
+        )
+        self.optimizer, self.scheduler = make_optimizer(self.ddp, p, p.epochs * per_epoch)
         precision = resolve(p.precision, self.device, "hpo.training.precision")
         self.amp = Amp(precision, self.device)
 
@@ -63,14 +75,14 @@ class FoldRun:
         p, pad = self.job.training, self.inputs.pad_id
         data = batches(
             self.fit_rows,
-            p.batch_size,
+            self.batch_size,
             pad,
             seed,
             self.device,
             group_by_length=p.group_by_length,
         )
         start = time.perf_counter()
-        loss = train_epoch(self.ddp, data, self.optimizer, self.scheduler, self.amp)
+        loss = train_epoch(self.ddp, data, self.optimizer, self.scheduler, self.amp, p)
         return loss, time.perf_counter() - start
 
     def evaluate(self) -> dict[str, float]:
@@ -118,16 +130,37 @@ def summary(state: FoldState) -> dict[str, float]:
     return {"folds_done": len(values), "objective": mean, "objective_std": spread}
 
 
-def _metrics(job: TrialJob, state: FoldState, fold: int, epoch: int, loss: float) -> dict[str, Any]:
-    """What Tune sees after every epoch."""
-    return {
+SCORE = "score"
+"""The running score that schedulers compare trials on, after every epoch."""
+
+
+def _metrics(
+    job: TrialJob,
+    state: FoldState,
+    fold: int,
+    epoch: int,
+    loss: float,
+    epoch_objective: float | None = None,
+) -> dict[str, Any]:
+    """What Tune sees after every epoch. ``score``: the mean of the finished folds' objectives
+    and, inside a fold, the fold's validation score after this epoch; trials are compared on it
+    at equal ``global_step`` (the same fold and epoch), so it is fair across trials. The
+    trial's ``objective`` never includes an unfinished fold."""
+    values = [f.objective for f in state.folds]
+    if epoch_objective is not None:
+        values.append(epoch_objective)
+    metrics = {
         "global_step": fold * job.training.epochs + epoch + 1,
         "fold": fold,
         "epoch": epoch,
         "train_loss": loss,
         **summary(state),
+        SCORE: math.fsum(values) / len(values) if values else math.nan,
         "fold_state": state.model_dump_json(),
     }
+    if epoch_objective is not None:
+        metrics["epoch_objective"] = epoch_objective
+    return metrics
 
 
 def _report(
@@ -228,11 +261,10 @@ def _train_fold(
         if epoch == epochs - 1:
             break
         state = state.model_copy(update={"current": progress})
-        metrics = _metrics(job, state, number, epoch, loss)
+        score = None
         if job.study.report_every_epoch:
-            metrics["epoch_objective"] = (
-                fold.evaluate()[job.study.metric] if session.rank == 0 else 0.0
-            )
+            score = fold.evaluate()[job.study.metric] if session.rank == 0 else math.nan
+        metrics = _metrics(job, state, number, epoch, loss, score)
         saved = fold if job.epoch_checkpoints else None
         _report(session, metrics, state, best_model, saved, checkpoint=saved is not None)
     begin = time.perf_counter()

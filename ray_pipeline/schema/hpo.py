@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -15,6 +16,9 @@ from ray_pipeline.schema.base import PositiveInt, RunSection, Section
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 """Numeric precision of training (and of inference in the benchmark): ``ray_pipeline.precision``."""
 
+LrSchedule = Literal["linear", "cosine", "constant_with_warmup"]
+"""Learning-rate schedules after the warm-up (``transformers.get_scheduler`` names)."""
+
 
 class TrainingParams(Section):
     learning_rate: float = Field(default=5e-5, gt=0)
@@ -24,9 +28,31 @@ class TrainingParams(Section):
     epochs: PositiveInt = 1
     """Epochs per fold."""
     batch_size: PositiveInt = 16
-    """Per-worker batch size."""
+    """Examples per forward pass over all DDP workers (each worker takes batch_size / workers,
+    rounded up; gradient_accumulation_steps of them make one optimizer step)."""
+    gradient_accumulation_steps: PositiveInt = 1
+    """Batches whose gradients are summed into one optimizer step (each batch's loss divided by
+    the batches in its group), so the effective batch is batch_size x this; the last, shorter
+    group of an epoch steps too. The learning-rate schedule counts optimizer steps."""
     warmup_ratio: float = Field(default=0.0, ge=0, lt=1)
-    """Fraction of steps with linear warm-up."""
+    """Fraction of the optimizer steps with linear warm-up from 0 (before every lr_schedule)."""
+    lr_schedule: LrSchedule = "linear"
+    """After the warm-up: linear (decay to 0 at the last step), cosine (half a cosine down to
+    0), or constant_with_warmup (the peak learning rate to the end)."""
+    max_grad_norm: float | None = Field(default=None, gt=0)
+    """Clip the gradients' total L2 norm to this before every optimizer step (after unscaling,
+    with fp16). null: no clipping. Hugging Face Trainer's default is 1.0."""
+    label_smoothing: float = Field(default=0.0, ge=0, lt=1)
+    """Label smoothing of the cross-entropy training loss (0: the plain cross-entropy, the
+    model's own loss). Evaluation is unaffected."""
+    dropout: float | None = Field(default=None, ge=0, lt=1)
+    """Dropout inside the backbone (hidden_dropout_prob and attention_probs_dropout_prob for
+    BERT, RoBERTa, MiniLM, DeBERTa; dropout and attention_dropout for DistilBERT; ...).
+    null: the backbone config's own values. The exported model's config.json records it."""
+    classifier_dropout: float | None = Field(default=None, ge=0, lt=1)
+    """Dropout before the classification head (classifier_dropout for the BERT family,
+    seq_classif_dropout for DistilBERT, cls_dropout for DeBERTa). null: the backbone config's
+    own value (for BERT-like models that is usually null, i.e. the backbone's dropout)."""
     max_length: PositiveInt = 128
     """Tokens per example after truncation."""
     precision: Precision = "auto"
@@ -43,7 +69,14 @@ class TrainingParams(Section):
         return TrainingParams.model_validate({**self.model_dump(), **params})
 
 
-class FloatParam(Section):
+class Conditional(Section):
+    when: dict[str, list[str | int | float | bool]] | None = None
+    """Sample this parameter only when another (an unconditional categorical one) has one of
+    the listed values, e.g. ``{lr_schedule: [cosine]}``; otherwise the trial keeps the
+    ``hpo.training`` value."""
+
+
+class FloatParam(Conditional):
     type: Literal["float"]
     """Parameter kind: float, int or categorical."""
     low: float
@@ -61,7 +94,7 @@ class FloatParam(Section):
         return self
 
 
-class IntParam(Section):
+class IntParam(Conditional):
     type: Literal["int"]
     """Parameter kind: float, int or categorical."""
     low: int
@@ -79,7 +112,7 @@ class IntParam(Section):
         return self
 
 
-class CategoricalParam(Section):
+class CategoricalParam(Conditional):
     type: Literal["categorical"]
     """Parameter kind: float, int or categorical."""
     choices: list[str | int | float | bool] = Field(min_length=1)
@@ -105,13 +138,60 @@ class ObjectiveConfig(Section):
     """Whether larger or smaller values are better."""
 
 
+SchedulerType = Literal["none", "asha", "hyperband", "median"]
+
+
 class SchedulerConfig(Section):
-    type: Literal["none", "asha"] = "none"
-    """Early stopping of poor trials: none, or ASHA over folds."""
+    type: SchedulerType = "none"
+    """Early stopping of poor trials after any epoch (Ray Tune's schedulers): none; asha;
+    hyperband (asynchronous HyperBand: several ASHA brackets); median (the median stopping
+    rule). Trials are compared at equal epoch counts on their running score (docs/hpo.md)."""
     grace_period: PositiveInt = 1
-    """Folds every trial completes before it may be stopped."""
+    """Epochs every trial trains before it may be stopped, counted over its folds (with 2
+    epochs per fold, 3 is fold 1's first epoch)."""
     reduction_factor: float = Field(default=2.0, gt=1)
-    """ASHA's halving rate."""
+    """asha and hyperband: the fraction 1/reduction_factor of trials goes on at each rung."""
+    brackets: PositiveInt = 3
+    """hyperband: the number of brackets (asha is hyperband with one)."""
+    min_samples_required: PositiveInt = 3
+    """median: trials that must have reached an epoch before one is stopped there."""
+
+
+SamplerType = Literal["tpe", "random", "cmaes", "gp", "qmc", "nsga2", "grid"]
+
+STARTUP_SAMPLERS = ("tpe", "gp", "cmaes")
+"""Samplers that take ``n_startup_trials`` (random trials before the model takes over)."""
+
+
+class SamplerConfig(Section):
+    type: SamplerType = "tpe"
+    """Optuna sampler: tpe, random, cmaes (CMA-ES; float/int only), gp (Gaussian process),
+    qmc (Sobol quasi-random; float/int only), nsga2, or grid (every combination of
+    categorical/int values). Seeded with ``hpo.seed``."""
+    n_startup_trials: PositiveInt | None = None
+    """tpe, gp and cmaes: random trials before the model takes over (null: Optuna's default,
+    10 for tpe and gp, none for cmaes)."""
+    multivariate: bool = False
+    """tpe: model the parameters jointly instead of one by one."""
+    group: bool = False
+    """tpe: with multivariate, model conditional parameters in groups of those sampled together."""
+    population_size: int | None = Field(default=None, ge=2)
+    """nsga2: individuals per generation (null: Optuna's 50)."""
+
+    @model_validator(mode="after")
+    def _options_fit(self) -> SamplerConfig:
+        wrong = []
+        if self.n_startup_trials is not None and self.type not in STARTUP_SAMPLERS:
+            wrong.append("n_startup_trials (tpe, gp, cmaes)")
+        if (self.multivariate or self.group) and self.type != "tpe":
+            wrong.append("multivariate/group (tpe)")
+        if self.population_size is not None and self.type != "nsga2":
+            wrong.append("population_size (nsga2)")
+        if wrong:
+            raise ValueError(f"{self.type} does not take {', '.join(wrong)}")
+        if self.group and not self.multivariate:
+            raise ValueError("group needs multivariate: true")
+        return self
 
 
 class StudyCheckpoint(Section):
@@ -156,10 +236,14 @@ class HpoConfig(Section):
     """Trials (hyperparameter sets) per variant."""
     k_folds: int = Field(default=3, ge=2)
     """Cross-validation folds per trial."""
+    max_train_examples: PositiveInt | None = None
+    """Search on at most this many training examples: a stratified subset seeded with
+    ``data.seed``. Final training refits on all of them (``data.max_train_examples`` caps
+    every stage)."""
     seed: int = 42
     """Seeds the sampler and the fold splits."""
-    sampler: Literal["tpe", "random"] = "tpe"
-    """Optuna sampler."""
+    sampler: SamplerConfig = Field(default_factory=SamplerConfig)
+    """Optuna sampler: a name (``tpe``) or a mapping with ``type`` and its options."""
     objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
     """What the search optimises."""
     training: TrainingParams = Field(default_factory=TrainingParams)
@@ -171,9 +255,31 @@ class HpoConfig(Section):
     report_every_epoch: bool = False
     """Also evaluate the fold's validation set after every epoch and report it to Tune as
     ``epoch_objective`` (every epoch is reported either way; the trial's ``objective`` is always
-    the mean over finished folds)."""
+    the mean over finished folds). On whenever a scheduler is: it compares these scores."""
+    time_budget_s: float | None = Field(default=None, gt=0)
+    """Stop launching trials this many seconds after this run's first trial started; running
+    trials finish. A later run continues up to ``num_samples`` (docs/hpo.md#search-options)."""
+    patience: PositiveInt | None = None
+    """Stop launching trials after this many finished trials in a row did not improve the
+    best objective; running trials finish."""
+    warm_start: int = Field(default=0, ge=0)
+    """A new variant first runs the best N parameter sets of the latest earlier variant of the
+    same backbone (parameters the new space lacks are dropped, values outside it clipped)."""
+    enqueue: list[dict[str, Any]] = Field(default_factory=list)
+    """Hand-written parameter sets a new variant runs first (after the warm start); each a
+    mapping of search-space names to values."""
     checkpoint: StudyCheckpoint = Field(default_factory=StudyCheckpoint)
     """Study naming and storage."""
+
+    @field_validator("sampler", mode="before")
+    @classmethod
+    def _sampler_name(cls, value: Any) -> Any:
+        return {"type": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _search_fits(self) -> HpoConfig:
+        check_search(self)
+        return self
 
     @field_validator("search_space")
     @classmethod
@@ -205,3 +311,149 @@ def _fit_to_field(name: str, spec: Any) -> Any:
     if isinstance(spec, CategoricalParam):
         return spec.model_copy(update={"choices": coerced})
     return spec
+
+
+def grid_values(spec: ParamSpec) -> list[Any] | None:
+    """Every value a grid search tries for ``spec``, or None when it has no finite grid (a
+    float range without ``step``)."""
+    if isinstance(spec, CategoricalParam):
+        return list(spec.choices)
+    if isinstance(spec, IntParam):
+        return list(range(spec.low, spec.high + 1, spec.step))
+    if spec.step is None:
+        return None
+    return [spec.low + i * spec.step for i in range(_steps(spec.low, spec.high, spec.step) + 1)]
+
+
+def _steps(low: float, high: float, step: float) -> int:
+    """Whole steps from ``low`` that stay within ``high`` (as Optuna narrows a stepped range)."""
+    return math.floor((high - low) / step + 1e-9)
+
+
+def top_of(spec: FloatParam | IntParam) -> float:
+    """The largest value the parameter takes: ``high``, or its last step below it."""
+    if isinstance(spec, FloatParam) and spec.step is None:
+        return spec.high
+    step = spec.step or 1
+    return spec.low + _steps(spec.low, spec.high, step) * step
+
+
+def in_space(spec: ParamSpec, value: Any) -> bool:
+    """Whether ``value`` is one the parameter can take: one of its choices, or a number within
+    its bounds and on its step grid."""
+    if isinstance(spec, CategoricalParam):
+        return value in spec.choices
+    if not isinstance(value, int | float) or not spec.low <= value <= top_of(spec):
+        return False
+    if isinstance(spec, IntParam) and value != int(value):
+        return False
+    step = spec.step if isinstance(spec, FloatParam) else (spec.step if spec.step > 1 else None)
+    if step is None:
+        return True
+    offset = (value - spec.low) / step
+    return abs(offset - round(offset)) < 1e-6
+
+
+def condition_holds(spec: ParamSpec, point: Mapping[str, Any]) -> bool:
+    """Whether a parameter is sampled given the other values of ``point``: it has no ``when``,
+    or each parameter ``when`` names has one of the listed values there."""
+    return all(point.get(parent) in values for parent, values in (spec.when or {}).items())
+
+
+SPACE_LIMITS: dict[str, tuple[str, ...]] = {
+    "cmaes": ("categorical", "conditional", "one"),
+    "qmc": ("categorical", "conditional"),
+    "gp": ("conditional",),
+    "nsga2": ("conditional",),
+    "grid": ("conditional", "continuous"),
+}
+"""What each sampler cannot handle: Optuna would silently fall back to random sampling for it."""
+
+
+def check_search(hpo: HpoConfig) -> None:
+    """Refuse combinations the search cannot honour (each message names its key): conditions on
+    parameters that are not unconditional categorical ones, a sampler that cannot sample the
+    space, a scheduler comparing trials whose epoch counts differ, and enqueued points that lie
+    outside the space."""
+    space = hpo.search_space
+    for name, spec in space.items():
+        for parent, values in (spec.when or {}).items():
+            ref = space.get(parent)
+            if not isinstance(ref, CategoricalParam) or ref.when or parent == name:
+                raise ValueError(
+                    f"search_space.{name}.when: {parent} must be another, unconditional, "
+                    "categorical parameter of the search space"
+                )
+            missing = [v for v in values if v not in ref.choices]
+            if missing:
+                raise ValueError(
+                    f"search_space.{name}.when: {missing} not among the choices of "
+                    f"{parent}: {ref.choices}"
+                )
+    kind = hpo.sampler.type
+    problems = {
+        "categorical": sorted(n for n, s in space.items() if isinstance(s, CategoricalParam)),
+        "conditional": sorted(n for n, s in space.items() if s.when),
+        "continuous": sorted(n for n, s in space.items() if grid_values(s) is None),
+        "one": list(space) if len(space) < 2 else [],
+    }
+    why = {
+        "categorical": "samples float and int parameters only, and these are categorical",
+        "conditional": "cannot sample conditional parameters",
+        "continuous": "needs a finite grid: give these float ranges a step, or choices",
+        "one": "needs at least two parameters (Optuna would sample one at random)",
+    }
+    for limit in SPACE_LIMITS.get(kind, ()):
+        if problems[limit]:
+            raise ValueError(
+                f"sampler: {kind} {why[limit]}: {', '.join(problems[limit])} "
+                "(tpe and random take any space)"
+            )
+    if kind == "grid" and (hpo.enqueue or hpo.warm_start):
+        raise ValueError(
+            "sampler: grid runs every combination itself; drop enqueue and warm_start, or use "
+            "another sampler"
+        )
+    if kind == "grid":
+        size = 1
+        for spec in space.values():
+            size *= len(grid_values(spec) or [])
+        if hpo.num_samples > size:
+            raise ValueError(
+                f"num_samples: {hpo.num_samples} exceeds the grid's {size} combinations"
+            )
+    if hpo.scheduler.type != "none" and "epochs" in space:
+        raise ValueError(
+            f"scheduler: {hpo.scheduler.type} compares trials at equal epoch counts, so epochs "
+            "cannot be searched with it; fix hpo.training.epochs or use scheduler.type: none"
+        )
+    _check_brackets(hpo)
+    for index, point in enumerate(hpo.enqueue):
+        for name, value in point.items():
+            where = f"enqueue[{index}].{name}"
+            if name not in space:
+                raise ValueError(f"{where}: not in the search space ({', '.join(sorted(space))})")
+            if not in_space(space[name], value):
+                raise ValueError(f"{where}: {value!r} is outside the search space")
+            if not condition_holds(space[name], point):
+                raise ValueError(
+                    f"{where}: sampled only when {space[name].when}, which this point does not "
+                    "meet, so the value would be ignored"
+                )
+
+
+def _check_brackets(hpo: HpoConfig) -> None:
+    """HyperBand's brackets each need a rung at which they can stop a trial (Ray Tune gives a
+    bracket ``int(log(max_t / grace) / log(rf)) - s + 1`` rungs, none for too large an ``s``)."""
+    scheduler = hpo.scheduler
+    if scheduler.type != "hyperband":
+        return
+    total = hpo.k_folds * hpo.training.epochs
+    grace = min(scheduler.grace_period, total)
+    most = math.floor(math.log(total / grace) / math.log(scheduler.reduction_factor) + 1e-9) + 1
+    if scheduler.brackets > most:
+        raise ValueError(
+            f"scheduler.brackets: {scheduler.brackets} brackets need more epochs per trial; with "
+            f"{total} epochs (k_folds x epochs), grace_period {grace} and reduction_factor "
+            f"{scheduler.reduction_factor:g}, at most {most} can stop a trial"
+        )

@@ -74,6 +74,19 @@ class SelectionConfig(Section):
     """Batch size whose latency the rules use (must be benchmarked)."""
     latency_weight: float = Field(default=0.0, ge=0)
     """Weight of normalised latency in a trade-off score (0: objective only)."""
+    rule: Literal["best", "one_standard_error"] = "best"
+    """best: the best objective wins. one_standard_error: every candidate whose objective is
+    within one standard error (sample std of the best one's folds / sqrt(folds)) of the best
+    one's counts as tied, and the fastest of them (lowest p95) wins."""
+
+    @model_validator(mode="after")
+    def _one_trade_off(self) -> SelectionConfig:
+        if self.rule == "one_standard_error" and self.latency_weight > 0:
+            raise ValueError(
+                "rule: one_standard_error already trades the objective for latency; "
+                "set latency_weight: 0, or rule: best"
+            )
+        return self
 
 
 class FinalSource(Section):

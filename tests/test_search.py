@@ -1,0 +1,126 @@
+"""The search on a real local Ray cluster: every sampler runs the smoke study, a new variant
+starts from the earlier one's best and from hand-written points, a time budget stops launching
+trials and a later run continues the same study (searching on a subset of the rows)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ray_pipeline.artifacts import read_json
+from ray_pipeline.cli import main
+from ray_pipeline.hpo.results import HpoResult
+from ray_pipeline.paths import VariantFiles
+from ray_pipeline.variants import VariantRecord
+from tests.conftest import MakeExp
+from tests.run_outputs import study_states
+
+pytestmark = pytest.mark.slow
+
+QUICK = ["hpo.k_folds=2", "hpo.training.epochs=1", "tracking.enabled=false"]
+"""The smoke study at its cheapest: two folds of one epoch, no MLflow."""
+
+GRID = [
+    "hpo.search_space.learning_rate={type: categorical, choices: [0.001, 0.05]}",
+    "hpo.search_space.weight_decay={type: float, low: 0.0, high: 0.1, step: 0.1}",
+]
+"""A finite version of the smoke space, for the grid sampler: 4 combinations."""
+
+
+def _variant(tmp_path: Path, name: str = "hpo_tiny-bert") -> Path:
+    return tmp_path / "outputs" / "t" / "hpo" / "tiny-bert" / name
+
+
+@pytest.mark.parametrize(
+    "sampler",
+    [
+        "{type: tpe, multivariate: true, n_startup_trials: 1}",
+        "random",
+        "{type: cmaes, n_startup_trials: 1}",
+        "{type: gp, n_startup_trials: 1}",
+        "qmc",
+        "{type: nsga2, population_size: 2}",
+        "grid",
+    ],
+)
+def test_every_sampler_runs_the_smoke_study(
+    ray_cluster: None, smoke_experiment: MakeExp, tmp_path: Path, sampler: str
+) -> None:
+    # One trial at a time: the second is the sampler's model-based suggestion (one startup
+    # trial), made from the first one's result.
+    args = ["hpo", "--config", str(smoke_experiment()), *QUICK, f"hpo.sampler={sampler}"]
+    args += ["hpo.num_samples=2", "resources.max_concurrent_trials=1"]
+    args += GRID if sampler == "grid" else []
+    assert main(args) == 0
+    variant = _variant(tmp_path)
+    result = read_json(variant / "hpo.json", HpoResult)
+    assert [t.state for t in result.trials] == ["COMPLETE", "COMPLETE"]
+    first, second = (t.params for t in result.trials)
+    assert set(first) == set(second) == {"learning_rate", "weight_decay"}
+    assert first != second
+    if sampler == "grid":
+        for params in (first, second):
+            assert params["learning_rate"] in (0.001, 0.05) and params["weight_decay"] in (0, 0.1)
+    assert result.best is not None and (variant / "best").is_dir()
+    assert not (tmp_path / "outputs" / "t" / "mlflow.db").exists()  # tracking off: no store
+
+
+def test_a_new_variant_runs_the_earlier_best_and_the_enqueued_points_first(
+    ray_cluster: None, smoke_experiment: MakeExp, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = str(smoke_experiment())
+    assert main(["hpo", "--config", path, *QUICK, "hpo.num_samples=2", "hpo.sampler=random"]) == 0
+    earlier = read_json(_variant(tmp_path) / "hpo.json", HpoResult)
+    assert earlier.best is not None
+    scores = [t.objective_mean for t in earlier.trials]
+    assert len(set(scores)) == 2, scores  # trials that differ: "the best" means something
+    capsys.readouterr()
+
+    args = ["hpo", "--config", path, *QUICK, "hpo.num_samples=3", "hpo.run.mode=force_new"]
+    args += ["hpo.warm_start=1", "hpo.enqueue=[{learning_rate: 0.0005}]"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    v2 = read_json(_variant(tmp_path, "hpo_tiny-bert_v2") / "hpo.json", HpoResult)
+    first, second, third = v2.trials
+    assert first.params == earlier.best.params
+    assert first.enqueued_from == earlier.best.label
+    assert f"warm start from {earlier.best.label}" in out
+    assert second.params["learning_rate"] == 0.0005 and "weight_decay" in second.params
+    assert second.enqueued_from == "hpo.enqueue[0]"
+    assert third.enqueued_from is None  # sampled
+    assert all(t.state == "COMPLETE" for t in v2.trials)
+
+
+def test_a_time_budget_stops_launching_trials_and_a_later_run_continues(
+    ray_cluster: None, smoke_experiment: MakeExp, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = str(smoke_experiment())
+    base = ["hpo", "--config", path, *QUICK, "hpo.num_samples=3"]
+    base += ["resources.max_concurrent_trials=1"]  # the next trial asks after one has finished
+    base += ["hpo.max_train_examples=100"]  # the search sees a subset of the 160 rows
+    # A trial takes longer than a second (two folds), so the budget is spent when the second
+    # would start: one trial runs, the search stops.
+    assert main([*base, "hpo.time_budget_s=1"]) == 0
+    out = capsys.readouterr().out
+    variant = _variant(tmp_path)
+    stopped = read_json(variant / "hpo.json", HpoResult)
+    assert [t.state for t in stopped.trials] == ["COMPLETE"]
+    assert stopped.stop_reason is not None
+    assert stopped.stop_reason.startswith("time budget of 1 s reached")
+    assert "no new trials launched" in out and "a later run continues up to num_samples" in out
+    assert read_json(VariantFiles(variant).record, VariantRecord).status == "stopped"
+    assert stopped.best is not None and (variant / "best").is_dir()  # usable as it is
+    assert stopped.train_examples == 100
+    assert all(f.train_examples + f.validation_examples == 100 for f in stopped.trials[0].folds)
+    assert "searched on 100 of 160 training examples (hpo.max_train_examples)" in out
+
+    assert main(base) == 0  # reuse_if_exists, no budget: continues the same study
+    out = capsys.readouterr().out
+    assert "reuse hpo_tiny-bert; 1 of 3 trials finished, running 2" in out
+    grown = read_json(variant / "hpo.json", HpoResult)
+    assert [t.state for t in grown.trials] == ["COMPLETE"] * 3
+    assert grown.trials[0].folds == stopped.trials[0].folds  # not trained again
+    assert grown.stop_reason is None
+    assert [state for _, state in study_states(variant / "study.db")] == ["COMPLETE"] * 3
+    assert read_json(VariantFiles(variant).record, VariantRecord).status == "complete"
