@@ -49,9 +49,9 @@ def _job(checkpoint_dir: Path, iterations: int, max_length: int) -> Any:
     load_tokenizer(backbone).save_pretrained(checkpoint_dir)
     settings = config.benchmark.benchmarking
     examples = take(splits.train, 8, 0)
-    rows, labels = encode_for_checkpoint(checkpoint_dir, examples, settings.max_length)
+    rows, labels = encode_for_checkpoint(checkpoint_dir, examples, max_length)
     shown = settings.model_dump(include={"batch_sizes", "iterations", "warmup_iterations"})
-    print(f"model: {backbone.name}; max_length {settings.max_length}; {shown}")
+    print(f"model: {backbone.name}; max_length {max_length}; {shown}")
     trial = TrialRecord(  # not from a search: this script times a random-init model
         variant="latency_check",
         backbone=backbone.name,
@@ -76,6 +76,7 @@ def _job(checkpoint_dir: Path, iterations: int, max_length: int) -> Any:
         threads=1,
         timing_rows=rows,
         labels=labels,
+        max_length=max_length,
     )
 
 

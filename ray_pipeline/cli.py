@@ -15,7 +15,9 @@ import yaml
 from ray_pipeline import pipeline
 from ray_pipeline.data.demo import fetch_demo_data
 from ray_pipeline.data.inspect import format_report, inspect_data
+from ray_pipeline.data.splits import local_files_present
 from ray_pipeline.errors import EXIT_INTERRUPTED, EXIT_OK, PipelineError
+from ray_pipeline.hpo.stage import check_search_data
 from ray_pipeline.loading import default_config_path, load_config
 from ray_pipeline.models import check_dropout
 from ray_pipeline.precision import check_config as check_precision
@@ -83,6 +85,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "validate":
         check_precision(config)
         check_dropout(config)
+        if local_files_present(config.data):  # the demo's are fetched by `make demo` later
+            check_search_data(config)
         names = ", ".join(b.name for b in config.model.backbones)
         print(f"valid: {config_path} (experiment {config.experiment.name}; backbones {names})")
         if args.show:

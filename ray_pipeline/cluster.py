@@ -33,11 +33,23 @@ def ensure_ray(address: str | None = None) -> None:
     context = ray.init(address=address, log_to_driver=True)
     _unwind_on_sigterm()
     resources = ray.cluster_resources()  # type: ignore[no-untyped-call]
-    dashboard = getattr(context, "dashboard_url", None) or "not running"
     print(
         f"ray: {resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs; "
-        f"dashboard: {dashboard}"
+        f"dashboard: {dashboard_line(getattr(context, 'dashboard_url', None))}"
     )
+
+
+def dashboard_line(url: str | None) -> str:
+    """Where the dashboard is and, with Ray's token authentication on (Ray sets RAY_AUTH_MODE
+    when it enables it), how to get in: the page asks for the token that `ray get-auth-token`
+    prints."""
+    if not url:
+        return "not running"
+    if not url.startswith("http"):
+        url = f"http://{url}"
+    if os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
+        return url
+    return f"{url} (token authentication: paste the token `ray get-auth-token` prints)"
 
 
 def _interrupt(signum: int, frame: object) -> None:

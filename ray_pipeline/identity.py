@@ -101,7 +101,9 @@ def study_key(config: PipelineConfig, backbone: BackboneConfig) -> dict[str, Any
             "k_folds": hpo.k_folds,
             "seed": hpo.seed,
             "sampler": sampler_identity(hpo.sampler),
-            "objective": hpo.objective.model_dump(mode="json"),
+            "objective": hpo.objective.model_dump(
+                mode="json", exclude=None if hpo.objective.latency else {"latency"}
+            ),
             # Keyed only where set: studies keyed before it existed keep their key.
             **({"max_train_examples": hpo.max_train_examples} if hpo.max_train_examples else {}),
         },

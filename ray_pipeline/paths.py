@@ -181,6 +181,15 @@ class VariantFiles:
         """Ray Train's storage: DDP trials' checkpoints (HPO), the DDP refit's run (final)."""
         return self.path / "train"
 
+    def pareto_model(self, trial: int) -> Path:
+        """A Pareto trial's best-fold model, kept for the benchmark (the best trial's is
+        ``best``)."""
+        return self.path / "pareto" / f"trial_{trial}"
+
+    def trial_benchmark(self, trial: int) -> Path:
+        """The benchmark of a Pareto trial other than the best (whose is ``benchmark``)."""
+        return self.path / "benchmarks" / f"trial_{trial}.json"
+
     @property
     def best(self) -> Path:
         """The best trial's best-fold model, kept for the benchmark."""

@@ -159,7 +159,14 @@ def select_best(candidates: Sequence[Candidate], rules: SelectionRules) -> list[
         scores = oriented
     ranked = sorted(
         zip(feasible, scores, strict=True),
-        key=lambda cs: (-cs[1], cs[0].latency_ms, cs[0].parameters, cs[0].size_mb, cs[0].variant),
+        key=lambda cs: (
+            -cs[1],
+            cs[0].latency_ms,
+            cs[0].parameters,
+            cs[0].size_mb,
+            cs[0].variant,
+            cs[0].trial.number,
+        ),
     )
     winner, win_score = ranked[0]
     out = [Scored(candidate=winner, feasible=True, score=win_score, rank=1, verdict="winner")]
@@ -213,8 +220,15 @@ def explain(ranked: Sequence[Scored], rules: SelectionRules) -> str:
             f"; rule one_standard_error: {rules.metric} within {error:.4f} (one standard error) "
             f"of the best, {sign * top:.4f}, counts as tied, and the fastest of those wins"
         )
-    losers = "; ".join(f"{s.candidate.variant}: {s.verdict}" for s in ranked[1:])
+    losers = "; ".join(f"{_name(s.candidate, ranked)}: {s.verdict}" for s in ranked[1:])
     return text + (f". Others: {losers}." if losers else ".")
+
+
+def _name(candidate: Candidate, ranked: Sequence[Scored]) -> str:
+    """The candidate's variant, or with several candidates from that variant (its Pareto front)
+    its trial label."""
+    same = sum(s.candidate.variant == candidate.variant for s in ranked)
+    return candidate.trial.label if same > 1 else candidate.variant
 
 
 def _objective(best: TrialRecord, metric: str) -> tuple[float, float]:
@@ -238,11 +252,11 @@ def gather_candidates(config: PipelineConfig, rules: SelectionRules) -> list[Can
             continue
         timing = bench.at_batch(rules.latency_batch_size)
         assert timing is not None  # the schema requires the rules' batch size be benchmarked
-        objective, std = _objective(target.best, rules.metric)
+        objective, std = _objective(target.trial, rules.metric)
         digest = stable_hash([file_digest(target.hpo_file), file_digest(target.benchmark_file)])
         out.append(
             Candidate(
-                trial=target.best,
+                trial=target.trial,
                 objective=objective,
                 objective_std=std,
                 latency_ms=timing.p95_ms,
@@ -269,7 +283,7 @@ def gather_candidates(config: PipelineConfig, rules: SelectionRules) -> list[Can
 
 
 def cache_key(candidates: Sequence[Candidate], rules: SelectionRules) -> str:
-    inputs = sorted((c.variant, c.inputs_sha256) for c in candidates)
+    inputs = sorted((c.variant, c.trial.number, c.inputs_sha256) for c in candidates)
     return stable_hash({"rules": rules.model_dump(mode="json"), "inputs": inputs})
 
 

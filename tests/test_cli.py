@@ -159,3 +159,45 @@ def test_data_inspect_bad_data_exits_2(
         == 2
     )
     assert f"{bad}:2: missing column(s) review" in capsys.readouterr().err
+
+
+def _reviews(path: Path, labels: list[str]) -> Path:
+    """A training CSV in the smoke data's columns, one review per label given."""
+    rows = [f"review {i} of the jar,{label}" for i, label in enumerate(labels)]
+    path.write_text("review,score\n" + "\n".join(rows) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("command", [["validate"], ["data", "inspect"]])
+def test_one_label_or_a_label_too_rare_for_the_folds_exits_2_with_the_counts(
+    smoke_experiment: MakeExp,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    command: list[str],
+) -> None:
+    exp = str(smoke_experiment())
+    single = _reviews(tmp_path / "single.csv", ["great"] * 12)
+    assert main([*command, "--config", exp, f"data.train_file={single}"]) == 2
+    err = capsys.readouterr().err
+    assert "data.label_column: the training data" in err and "has 1 label(s) {'great': 12}" in err
+    rare = _reviews(tmp_path / "rare.csv", ["great"] * 10 + ["other"] * 2)
+    assert main([*command, "--config", exp, f"data.train_file={rare}", "hpo.k_folds=3"]) == 2
+    err = capsys.readouterr().err
+    assert "3 folds need at least 3 examples (of every label), but the rarest label has 2" in err
+    assert "(label counts: {'great': 10, 'other': 2})" in err
+    assert main([*command, "--config", exp, f"data.train_file={rare}", "hpo.k_folds=2"]) == 0
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_the_dashboard_line_says_how_to_get_past_token_authentication(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from ray_pipeline.cluster import dashboard_line
+
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    assert dashboard_line("127.0.0.1:8265") == "http://127.0.0.1:8265"
+    assert dashboard_line(None) == "not running"
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    line = dashboard_line("127.0.0.1:8265")
+    assert line.startswith("http://127.0.0.1:8265 (token authentication")
+    assert "`ray get-auth-token`" in line

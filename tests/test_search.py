@@ -9,9 +9,11 @@ from pathlib import Path
 import pytest
 
 from ray_pipeline.artifacts import read_json
+from ray_pipeline.benchmark.results import BenchmarkResult
 from ray_pipeline.cli import main
 from ray_pipeline.hpo.results import HpoResult
 from ray_pipeline.paths import VariantFiles
+from ray_pipeline.selection import SelectionResult
 from ray_pipeline.variants import VariantRecord
 from tests.conftest import MakeExp
 from tests.run_outputs import study_states
@@ -26,6 +28,10 @@ GRID = [
     "hpo.search_space.weight_decay={type: float, low: 0.0, high: 0.1, step: 0.1}",
 ]
 """A finite version of the smoke space, for the grid sampler: 4 combinations."""
+
+
+def states_of(variant: Path) -> list[str]:
+    return [state for _, state in study_states(variant / "study.db")]
 
 
 def _variant(tmp_path: Path, name: str = "hpo_tiny-bert") -> Path:
@@ -124,3 +130,52 @@ def test_a_time_budget_stops_launching_trials_and_a_later_run_continues(
     assert grown.stop_reason is None
     assert [state for _, state in study_states(variant / "study.db")] == ["COMPLETE"] * 3
     assert read_json(VariantFiles(variant).record, VariantRecord).status == "complete"
+
+
+def test_latency_as_a_second_objective_benchmarks_and_selects_from_the_pareto_front(
+    ray_cluster: None, smoke_experiment: MakeExp, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # max_length 8 or 64 tokens: the shorter model is faster and may be less accurate.
+    path = str(smoke_experiment(benchmark={"benchmarking": {"batch_sizes": [1], "iterations": 5}}))
+    args = ["run", "--stages", "hpo,benchmark,select", "--config", path, *QUICK]
+    args += ["hpo.num_samples=3", "hpo.sampler=random", "hpo.objective.latency={iterations: 5}"]
+    args += ["hpo.search_space.max_length={type: categorical, choices: [8, 64]}"]
+    args += ["benchmark.benchmarking.max_length=null"]  # each trial at its own max_length
+    assert main(args) == 0
+    variant = _variant(tmp_path)
+    result = read_json(variant / "hpo.json", HpoResult)
+    assert all(t.latency_ms is not None and t.latency_ms > 0 for t in result.trials)
+    assert result.best is not None and result.best.number in result.pareto
+    assert states_of(variant) == ["COMPLETE"] * 3
+    points = {}
+    for trial in result.trials:
+        assert trial.objective_mean is not None and trial.latency_ms is not None
+        points[trial.number] = (trial.objective_mean, trial.latency_ms)
+    for number, (score, latency) in points.items():  # the front: exactly the unbeaten trials
+        beaten = any(
+            other != (score, latency) and other[0] >= score and other[1] <= latency
+            for other in points.values()
+        )
+        assert (number in result.pareto) == (not beaten), points
+    # Every trial on the front has its model kept and its own benchmark, at its max_length.
+    for number in result.pareto:
+        trial = next(t for t in result.trials if t.number == number)
+        best = number == result.best.number
+        model = variant / ("best" if best else f"pareto/trial_{number}")
+        assert (model / "config.json").is_file(), model
+        bench_file = variant / ("benchmark.json" if best else f"benchmarks/trial_{number}.json")
+        bench = read_json(bench_file, BenchmarkResult)
+        assert bench.trial.number == number and bench.max_length == trial.training.max_length
+    selection = read_json(
+        tmp_path / "outputs" / "t" / "selection" / "selection.json", SelectionResult
+    )
+    assert sorted(s.candidate.trial.number for s in selection.candidates) == result.pareto
+    # A latency limit only the fastest candidate meets: it wins, and the reasoning says why.
+    fastest = min(selection.candidates, key=lambda s: s.candidate.latency_ms).candidate
+    limit = f"selection.max_latency_ms={fastest.latency_ms * 1.0001}"
+    assert main(["select", "--config", path, *args[5:], limit, "selection.run.mode=force_new"]) == 0
+    limited = read_json(
+        tmp_path / "outputs" / "t" / "selection" / "selection.json", SelectionResult
+    )
+    assert limited.winner.trial.number == fastest.trial.number
+    assert f"met the limit p95 <= {fastest.latency_ms * 1.0001:g} ms" in limited.reasoning

@@ -13,12 +13,13 @@ import pytest
 
 from ray_pipeline.cli import main
 from ray_pipeline.data.splits import load_splits
+from ray_pipeline.hpo.results import TrialRecord
 from ray_pipeline.hpo.search_space import DefineSpace, fit_point, make_sampler
-from ray_pipeline.hpo.stage import search_data
+from ray_pipeline.hpo.stage import pareto_front, search_data
 from ray_pipeline.hpo.tuning import Budget
 from ray_pipeline.identity import study_key
 from ray_pipeline.loading import load_config
-from ray_pipeline.schema import HpoConfig, SamplerConfig
+from ray_pipeline.schema import HpoConfig, SamplerConfig, TrainingParams
 from ray_pipeline.schema.hpo import grid_values
 from tests.conftest import MakeExp
 
@@ -283,3 +284,43 @@ def test_points_the_search_would_ignore_or_choke_on_are_refused() -> None:
     _hpo(search_space=conditional, enqueue=[{"lr_schedule": "cosine", "warmup_ratio": 0.1}])
     with pytest.raises(ValueError, match=r"enqueue\[0\].warmup_ratio: 0.15 is outside"):
         _hpo(enqueue=[{"warmup_ratio": 0.15}])  # between the steps 0.1 and 0.2
+
+
+def _trial(number: int, objective: float, latency: float) -> TrialRecord:
+    return TrialRecord(
+        variant="hpo_x",
+        backbone="x",
+        number=number,
+        state="COMPLETE",
+        params={},
+        training=TrainingParams(),
+        seed=0,
+        metric="macro_f1",
+        objective_mean=objective,
+        objective_std=0.0,
+        folds=[],
+        study_key_hash="s",
+        trial_key_hash=f"t{number}",
+        latency_ms=latency,
+    )
+
+
+def test_the_pareto_front_keeps_the_trials_nothing_beats_on_both_objectives() -> None:
+    trials = [
+        _trial(0, 0.90, 10.0),  # the most accurate
+        _trial(1, 0.85, 4.0),  # faster, less accurate: on the front
+        _trial(2, 0.84, 6.0),  # beaten by trial 1 on both
+        _trial(3, 0.70, 1.0),  # the fastest
+        _trial(4, 0.90, 12.0),  # as accurate as 0 but slower
+    ]
+    assert pareto_front(trials, "maximize") == [0, 1, 3]
+    # Minimising the metric (a loss) turns the first axis around.
+    assert pareto_front(trials, "minimize") == [3]
+    assert pareto_front([_trial(0, 0.5, 1.0), _trial(1, 0.5, 1.0)], "maximize") == [0, 1]
+
+
+def test_latency_as_an_objective_refuses_a_single_objective_sampler() -> None:
+    with pytest.raises(ValueError, match="cmaes optimises one objective only"):
+        _hpo(sampler="cmaes", objective={"latency": {"iterations": 5}})
+    hpo = _hpo(sampler="nsga2", objective={"latency": {}})
+    assert hpo.objective.latency is not None and hpo.objective.latency.iterations == 20

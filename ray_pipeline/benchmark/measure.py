@@ -136,7 +136,7 @@ def measure(job: BenchmarkJob, actor_id: str = "in-process") -> BenchmarkResult:
     pad_id = int(model.config.pad_token_id or 0)
     latency = []
     for size in settings.batch_sizes:
-        batch = fixed_length_batch(job.timing_rows, size, settings.max_length, pad_id)
+        batch = fixed_length_batch(job.timing_rows, size, job.max_length, pad_id)
         timings = time_forward(
             model, batch, settings.iterations, settings.warmup_iterations, device
         )
@@ -154,7 +154,7 @@ def measure(job: BenchmarkJob, actor_id: str = "in-process") -> BenchmarkResult:
         device=describe_device(device),
         precision=precision,
         threads=torch.get_num_threads(),
-        max_length=settings.max_length,
+        max_length=job.max_length,
         latency=latency,
         parameters=sum(p.numel() for p in model.parameters()),
         size_mb=size_on_disk_mb(job.checkpoint),

@@ -15,9 +15,9 @@ class BenchmarkJob(Record):
     """One checkpoint to measure (crosses the Ray boundary as a plain dict)."""
 
     trial: TrialRecord
-    """The trial measured: its variant's best."""
+    """The trial measured: its variant's best, or another trial on its Pareto front."""
     checkpoint: Path
-    """Its best-fold model (``<variant>/best``)."""
+    """Its best-fold model (``<variant>/best``, ``<variant>/pareto/trial_<n>``)."""
     task: Task
     settings: BenchmarkSettings
     settings_hash: str
@@ -31,6 +31,8 @@ class BenchmarkJob(Record):
     """Label names by id, as the checkpoint's head orders them."""
     precision: Precision = "auto"
     """What to infer in: ``benchmarking.precision``, else the trial's training precision."""
+    max_length: int = 128
+    """Tokens per timed input: ``benchmarking.max_length``, else the trial's ``max_length``."""
 
 
 class LatencyStats(Record):

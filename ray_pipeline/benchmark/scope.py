@@ -3,9 +3,9 @@ benchmark stage, selection and the report share (the actor fan-out is in ``stage
 
 Scope (``benchmark.benchmarking.benchmark_strategy``): the best trial of every complete HPO
 variant of every backbone (``best_per_variant``), or of each backbone's latest complete
-variant (``latest_only``). A variant's ``benchmark.json`` is current while it measured the
-variant's best trial (same ``trial_key_hash``) with the configured settings (same
-``settings_hash``).
+variant (``latest_only``); with latency as a second HPO objective, every trial on those
+variants' Pareto fronts. A benchmark is current while it measured that trial (same
+``trial_key_hash``) with the configured settings (same ``settings_hash``).
 """
 
 from __future__ import annotations
@@ -22,35 +22,26 @@ from ray_pipeline.variants import Variant, backbone_variants
 
 
 @dataclass(frozen=True)
-class VariantBest:
-    """A complete HPO variant and its best trial (a benchmark target and selection candidate),
-    with the benchmark on disk and whether it is current."""
+class BenchmarkTarget:
+    """A trial to benchmark (a selection candidate): the best trial of a complete HPO variant,
+    or with latency as a second objective any trial on its Pareto front, with its kept model,
+    the benchmark on disk and whether it is current."""
 
     variant: Variant
     hpo: HpoResult
+    trial: TrialRecord
+    model: Path
+    """The trial's best-fold model: ``<variant>/best``, or ``<variant>/pareto/trial_<n>``."""
+    benchmark_file: Path
+    """``<variant>/benchmark.json`` for the best trial, else ``benchmarks/trial_<n>.json``."""
     benchmark: BenchmarkResult | None
-    """The variant's ``benchmark.json`` (current or not), if written."""
+    """The trial's benchmark file (current or not), if written."""
     stale: str | None
-    """Why the variant needs a (new) benchmark; None when ``benchmark`` is current."""
-
-    @property
-    def best(self) -> TrialRecord:
-        assert self.hpo.best is not None  # assess() is given variants with one
-        return self.hpo.best
-
-    @property
-    def model(self) -> Path:
-        """The best trial's best-fold model (``<variant>/best``)."""
-        assert self.hpo.best_checkpoint is not None
-        return Path(self.hpo.best_checkpoint)
+    """Why the trial needs a (new) benchmark; None when ``benchmark`` is current."""
 
     @property
     def hpo_file(self) -> Path:
         return self.variant.files.hpo_result
-
-    @property
-    def benchmark_file(self) -> Path:
-        return self.variant.files.benchmark
 
     @property
     def current(self) -> BenchmarkResult | None:
@@ -58,31 +49,42 @@ class VariantBest:
         return self.benchmark if self.stale is None else None
 
 
-def assess(variant: Variant, hpo: HpoResult, settings: BenchmarkSettings) -> VariantBest:
-    """``variant`` (whose ``hpo`` has a best trial) with its benchmark and why it is stale:
-    current while it measured the best trial (same ``trial_key_hash``) with ``settings``."""
-    path = variant.files.benchmark
-    found = read_json(path, BenchmarkResult) if path.is_file() else None
+def assess(
+    variant: Variant,
+    hpo: HpoResult,
+    settings: BenchmarkSettings,
+    trial: TrialRecord | None = None,
+) -> BenchmarkTarget:
+    """``trial`` of ``variant`` (default: its best) with its benchmark and why it is stale:
+    current while it measured that trial (same ``trial_key_hash``) with ``settings``."""
     best = hpo.best
     assert best is not None
+    trial = trial or best
+    files = variant.files
+    if trial.number == best.number:
+        path, model = files.benchmark, Path(hpo.best_checkpoint or files.best)
+    else:
+        path, model = files.trial_benchmark(trial.number), files.pareto_model(trial.number)
+    found = read_json(path, BenchmarkResult) if path.is_file() else None
     stale: str | None = None
     if found is None:
         stale = "no benchmark yet"
-    elif found.trial.trial_key_hash != best.trial_key_hash:
-        stale = f"benchmark measured trial {found.trial.number}, the best is now {best.number}"
+    elif found.trial.trial_key_hash != trial.trial_key_hash:
+        stale = f"benchmark measured trial {found.trial.number}, the best is now {trial.number}"
     elif found.settings_hash != benchmark_settings_hash(settings):
         stale = "benchmark settings changed"
-    return VariantBest(variant, hpo, found, stale)
+    return BenchmarkTarget(variant, hpo, trial, model, path, found, stale)
 
 
-def variants_in_scope(config: PipelineConfig) -> tuple[list[VariantBest], list[str]]:
-    """The variants whose best trial the strategy covers, and a note on each one left out."""
+def variants_in_scope(config: PipelineConfig) -> tuple[list[BenchmarkTarget], list[str]]:
+    """The trials the strategy covers (each variant's best and, with latency as a second
+    objective, the rest of its Pareto front), and a note on each variant left out."""
     settings = config.benchmark.benchmarking
     latest_only = settings.benchmark_strategy == "latest_only"
-    chosen: list[VariantBest] = []
+    chosen: list[BenchmarkTarget] = []
     notes: list[str] = []
     for backbone in config.model.backbones:
-        usable: list[VariantBest] = []
+        usable: list[list[BenchmarkTarget]] = []
         for variant in backbone_variants(config, "hpo", backbone.name):
             hpo = read_hpo(variant.files) if variant.usable else None
             if hpo is None:
@@ -90,6 +92,18 @@ def variants_in_scope(config: PipelineConfig) -> tuple[list[VariantBest], list[s
             elif hpo.best is None or hpo.best_checkpoint is None:
                 notes.append(f"{variant.name}: no best trial with a kept checkpoint")
             else:
-                usable.append(assess(variant, hpo, settings))
-        chosen.extend(usable[-1:] if latest_only else usable)
+                by_number = {t.number: t for t in hpo.trials}
+                others = [
+                    by_number[n]
+                    for n in hpo.pareto
+                    if n != hpo.best.number and variant.files.pareto_model(n).is_dir()
+                ]
+                usable.append(
+                    [
+                        assess(variant, hpo, settings),
+                        *(assess(variant, hpo, settings, t) for t in others),
+                    ]
+                )
+        for targets in usable[-1:] if latest_only else usable:
+            chosen.extend(targets)
     return chosen, notes

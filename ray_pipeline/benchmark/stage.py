@@ -16,11 +16,12 @@ from typing import Any
 from ray_pipeline import monitoring, tracking
 from ray_pipeline.artifacts import write_json
 from ray_pipeline.benchmark.results import BenchmarkJob, BenchmarkResult
-from ray_pipeline.benchmark.scope import VariantBest, variants_in_scope
+from ray_pipeline.benchmark.scope import BenchmarkTarget, variants_in_scope
 from ray_pipeline.data.encode import Row, encode
 from ray_pipeline.data.examples import Examples
 from ray_pipeline.data.splits import load_splits, read_labelled_file, take
 from ray_pipeline.errors import ConfigError, PipelineError
+from ray_pipeline.hpo.results import TrialRecord
 from ray_pipeline.identity import benchmark_settings_hash
 from ray_pipeline.resources import Node, cluster_nodes, threads_for
 from ray_pipeline.run_mode import benchmark_run_mode
@@ -94,18 +95,18 @@ def encode_for_checkpoint(
 
 
 def _job(
-    config: PipelineConfig, target: VariantBest, inputs: BenchmarkInputs, threads: int
+    config: PipelineConfig, target: BenchmarkTarget, inputs: BenchmarkInputs, threads: int
 ) -> BenchmarkJob:
     settings = config.benchmark.benchmarking
     checkpoint = target.model
-    timing_rows, labels = encode_for_checkpoint(checkpoint, inputs.timing, settings.max_length)
+    trained = target.trial.training
+    max_length = settings.max_length or trained.max_length
+    timing_rows, labels = encode_for_checkpoint(checkpoint, inputs.timing, max_length)
     test_rows = None
     if inputs.test is not None:
-        test_rows = encode_for_checkpoint(checkpoint, inputs.test, target.best.training.max_length)[
-            0
-        ]
+        test_rows = encode_for_checkpoint(checkpoint, inputs.test, trained.max_length)[0]
     return BenchmarkJob(
-        trial=target.best,
+        trial=target.trial,
         checkpoint=checkpoint,
         task=config.data.task,
         settings=settings,
@@ -114,8 +115,13 @@ def _job(
         timing_rows=timing_rows,
         test_rows=test_rows,
         labels=labels,
-        precision=settings.precision or target.best.training.precision,
+        precision=settings.precision or trained.precision,
+        max_length=max_length,
     )
+
+
+def _key(trial: TrialRecord) -> tuple[str, int]:
+    return trial.variant, trial.number
 
 
 def run_benchmark(config: PipelineConfig, inputs: BenchmarkInputs) -> list[BenchmarkResult]:
@@ -123,8 +129,8 @@ def run_benchmark(config: PipelineConfig, inputs: BenchmarkInputs) -> list[Bench
     in scope (measured now or kept)."""
     mode = benchmark_run_mode(config.benchmark, config.hpo)
     targets, notes = variants_in_scope(config)
-    current = {t.variant.name: t.current for t in targets}
-    todo: list[tuple[VariantBest, str]] = []
+    current = {_key(t.trial): t.current for t in targets}
+    todo: list[tuple[BenchmarkTarget, str]] = []
     for target in targets:
         reason = "run.mode force_new" if mode == "force_new" else target.stale
         if reason is not None:
@@ -132,19 +138,19 @@ def run_benchmark(config: PipelineConfig, inputs: BenchmarkInputs) -> list[Bench
     for note in notes:
         print(f"benchmark: skipping {note}")
     print(
-        f"benchmark: {len(targets)} variant(s) in scope, {len(todo)} to benchmark, "
+        f"benchmark: {len(targets)} trial(s) in scope, {len(todo)} to benchmark, "
         f"{len(targets) - len(todo)} up to date ({mode})"
     )
     for target, reason in todo:
-        print(f"  {target.best.label}: {reason}")
+        print(f"  {target.trial.label}: {reason}")
     if todo:
         measured = _fan_out(config, inputs, todo)
-        current.update({r.trial.variant: r for r in measured})
-    return [r for t in targets if (r := current[t.variant.name]) is not None]
+        current.update({_key(r.trial): r for r in measured})
+    return [r for t in targets if (r := current[_key(t.trial)]) is not None]
 
 
 def _fan_out(
-    config: PipelineConfig, inputs: BenchmarkInputs, todo: list[tuple[VariantBest, str]]
+    config: PipelineConfig, inputs: BenchmarkInputs, todo: list[tuple[BenchmarkTarget, str]]
 ) -> list[BenchmarkResult]:
     """Measure ``todo`` on a pool of actors, writing each benchmark.json as it arrives."""
     import ray
@@ -156,7 +162,7 @@ def _fan_out(
     threads = threads_for(plan.cpus)
     count = min(plan.slots, len(todo))
     print(f"benchmark: {count} actor(s) ({plan.cpus:g} CPU, {plan.gpus:g} GPU each)")
-    by_variant = {t.variant.name: t for t, _ in todo}
+    by_trial = {_key(t.trial): t for t, _ in todo}
     # Readable, unique names in the Ray dashboard (two pipelines may benchmark at once).
     prefix = f"benchmark-{config.experiment.name}-{os.getpid()}"
     retries = config.resources.max_failures  # a lost actor restarts; its job runs again
@@ -182,7 +188,7 @@ def _fan_out(
             except ray.exceptions.RayError as exc:
                 failures.append(str(exc).splitlines()[0])
                 continue
-            result = _record(config, by_variant[result.trial.variant], result)
+            result = _record(config, by_trial[_key(result.trial)], result)
             for stats in result.latency:  # from the driver: it outlives the actors
                 monitoring.benchmark_p95(result.trial.variant, stats.batch_size, stats.p95_ms)
             results.append(result)
@@ -199,12 +205,13 @@ def _fan_out(
 
 
 def _record(
-    config: PipelineConfig, target: VariantBest, result: BenchmarkResult
+    config: PipelineConfig, target: BenchmarkTarget, result: BenchmarkResult
 ) -> BenchmarkResult:
     """Log ``result`` to MLflow, then write it (with its run id) into the variant."""
     run = tracking.open_benchmark_run(config, result.trial)
     if run is not None:
         result = result.model_copy(update={"mlflow_run_id": run.run_id})
+    target.benchmark_file.parent.mkdir(parents=True, exist_ok=True)
     write_json(target.benchmark_file, result)
     if run is not None:
         tracking.log(

@@ -53,10 +53,24 @@ def load_splits(data: DataConfig) -> DatasetSplits:
     test = take(test, data.max_test_examples, data.seed)
     validation = read["validation"][0] if "validation" in read else None
     labels = tuple(sorted(train.label_counts()))
+    if len(labels) < 2:
+        counts = dict(train.label_counts())
+        raise ConfigError.at(
+            "data.label_column",
+            f"the training data ({sources['train']}) has {len(labels)} label(s) {counts}; a "
+            f"classifier needs at least two: check data.label_column ({data.label_column!r}) "
+            "and the file",
+        )
     for split in (test, validation):
         if split is not None:
             _check_known_labels(split, labels, data.label_column)
     return DatasetSplits(train, test, validation, labels, rows_read, read_counts, sources)
+
+
+def local_files_present(data: DataConfig) -> bool:
+    """Whether the data is local files that all exist (reading them is cheap and offline)."""
+    files = [data.train_file, data.validation_file, data.test_file]
+    return data.format != "huggingface" and all(p.is_file() for p in files if p is not None)
 
 
 def read_labelled_file(
@@ -155,8 +169,9 @@ def check_foldable(examples: Examples, k: int) -> None:
     if smallest >= k:
         return
     what = f"the rarest label has {smallest}" if counts else f"there are {smallest}"
+    shown = f" (label counts: {dict(sorted(counts.items()))})" if counts else ""
     raise ConfigError.at(
         "hpo.k_folds",
-        f"{k} folds need at least {k} examples (of every label), but {what}; "
-        "lower hpo.k_folds or use more data",
+        f"{k} folds need at least {k} examples (of every label), but {what}{shown}; "
+        "lower hpo.k_folds, add examples of that label, or drop it",
     )

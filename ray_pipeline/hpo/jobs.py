@@ -10,7 +10,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from ray_pipeline.schema import BackboneConfig, DataConfig, Task, TrainingParams
+from ray_pipeline.schema import (
+    BackboneConfig,
+    DataConfig,
+    LatencyObjective,
+    Task,
+    TrainingParams,
+)
 from ray_pipeline.tracking import RunRef
 
 
@@ -35,6 +41,8 @@ class StudyJob(BaseModel):
     report_every_epoch: bool
     every_epoch: bool | None
     """Epoch checkpoints inside a fold (None: when the fold has more than one epoch)."""
+    latency: LatencyObjective | None = None
+    """Time the fold-0 model (the search's second objective), or not."""
 
 
 class TrialJob(BaseModel):

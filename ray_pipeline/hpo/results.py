@@ -44,6 +44,8 @@ class FoldResult(Record):
     """The GPUs Ray gave the rank-0 worker (several trials may share one: fractional GPUs)."""
     precision: str | None = None
     """What it trained in: fp32, bf16 or fp16 (None: recorded before precision existed)."""
+    latency_ms: float | None = None
+    """Fold 0 with ``hpo.objective.latency``: the model's p95 latency (ms) at batch 1."""
 
 
 class FoldProgress(Record):
@@ -101,6 +103,9 @@ class TrialRecord(Record):
     epochs_trained: int | None = None
     """Epochs it trained over all its folds (fewer than k_folds x epochs when a scheduler
     stopped it; None: not reported)."""
+    latency_ms: float | None = None
+    """With ``hpo.objective.latency``: the second objective, its fold-0 model's p95 latency (ms)
+    at batch 1 and its ``max_length``."""
     enqueued_from: str | None = None
     """Where its parameters came from when they were enqueued rather than sampled: an earlier
     variant's trial (``hpo.warm_start``) or ``hpo.enqueue[i]``."""
@@ -131,6 +136,9 @@ class HpoResult(Record):
     train_examples: int | None = None
     """Training rows the search split into folds (``hpo.max_train_examples`` may cap them
     below what final training refits on); None: recorded before it was."""
+    pareto: list[int] = Field(default_factory=list)
+    """With ``hpo.objective.latency``: the complete trials no other complete trial beats on
+    both the metric and latency (the Pareto front), by number; ``best`` is one of them."""
     stop_reason: str | None = None
     """Why the last run stopped launching trials before ``num_samples`` (``hpo.time_budget_s``
     or ``hpo.patience``); None when it did not."""

@@ -51,7 +51,7 @@ def check_hpo(config: PipelineConfig) -> TrialPlan:
     """Everything that can be wrong with the input, checked before anything is written: the
     data, tracking, resources, and what run.mode would do with every backbone's variants (a
     study changed under reuse fails now, not after the other backbones trained)."""
-    check_foldable(load_splits(search_data(config)).train, config.hpo.k_folds)
+    check_search_data(config)
     tracking.check_tracking(config)
     for backbone in config.model.backbones:
         plan_variant(
@@ -61,6 +61,12 @@ def check_hpo(config: PipelineConfig) -> TrialPlan:
             auto_resume=config.hpo.checkpoint.auto_resume,
         )
     return plan_trials(config.resources, cluster_nodes())
+
+
+def check_search_data(config: PipelineConfig) -> None:
+    """Refuse (exit 2) training data the search cannot split into ``hpo.k_folds`` folds of
+    every label (a single label is refused when the data is read)."""
+    check_foldable(load_splits(search_data(config)).train, config.hpo.k_folds)
 
 
 def search_data(config: PipelineConfig) -> DataConfig:
@@ -100,6 +106,7 @@ def _job(
         # A scheduler compares trials on every epoch's validation score.
         report_every_epoch=hpo.report_every_epoch or hpo.scheduler.type != "none",
         every_epoch=hpo.checkpoint.every_epoch,
+        latency=hpo.objective.latency,
     )
 
 
@@ -117,7 +124,9 @@ def _run_backbone(config: PipelineConfig, backbone: BackboneConfig, plan: TrialP
     variant, hpo = decision.variant, config.hpo
     files = variant.files
     storage = study_storage(files, variant.name, hpo.checkpoint)
-    study = load_study(storage, variant.name, hpo.objective.direction)
+    study = load_study(
+        storage, variant.name, hpo.objective.direction, hpo.objective.latency is not None
+    )
     if not study.get_trials(deepcopy=False):
         _enqueue_starts(config, backbone, variant, study)
     previous = _previous(variant)
@@ -358,12 +367,16 @@ def _collect(
                 resumes=state.resumes,
                 failures=failures.get(frozen.number, []),
                 epochs_trained=None if epochs is None else int(epochs),
+                latency_ms=state.folds[0].latency_ms if state.folds else None,
                 enqueued_from=frozen.user_attrs.get(ENQUEUED_FROM),
             )
         )
     complete = [t for t in trials if t.state == "COMPLETE" and t.objective_mean is not None]
     pick = max if config.hpo.objective.direction == "maximize" else min
     best = pick(complete, key=lambda t: t.objective_mean or 0.0) if complete else None
+    front = pareto_front(complete, config.hpo.objective.direction)
+    if config.hpo.objective.latency is None:
+        front = []
     return HpoResult(
         variant=variant.name,
         backbone=backbone.name,
@@ -376,32 +389,55 @@ def _collect(
         best=best,
         best_checkpoint=None,
         stop_reason=stop_reason,
+        pareto=front,
         train_examples=len(load_splits(search_data(config)).train),
     )
 
 
+def pareto_front(trials: list[TrialRecord], direction: str) -> list[int]:
+    """The numbers of the ``trials`` (complete, with an objective and a latency) that no other
+    is at least as good as on both objectives and better on one."""
+    sign = 1.0 if direction == "maximize" else -1.0
+    points = {
+        t.number: (sign * t.objective_mean, t.latency_ms)
+        for t in trials
+        if t.objective_mean is not None and t.latency_ms is not None
+    }
+
+    def dominated(a: tuple[float, float]) -> bool:
+        return any(b[0] >= a[0] and b[1] <= a[1] and b != a for b in points.values())
+
+    return sorted(n for n, point in points.items() if not dominated(point))
+
+
 def _keep_best(result: HpoResult, variant: Variant, only_best: bool) -> HpoResult:
-    """Copy the best trial's best-fold model (in its last checkpoint) to ``<variant>/best``;
-    with ``only_best``, drop every trial's checkpoint."""
-    best_dir = variant.files.best
+    """Copy the best trial's best-fold model (in its last checkpoint) to ``<variant>/best``,
+    and each other Pareto trial's to ``<variant>/pareto/trial_<n>`` (for the benchmark); with
+    ``only_best``, drop every other checkpoint."""
+    files = variant.files
     best = result.best
-    if best is not None and best.checkpoint is not None and Path(best.checkpoint) != best_dir:
-        source = Path(best.checkpoint) / CHECKPOINT_MODEL
-        if source.is_dir():
-            staging = staging_for(best_dir)
-            shutil.rmtree(staging, ignore_errors=True)
-            shutil.copytree(source, staging)
-            shutil.rmtree(best_dir, ignore_errors=True)
-            staging.rename(best_dir)
+    targets = {number: files.pareto_model(number) for number in result.pareto}
+    if best is not None:
+        targets[best.number] = files.best
+    kept_dirs = set(targets.values())
+    by_number = {t.number: t for t in result.trials}
+    # Pareto trials first: one that was the best has its model in best/, which the best
+    # replaces.
+    for number in sorted(targets, key=lambda n: best is not None and n == best.number):
+        _copy_model(by_number[number].checkpoint, targets[number])
     if only_best:
         for trial in result.trials:
-            if trial.checkpoint is not None and Path(trial.checkpoint) != best_dir:
+            if trial.checkpoint is not None and Path(trial.checkpoint) not in kept_dirs:
                 shutil.rmtree(trial.checkpoint, ignore_errors=True)
-        shutil.rmtree(variant.files.train_dir, ignore_errors=True)  # the kept model: best/
+        shutil.rmtree(files.train_dir, ignore_errors=True)  # the kept models: best/, pareto/
+        for stale in files.pareto_model(0).parent.glob("trial_*"):
+            if stale not in kept_dirs:  # off the front since
+                shutil.rmtree(stale, ignore_errors=True)
 
     def kept(trial: TrialRecord) -> str | None:
-        if best is not None and trial.number == best.number and best_dir.is_dir():
-            return str(best_dir)
+        target = targets.get(trial.number)
+        if target is not None and target.is_dir():
+            return str(target)
         return None if only_best else trial.checkpoint
 
     trials = [t.model_copy(update={"checkpoint": kept(t)}) for t in result.trials]
@@ -410,9 +446,27 @@ def _keep_best(result: HpoResult, variant: Variant, only_best: bool) -> HpoResul
         update={
             "trials": trials,
             "best": best_record,
-            "best_checkpoint": str(best_dir) if best_dir.is_dir() else None,
+            "best_checkpoint": str(files.best) if files.best.is_dir() else None,
         }
     )
+
+
+def _copy_model(checkpoint: str | None, target: Path) -> None:
+    """Put the model of a trial's ``checkpoint`` (a trial checkpoint's ``model/``, or a model
+    directory kept earlier: ``best/``, ``pareto/trial_<n>``) at ``target``, atomically."""
+    if checkpoint is None or Path(checkpoint) == target:
+        return
+    source = Path(checkpoint) / CHECKPOINT_MODEL
+    if not source.is_dir():
+        source = Path(checkpoint)
+    if not (source / "config.json").is_file():
+        return
+    staging = staging_for(target)
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(source, staging)
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
 
 
 def _print_summary(result: HpoResult, status: str) -> None:
@@ -422,6 +476,12 @@ def _print_summary(result: HpoResult, status: str) -> None:
         std = "" if t.objective_std is None else f" ± {t.objective_std:.4f}"
         folds = ", ".join(f"{f.objective:.3f}" for f in t.folds)
         mark = "  <- best" if result.best is not None and t.number == result.best.number else ""
+        if t.latency_ms is not None:
+            mark = (
+                f"  p95 {t.latency_ms:.1f} ms"
+                + (" (Pareto)" if t.number in result.pareto else "")
+                + mark
+            )
         if t.resumes:
             mark += f"  (retried: resumed at {', '.join(t.resumes)})"
         print(f"  trial {t.number:>3} {t.state:<8} {result.metric} {mean}{std}  [{folds}]{mark}")

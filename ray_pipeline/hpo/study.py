@@ -29,14 +29,19 @@ def study_storage(files: VariantFiles, variant: str, checkpoint: StudyCheckpoint
 
 
 def load_study(
-    storage: BaseStorage, name: str, direction: Literal["maximize", "minimize"]
+    storage: BaseStorage,
+    name: str,
+    direction: Literal["maximize", "minimize"],
+    latency: bool = False,
 ) -> optuna.Study:
-    """Create or open the study ``name``."""
+    """Create or open the study ``name``: one objective, or with ``latency`` two (the metric,
+    then latency, minimised)."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    directions = [direction, "minimize"] if latency else [direction]
     return optuna.create_study(
-        storage=storage, study_name=name, direction=direction, load_if_exists=True
+        storage=storage, study_name=name, directions=directions, load_if_exists=True
     )
 
 

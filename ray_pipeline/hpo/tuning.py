@@ -32,7 +32,7 @@ from ray_pipeline.hpo.jobs import StudyJob, TrialJob
 from ray_pipeline.hpo.results import CHECKPOINT_KEY
 from ray_pipeline.hpo.search_space import DefineSpace, make_sampler
 from ray_pipeline.hpo.tune_state import repair_recorded_checkpoints
-from ray_pipeline.hpo.worker import SCORE, run_folds, summary, train_folds
+from ray_pipeline.hpo.worker import LATENCY, SCORE, run_folds, summary, train_folds
 from ray_pipeline.paths import trial_name
 from ray_pipeline.resources import DRIVER_MEMORY_BYTES, TrialPlan, scaling_config
 from ray_pipeline.schema import HpoConfig, SchedulerConfig
@@ -171,13 +171,15 @@ class StudySearch(OptunaSearch):
         self._completed_trials.add(trial_id)
 
     def _report_best(self) -> None:
+        """The best metric so far (the first objective; with latency as the second, the best
+        metric on the Pareto front) as a Ray metric."""
         study = self._ot_study
-        try:
-            best = study.best_value if study is not None else None
-        except ValueError:  # no complete trial yet
+        if study is None:
             return
-        if best is not None:
-            monitoring.best_objective(self._study_name, float(best))
+        values = [t.values[0] for t in study.best_trials if t.values]
+        if values:
+            pick = max if study.directions[0].name == "MAXIMIZE" else min
+            monitoring.best_objective(self._study_name, float(pick(values)))
 
 
 @dataclass(frozen=True)
@@ -350,10 +352,13 @@ def run_round(
     # Seed per round: a top-up round must not replay the first round's suggestions.
     seed = job.seed + len(storage.get_all_trials(storage.get_study_id_from_name(study_name)))
     budget = Budget(hpo.time_budget_s, hpo.patience, mode == "max")
+    # With latency as a second objective Optuna gets both values (and no intermediate ones).
+    metric: str | list[str] = [OBJECTIVE, LATENCY] if hpo.objective.latency else OBJECTIVE
+    modes: str | list[str] = [mode, "min"] if hpo.objective.latency else mode
     search = StudySearch(
         space=DefineSpace(hpo.search_space),
-        metric=OBJECTIVE,
-        mode=mode,
+        metric=metric,
+        mode=modes,
         sampler=make_sampler(hpo.sampler, seed, hpo.search_space),
         study_name=study_name,
         storage=storage,

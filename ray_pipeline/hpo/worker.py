@@ -85,6 +85,27 @@ class FoldRun:
         loss = train_epoch(self.ddp, data, self.optimizer, self.scheduler, self.amp, p)
         return loss, time.perf_counter() - start
 
+    def latency_ms(self) -> float | None:
+        """The search's second objective (``hpo.objective.latency``): p95 milliseconds of a
+        forward pass at batch 1 over ``max_length`` tokens, on this worker's device and in the
+        trial's precision; None when latency is not an objective."""
+        settings = self.job.study.latency
+        if settings is None:
+            return None
+        import torch
+
+        from ray_pipeline.benchmark.measure import fixed_length_batch, summarise, time_forward
+
+        batch = fixed_length_batch(
+            self.val_rows, 1, self.job.training.max_length, self.inputs.pad_id
+        )
+        self.model.eval()
+        with torch.inference_mode(), self.amp.autocast():
+            timings = time_forward(
+                self.model, batch, settings.iterations, settings.warmup, self.device
+            )
+        return summarise(1, timings).p95_ms
+
     def evaluate(self) -> dict[str, float]:
         size = max(self.job.training.batch_size, 32)
         labels, pad = self.inputs.splits.labels, self.inputs.pad_id
@@ -132,6 +153,8 @@ def summary(state: FoldState) -> dict[str, float]:
 
 SCORE = "score"
 """The running score that schedulers compare trials on, after every epoch."""
+LATENCY = "latency_ms"
+"""With ``hpo.objective.latency``: the fold-0 model's p95 latency, the second objective."""
 
 
 def _metrics(
@@ -158,6 +181,9 @@ def _metrics(
         SCORE: math.fsum(values) / len(values) if values else math.nan,
         "fold_state": state.model_dump_json(),
     }
+    if job.study.latency is not None:
+        timed = state.folds[0].latency_ms if state.folds else None
+        metrics[LATENCY] = math.nan if timed is None else timed
     if epoch_objective is not None:
         metrics["epoch_objective"] = epoch_objective
     return metrics
@@ -280,6 +306,7 @@ def _train_fold(
         train_step_seconds=progress.step_seconds,
         workers=fold.workers,
         precision=fold.amp.precision,
+        latency_ms=fold.latency_ms() if number == 0 and session.rank == 0 else None,
         **_placement(),
     )
     best = state.best_fold
@@ -329,6 +356,7 @@ def _track_fold(job: TrialJob, result: FoldResult) -> None:
         "train_loss": result.train_loss,
         "seconds": result.seconds,
         **result.metrics,
+        **({LATENCY: result.latency_ms} if result.latency_ms is not None else {}),
     }
     tracking.log(run, metrics=numbers)
     tracking.end(run)

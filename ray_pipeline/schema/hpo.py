@@ -131,11 +131,23 @@ def _check_range(low: float, high: float, log: bool, step: float | None) -> None
 ParamSpec = Annotated[FloatParam | IntParam | CategoricalParam, Field(discriminator="type")]
 
 
+class LatencyObjective(Section):
+    iterations: PositiveInt = 20
+    """Timed forward passes (batch 1) whose p95 is the trial's latency."""
+    warmup: int = Field(default=3, ge=0)
+    """Untimed passes before them."""
+
+
 class ObjectiveConfig(Section):
     metric: str = "macro_f1"
     """Metric the search optimises (checked against the task's metrics)."""
     direction: Literal["maximize", "minimize"] = "maximize"
     """Whether larger or smaller values are better."""
+    latency: LatencyObjective | None = None
+    """A second objective, minimised: p95 latency (ms) at batch 1 of the trial's fold-0 model,
+    timed after that fold on the trial's device and in its precision, on inputs of the trial's
+    ``max_length``. The study becomes multi-objective; ``hpo.json`` holds its Pareto front,
+    and the benchmark and the selection consider every trial on it."""
 
 
 SchedulerType = Literal["none", "asha", "hyperband", "median"]
@@ -361,7 +373,7 @@ def condition_holds(spec: ParamSpec, point: Mapping[str, Any]) -> bool:
 
 
 SPACE_LIMITS: dict[str, tuple[str, ...]] = {
-    "cmaes": ("categorical", "conditional", "one"),
+    "cmaes": ("categorical", "conditional", "one", "two_objectives"),
     "qmc": ("categorical", "conditional"),
     "gp": ("conditional",),
     "nsga2": ("conditional",),
@@ -396,12 +408,14 @@ def check_search(hpo: HpoConfig) -> None:
         "conditional": sorted(n for n, s in space.items() if s.when),
         "continuous": sorted(n for n, s in space.items() if grid_values(s) is None),
         "one": list(space) if len(space) < 2 else [],
+        "two_objectives": ["objective.latency"] if hpo.objective.latency else [],
     }
     why = {
         "categorical": "samples float and int parameters only, and these are categorical",
         "conditional": "cannot sample conditional parameters",
         "continuous": "needs a finite grid: give these float ranges a step, or choices",
         "one": "needs at least two parameters (Optuna would sample one at random)",
+        "two_objectives": "optimises one objective only; drop",
     }
     for limit in SPACE_LIMITS.get(kind, ()):
         if problems[limit]:

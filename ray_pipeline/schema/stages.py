@@ -25,8 +25,9 @@ class BenchmarkSettings(Section):
     """Timed passes per batch size."""
     warmup_iterations: int = Field(default=5, ge=0)
     """Untimed passes before timing."""
-    max_length: PositiveInt = 128
-    """Sequence length of the timed inputs."""
+    max_length: PositiveInt | None = 128
+    """Sequence length of the timed inputs (null: each trial's own ``max_length``, as when
+    latency is an HPO objective and ``max_length`` is searched)."""
     device: Literal["cpu", "cuda"] | None = None
     """null: CUDA if the cluster has GPUs, else CPU."""
     precision: Precision | None = None
