@@ -63,7 +63,7 @@ def test_benchmark_fan_out_completeness_and_cached_selection(
 
     assert main(["benchmark", "--config", str(path)]) == 0
     out = capsys.readouterr().out
-    assert "3 variant(s) in scope, 3 to benchmark" in out
+    assert "3 trial(s) in scope, 3 to benchmark" in out
     first = _benchmarks(outputs)
     assert sorted(first) == ["hpo_tiny-a", "hpo_tiny-a_v2", "hpo_tiny-b"]
     assert len({b.actor_id for b in first.values()}) == 2  # two actors on 2 CPUs, in parallel
@@ -79,12 +79,12 @@ def test_benchmark_fan_out_completeness_and_cached_selection(
     assert [first[v].trial.number for v in sorted(first)] == [0, 2, 1]  # not the first trial
 
     assert main(["benchmark", "--config", str(path)]) == 0
-    assert "3 variant(s) in scope, 0 to benchmark" in capsys.readouterr().out
+    assert "3 trial(s) in scope, 0 to benchmark" in capsys.readouterr().out
     assert _benchmarks(outputs) == first  # nothing rewritten
 
     add_hpo_variant(config, "tiny-b", 0.50, trial=0)  # hpo_tiny-b_v2
     assert main(["benchmark", "--config", str(path)]) == 0
-    assert "4 variant(s) in scope, 1 to benchmark" in capsys.readouterr().out
+    assert "4 trial(s) in scope, 1 to benchmark" in capsys.readouterr().out
     second = _benchmarks(outputs)
     assert {k: v for k, v in second.items() if k != "hpo_tiny-b_v2"} == first
 
@@ -124,18 +124,18 @@ def test_benchmark_fan_out_completeness_and_cached_selection(
 
     # An inherited resume_if_incomplete acts as reuse_if_exists: nothing to measure.
     assert main(["benchmark", "--config", str(path), "hpo.run.mode=resume_if_incomplete"]) == 0
-    assert "4 variant(s) in scope, 0 to benchmark, 4 up to date (reuse_if_exists)" in (
+    assert "4 trial(s) in scope, 0 to benchmark, 4 up to date (reuse_if_exists)" in (
         capsys.readouterr().out
     )
     # latest_only: each backbone's latest variant; changed settings make its benchmark stale.
     latest = ["benchmark.benchmarking.benchmark_strategy=latest_only"]
     before = _benchmarks(outputs)
     assert main(["benchmark", "--config", str(path), *latest]) == 0
-    assert "2 variant(s) in scope, 0 to benchmark" in capsys.readouterr().out
+    assert "2 trial(s) in scope, 0 to benchmark" in capsys.readouterr().out
     latest += ["benchmark.benchmarking.iterations=3"]
     assert main(["benchmark", "--config", str(path), *latest]) == 0
     out = capsys.readouterr().out
-    assert "2 variant(s) in scope, 2 to benchmark" in out
+    assert "2 trial(s) in scope, 2 to benchmark" in out
     assert out.count(": benchmark settings changed") == 2
     remeasured = _benchmarks(outputs)
     changed = {k for k in remeasured if remeasured[k] != before[k]}

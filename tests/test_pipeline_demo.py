@@ -87,7 +87,7 @@ def test_reduced_demo_end_to_end_then_reused(tmp_path: Path) -> None:
     assert code == 0, second[-4000:]
     for line in (
         "hpo minilm: reuse hpo_minilm; 2 of 2 trials finished, running 0",
-        "benchmark: 1 variant(s) in scope, 0 to benchmark",
+        "benchmark: 1 trial(s) in scope, 0 to benchmark",
         "select: inputs unchanged, reusing",
         "final minilm: reuse final_minilm",
     ):
