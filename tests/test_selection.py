@@ -6,9 +6,10 @@ import pytest
 
 from ray_pipeline.cli import main
 from ray_pipeline.errors import ConfigError
-from ray_pipeline.hpo.results import FoldResult, TrialRecord
+from ray_pipeline.hpo.results import TrialRecord
 from ray_pipeline.schema import TrainingParams
 from ray_pipeline.selection import Candidate, SelectionRules, cache_key, explain, select_best
+from tests.builders import fold_result
 from tests.conftest import MakeExp
 
 
@@ -120,17 +121,7 @@ def test_cache_key_covers_rules_and_inputs() -> None:
 
 def _spread(candidate: Candidate, std: float, folds: int) -> Candidate:
     """``candidate`` with a fold spread: ``std`` over ``folds`` folds."""
-    fold = FoldResult(
-        fold=0,
-        objective=candidate.objective,
-        metrics={},
-        train_loss=0.1,
-        train_examples=10,
-        validation_examples=5,
-        seconds=1.0,
-        train_step_seconds=1.0,
-        workers=1,
-    )
+    fold = fold_result(0, candidate.objective)
     trial = candidate.trial.model_copy(update={"folds": [fold] * folds, "objective_std": std})
     return candidate.model_copy(update={"trial": trial, "objective_std": std})
 
