@@ -1,7 +1,8 @@
 """Final training on the whole machine: the demo's refit with its default resources against one
 worker with one thread, in one command. ``--before`` adds the refit as it ran before it had
 resources of its own (a Ray Train worker group of one worker with one thread: ~20 s to start),
-``--ddp`` one DDP worker per core.
+``--ddp`` one DDP worker per core. ``--gpu`` (on a machine with a GPU) compares the default, one
+worker per GPU, against the refit on every CPU core of the machine instead.
 
 The source is the winner of an existing demo run (``make demo`` first): its HPO variant's
 records are copied into a temporary outputs root, and each way refits that trial there from the
@@ -10,7 +11,7 @@ same local Ray cluster, one after the other. Prints each way's wall time (``ray-
 as a user runs it: planning, the refit, evaluation and export), its test metrics and the
 ratio to the baseline; ``--json FILE`` writes them too.
 
-    python benchmarks/final_scale.py [--outputs outputs/demo] [--before] [--ddp] [--json FILE]
+    python benchmarks/final_scale.py [--outputs DIR] [--before] [--ddp] [--gpu] [--json FILE]
 """
 
 from __future__ import annotations
@@ -34,6 +35,10 @@ WAYS: dict[str, list[str]] = {
     "ddp (1 worker per core, 1 thread each)": [
         "final_training.resources.cpus_per_worker=1",
     ],
+}
+GPU_WAYS: dict[str, list[str]] = {
+    "cpu (1 worker, every core)": ["final_training.resources.gpus_per_worker=0"],
+    "default on a GPU (1 worker per GPU)": [],
 }
 
 
@@ -89,10 +94,14 @@ def main() -> None:
     parser.add_argument(
         "--before", action="store_true", help="also time the refit as it ran before (Ray Train)"
     )
+    parser.add_argument(
+        "--gpu", action="store_true", help="the default on a GPU against every CPU core instead"
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args()
     wanted = {"ddp": args.ddp, "before": args.before}
-    ways = [w for w in WAYS if wanted.get(w.split()[0], True)]
+    table = GPU_WAYS if args.gpu else WAYS
+    ways = [w for w in table if wanted.get(w.split()[0], True)]
     results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="final_scale-") as tmp:
         outputs = Path(tmp)
@@ -101,7 +110,7 @@ def main() -> None:
         try:
             for way in ways:
                 print(f"--- {way}", flush=True)
-                results[way] = _refit(outputs, source, WAYS[way])
+                results[way] = _refit(outputs, source, table[way])
         finally:
             ray.shutdown()
     base = results[ways[0]]["wall_s"]
