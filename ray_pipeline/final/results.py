@@ -69,6 +69,28 @@ class EpochRecord(Record):
     """Torch intra-op threads per worker while it trained (None: not recorded)."""
     precision: str | None = None
     """What it trained in: fp32, bf16 or fp16 (None: recorded before precision existed)."""
+    learning_rate: float | None = None
+    """The learning rate at the end of the epoch (None: not recorded)."""
+    step_seconds: float | None = None
+    """Mean seconds per optimiser step in this epoch (None: not recorded)."""
+
+
+class ClassScores(Record):
+    """Test precision, recall and F1 of one class (classification) or entity type (NER)."""
+
+    precision: float
+    recall: float
+    f1: float
+    support: int
+    """Test examples (entities for NER) of this class."""
+
+
+class Confusion(Record):
+    """Test confusion matrix of a classifier: ``counts[i][j]`` examples of ``labels[i]``
+    predicted as ``labels[j]``."""
+
+    labels: list[str]
+    counts: list[list[int]]
 
 
 class FinalState(Record):
@@ -77,6 +99,10 @@ class FinalState(Record):
     epochs: list[EpochRecord] = Field(default_factory=list)
     test_metrics: dict[str, float] | None = None
     """Set in the last epoch's checkpoint, once the refit model was evaluated."""
+    per_class: dict[str, ClassScores] = Field(default_factory=dict)
+    """Set with ``test_metrics``: per class, or per entity type for NER."""
+    confusion: Confusion | None = None
+    """Set with ``test_metrics`` for sequence classification."""
     resumed_from_epoch: int | None = None
     """The first epoch of the latest attempt that resumed from a checkpoint."""
 
@@ -92,6 +118,10 @@ class FinalMetrics(Record):
     source: SourceTrial
     task: Task
     test_metrics: dict[str, float]
+    per_class: dict[str, ClassScores] = Field(default_factory=dict)
+    """Test scores per class (per entity type for NER); empty in older metrics.json."""
+    confusion: Confusion | None = None
+    """Test confusion matrix (sequence classification; None for NER and older files)."""
     train_examples: int
     test_examples: int
     majority_label: str | None = None

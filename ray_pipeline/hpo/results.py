@@ -24,6 +24,22 @@ TrialState = Literal["COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING"]
 Direction = Literal["maximize", "minimize"]
 
 
+class EpochPoint(Record):
+    """One epoch of a fold: a point of its learning curves (report, MLflow fold runs)."""
+
+    epoch: int
+    """1-based."""
+    train_loss: float
+    """Mean training loss over the epoch."""
+    validation: float | None = None
+    """The objective metric on the fold's validation rows after this epoch (None: the epoch
+    was not evaluated; the last epoch always is, as the fold's ``objective``)."""
+    learning_rate: float | None = None
+    """The learning rate at the end of the epoch."""
+    step_seconds: float | None = None
+    """Mean seconds per optimiser step in this epoch."""
+
+
 class FoldResult(Record):
     """One fold of one trial, as the worker loop reports it."""
 
@@ -46,6 +62,8 @@ class FoldResult(Record):
     """What it trained in: fp32, bf16 or fp16 (None: recorded before precision existed)."""
     latency_ms: float | None = None
     """Fold 0 with ``hpo.objective.latency``: the model's p95 latency (ms) at batch 1."""
+    history: list[EpochPoint] = Field(default_factory=list)
+    """Each epoch's point, in order (empty: recorded before histories existed)."""
 
 
 class FoldProgress(Record):
@@ -57,6 +75,8 @@ class FoldProgress(Record):
     step_seconds: float = 0.0
     seconds: float = 0.0
     """Wall time of the fold so far, over every attempt."""
+    history: list[EpochPoint] = Field(default_factory=list)
+    """The epochs done so far (``FoldResult.history``)."""
 
 
 class FoldState(Record):
