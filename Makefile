@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint demo demo-data clean
+.PHONY: install test lint demo demo-data browser clean
 
 install: $(STAMP)
 
@@ -27,8 +27,18 @@ lint: install
 demo-data: install
 	$(BIN)/ray-pipeline data fetch-demo
 
-# Tests that need the demo data or the demo model fail (instead of skipping) when it is missing.
-test: lint demo-data
+# Headless Chromium and its driver (Debian's packages), for the report's browser test; installed
+# with apt-get only when missing (the package lists fetched first when apt has none).
+browser:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get install -y -qq chromium chromium-driver \
+			|| { apt-get update -qq && apt-get install -y -qq chromium chromium-driver; }; \
+	fi
+
+# Tests that need the demo data, the demo model or the browser fail (instead of skipping) when
+# it is missing.
+test: lint demo-data browser
 	RAY_PIPELINE_REQUIRE_DEMO=1 $(BIN)/pytest --durations=15
 
 # The whole pipeline on the embedded demo (~11 min on 2 CPU cores), then the report.
