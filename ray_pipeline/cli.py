@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from ray_pipeline import pipeline
+from ray_pipeline import console, pipeline
 from ray_pipeline.data.demo import fetch_demo_data
 from ray_pipeline.data.inspect import format_report, inspect_data
 from ray_pipeline.data.splits import local_files_present
@@ -41,6 +41,14 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_verbose_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also show Ray Tune's trial tables and Ray's, MLflow's and transformers' own output",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ray-pipeline",
@@ -52,8 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--stages", default=",".join(pipeline.STAGE_ORDER), help="comma-separated subset of stages"
     )
+    _add_verbose_arg(run)
     for name, stage in _STAGE_COMMANDS.items():
-        _add_config_args(sub.add_parser(name, help=f"run only the {stage} stage"))
+        one = sub.add_parser(name, help=f"run only the {stage} stage")
+        _add_config_args(one)
+        _add_verbose_arg(one)
     validate = sub.add_parser("validate", help="check a config; exit 0 valid, 2 invalid")
     _add_config_args(validate)
     validate.add_argument("--show", action="store_true", help="print the resolved configuration")
@@ -71,7 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("--deb", type=Path, help="use this r-cran-modeldata .deb instead of apt-get")
     fetch.add_argument("--force", action="store_true", help="fetch again even if present")
     _add_config_args(
-        sub.add_parser("report", help="leaderboard, Optuna plots and selection as HTML/PNG")
+        sub.add_parser(
+            "report",
+            help="one self-contained HTML page: leaderboard, trials, selection, final model",
+        )
     )
     return parser
 
@@ -80,6 +94,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "data" and args.data_command == "fetch-demo":
         fetch_demo_data(deb=args.deb, force=args.force)
         return EXIT_OK
+    console.set_verbose(getattr(args, "verbose", False))
     config_path: Path = args.config or default_config_path()
     config = load_config(config_path, args.overrides)
     if args.command == "validate":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import threading
@@ -10,6 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from ray_pipeline.console import verbose
 from ray_pipeline.errors import ConfigError
 
 TRAIN_POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
@@ -30,7 +32,16 @@ def ensure_ray(address: str | None = None) -> None:
     # A local cluster started here inherits this process's environment (a cluster started
     # with `ray start` takes it from that shell; see docs/hpo.md).
     os.environ.setdefault(TRAIN_POLL_ENV, TRAIN_POLL_SECONDS)
-    context = ray.init(address=address, log_to_driver=True)
+    # Ray's start-up INFO lines and its token-authentication notice are what the `ray:` line
+    # below says; later warnings from Ray show (--verbose: everything).
+    chatty = verbose()
+    context = ray.init(
+        address=address,
+        log_to_driver=True,
+        logging_level=logging.INFO if chatty else logging.ERROR,
+    )
+    if not chatty:
+        logging.getLogger("ray").setLevel(logging.WARNING)
     _unwind_on_sigterm()
     resources = ray.cluster_resources()  # type: ignore[no-untyped-call]
     print(

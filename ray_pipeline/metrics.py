@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 
+from ray_pipeline.final.results import ClassScores, Confusion
 from ray_pipeline.schema import TASK_METRICS, Task
 
 
@@ -73,3 +74,55 @@ def majority_rate(train_counts: Counter[str], test_counts: Counter[str]) -> tupl
     always predicts it. A trained model should beat it."""
     label = min(train_counts, key=lambda k: (-train_counts[k], k))
     return label, test_counts[label] / max(sum(test_counts.values()), 1)
+
+
+def class_scores(
+    task: Task, gold: Sequence[object], predicted: Sequence[object], labels: Sequence[str]
+) -> dict[str, ClassScores]:
+    """Precision, recall, F1 and support per class: every one of ``labels`` in their order
+    (sequence classification), or per entity type that the gold or predicted tags hold
+    (token classification, seqeval; its micro / macro / weighted averages left out)."""
+    if task == "sequence_classification":
+        from sklearn.metrics import precision_recall_fscore_support
+
+        precision, recall, f1, support = precision_recall_fscore_support(
+            [str(g) for g in gold],
+            [str(p) for p in predicted],
+            labels=list(labels),
+            zero_division=0,
+        )
+        rows = zip(labels, precision, recall, f1, support, strict=True)
+        return {
+            label: ClassScores(precision=float(p), recall=float(r), f1=float(f), support=int(s))
+            for label, p, r, f, s in rows
+        }
+    from seqeval.metrics import classification_report
+
+    report = classification_report(
+        [list(s) for s in gold],  # type: ignore[call-overload]
+        [list(s) for s in predicted],  # type: ignore[call-overload]
+        output_dict=True,
+        zero_division=0,
+    )
+    return {
+        entity: ClassScores(
+            precision=float(row["precision"]),
+            recall=float(row["recall"]),
+            f1=float(row["f1-score"]),
+            support=int(row["support"]),
+        )
+        for entity, row in report.items()
+        if not entity.endswith(" avg")
+    }
+
+
+def confusion(
+    gold: Sequence[object], predicted: Sequence[object], labels: Sequence[str]
+) -> Confusion:
+    """The confusion matrix of one label per example: ``counts[i][j]`` examples of
+    ``labels[i]`` predicted as ``labels[j]``."""
+    index = {label: i for i, label in enumerate(labels)}
+    counts = [[0] * len(labels) for _ in labels]
+    for g, p in zip(gold, predicted, strict=True):
+        counts[index[str(g)]][index[str(p)]] += 1
+    return Confusion(labels=list(labels), counts=counts)

@@ -177,6 +177,9 @@ def build_model(
     ``training``'s dropout settings in its config (null ones: the backbone's own)."""
     import torch
 
+    from ray_pipeline.console import quiet_libraries
+
+    quiet_libraries()  # the new head's "MISSING" load report, once per worker, is by design
     torch.manual_seed(seed)
     id2label = dict(enumerate(labels))
     label2id = {label: i for i, label in id2label.items()}

@@ -4,14 +4,14 @@ tools read), and the demo data cache. No other module spells a name in this tree
 <outputs_root>/<experiment>/
   config.resolved.yaml
   mlflow.db
-  mlartifacts/                 the embedded MLflow store's artifacts
+  mlartifacts/                 MLflow artifacts (of any store that is not a server)
   hpo/<backbone>/<variant>/    variant.json study.db (or study.journal) hpo.json
                                benchmark.json failures.jsonl best/
                                tune/round_<r>/trial_<n>/  train/trial_<n>/
   selection/selection.json
   final/<backbone>/<variant>/  variant.json model/ metrics.json lineage.json checkpoints/
                                failures.jsonl
-  report/                      index.html leaderboard.json plots/<variant>_<plot>.png|.html
+  report/                      index.html (self-contained) leaderboard.json
 
 Inside a checkpoint (a trial's or final training's): ``model/`` (a ``save_pretrained``
 directory), ``training_state.pt`` (model, optimiser and scheduler state inside a fold or run)
@@ -105,7 +105,7 @@ class OutputsLayout:
 
     @property
     def mlflow_artifacts(self) -> Path:
-        """The embedded MLflow store's artifacts (MLflow would use ./mlruns otherwise)."""
+        """MLflow artifacts of a store that is not a server (MLflow's default: ./mlruns)."""
         return self.root / "mlartifacts"
 
     @property
@@ -123,14 +123,6 @@ class OutputsLayout:
     @property
     def leaderboard_file(self) -> Path:
         return self.report_dir / "leaderboard.json"
-
-    @property
-    def report_plots(self) -> Path:
-        return self.report_dir / "plots"
-
-    def report_plot(self, variant: str, plot: str, interactive: bool) -> Path:
-        """One Optuna plot of a variant: a PNG, or (``interactive``) a plotly HTML page."""
-        return self.report_plots / f"{variant}_{plot}.{'html' if interactive else 'png'}"
 
     def stage_dir(self, stage: VariantStage, backbone: str) -> Path:
         """The directory holding one backbone's variants of ``stage``."""

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from ray_pipeline.artifacts import write_text_atomic
+from ray_pipeline.console import quiet_libraries
 from ray_pipeline.errors import ConfigError
 from ray_pipeline.loading import load_config
 from ray_pipeline.models import check_dropout
@@ -93,6 +94,7 @@ def run(
 ) -> None:
     """Run ``stages`` (in pipeline order) of an experiment given as a config or a file path."""
     cfg = config if isinstance(config, PipelineConfig) else load_config(config, tuple(overrides))
+    quiet_libraries()
     check_precision(cfg)
     check_dropout(cfg)
     ordered = parse_stages(",".join(stages))

@@ -23,7 +23,9 @@ import contextlib
 import os
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -35,6 +37,7 @@ from ray_pipeline.schema import PipelineConfig
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
+    from mlflow.entities import Metric
 
     from ray_pipeline.final.results import SourceTrial
     from ray_pipeline.hpo.results import TrialRecord
@@ -44,6 +47,8 @@ PARENT_TAG = "mlflow.parentRunId"
 RunKind = Literal["variant", "trial", "fold", "benchmark", "selection"]
 EndStatus = Literal["FINISHED", "FAILED", "KILLED"]
 _REACH_TIMEOUT_S = 3.0
+SERVER_SCHEMES = frozenset({"http", "https", "databricks", "databricks-uc", "uc"})
+"""Tracking URIs whose server keeps the artifacts (``mlflow server``, Databricks)."""
 
 
 class RunRef(BaseModel):
@@ -106,22 +111,34 @@ def _client(uri: str) -> MlflowClient:
     return MlflowClient(uri)
 
 
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+"""MLflow 3's UI opens an experiment with this tag on its runs and models, not the GenAI
+overview (the tag and value of the UI's ExperimentKind "custom model development")."""
+
+
 def experiment_id(uri: str, name: str, artifact_location: str | None = None) -> str:
     """The experiment's id, created if missing (a concurrent creator wins the race harmlessly)
-    with its artifacts at ``artifact_location`` (None: the store's default)."""
+    with its artifacts at ``artifact_location`` (None: the store's default) and tagged
+    ``EXPERIMENT_KIND``; an existing experiment without a kind gets that tag."""
     from mlflow.exceptions import MlflowException
 
     client = _client(uri)
     existing = client.get_experiment_by_name(name)
-    if existing is not None:
-        return str(existing.experiment_id)
-    try:
-        return str(client.create_experiment(name, artifact_location=artifact_location))
-    except MlflowException:
-        again = client.get_experiment_by_name(name)
-        if again is None:
-            raise
-        return str(again.experiment_id)
+    if existing is None:
+        try:
+            return str(
+                client.create_experiment(
+                    name, artifact_location=artifact_location, tags=EXPERIMENT_KIND
+                )
+            )
+        except MlflowException:
+            existing = client.get_experiment_by_name(name)
+            if existing is None:
+                raise
+    for key, value in EXPERIMENT_KIND.items():
+        if key not in existing.tags:  # ours from before the tag, or the user's without a kind
+            client.set_experiment_tag(existing.experiment_id, key, value)
+    return str(existing.experiment_id)
 
 
 def _find(ref_uri: str, exp: str, tags: dict[str, str]) -> Any | None:
@@ -147,11 +164,12 @@ def _experiment(config: PipelineConfig) -> tuple[str, str] | None:
     uri = tracking_uri(config)
     if uri is None:
         return None
-    layout = OutputsLayout.of(config)
-    # The embedded store keeps its artifacts beside it, under outputs/ (MLflow's default is
-    # ./mlruns of the working directory); a server or a store the user named decides itself.
-    embedded = uri == f"sqlite:///{layout.mlflow_db}"
-    location = layout.mlflow_artifacts.resolve().as_uri() if embedded else None
+    # A server stores artifacts where it was told to. Any other store (the embedded SQLite
+    # file, or a database the user named) would put them in ./mlruns of whatever directory
+    # the run started in: they go under outputs/ instead.
+    server = (urllib.parse.urlsplit(uri).scheme or uri) in SERVER_SCHEMES  # bare "databricks"
+    artifacts = OutputsLayout.of(config).mlflow_artifacts
+    location = None if server else artifacts.resolve().as_uri()
     name = config.tracking.experiment_name or config.experiment.name
     return uri, experiment_id(uri, name, location)
 
@@ -282,16 +300,32 @@ def log(
     step: int = 0,
 ) -> None:
     """Log numeric metrics (non-numbers skipped) and params to ``run``."""
-    from mlflow.entities import Metric, Param
+    from mlflow.entities import Param
+
+    param_list = [Param(k, str(v)) for k, v in (params or {}).items()]
+    _client(run.tracking_uri).log_batch(
+        run.run_id, metrics=_metric_list({step: metrics or {}}), params=param_list
+    )
+
+
+def log_history(run: RunRef, points: Mapping[int, Mapping[str, Any]]) -> None:
+    """Log learning curves to ``run`` in one call: each step's numeric metrics at that step
+    (``{epoch: {"train_loss": ..., ...}}``; None and other non-numbers skipped)."""
+    metric_list = _metric_list(points)
+    if metric_list:
+        _client(run.tracking_uri).log_batch(run.run_id, metrics=metric_list)
+
+
+def _metric_list(points: Mapping[int, Mapping[str, Any]]) -> list[Metric]:
+    from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    metric_list = [
+    return [
         Metric(k, float(v), now, step)
-        for k, v in (metrics or {}).items()
+        for step, metrics in points.items()
+        for k, v in metrics.items()
         if isinstance(v, int | float) and not isinstance(v, bool)
     ]
-    param_list = [Param(k, str(v)) for k, v in (params or {}).items()]
-    _client(run.tracking_uri).log_batch(run.run_id, metrics=metric_list, params=param_list)
 
 
 def set_tags(run: RunRef, **values: Any) -> None:

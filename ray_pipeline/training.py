@@ -222,6 +222,24 @@ def predict(
     return out
 
 
+def labelled_predictions(
+    model: torch.nn.Module,
+    rows: Sequence[Row],
+    labels: Sequence[str],
+    task: Task,
+    batch_size: int,
+    pad_id: int,
+    device: torch.device | None = None,
+) -> tuple[list[Any], list[Any]]:
+    """Gold and predicted label names of ``model`` on encoded ``rows``: one per example
+    (sequence classification) or a list per sentence of its labelled tokens' tags (NER)."""
+    predicted = predict(model, rows, batch_size, pad_id, device)
+    if task == "sequence_classification":
+        return [labels[r["labels"]] for r in rows], [labels[p] for p in predicted]
+    gold_tags = [[labels[t] for t in r["labels"] if t != IGNORE_INDEX] for r in rows]
+    return gold_tags, [[labels[t] for t in sentence] for sentence in predicted]
+
+
 def evaluate(
     model: torch.nn.Module,
     rows: Sequence[Row],
@@ -232,10 +250,5 @@ def evaluate(
     device: torch.device | None = None,
 ) -> dict[str, float]:
     """The task's metrics of ``model`` on encoded ``rows``."""
-    predicted = predict(model, rows, batch_size, pad_id, device)
-    if task == "sequence_classification":
-        gold = [labels[r["labels"]] for r in rows]
-        return compute_metrics(task, gold, [labels[p] for p in predicted])
-    gold_tags = [[labels[t] for t in r["labels"] if t != IGNORE_INDEX] for r in rows]
-    pred_tags = [[labels[t] for t in sentence] for sentence in predicted]
-    return compute_metrics(task, gold_tags, pred_tags)
+    gold, predicted = labelled_predictions(model, rows, labels, task, batch_size, pad_id, device)
+    return compute_metrics(task, gold, predicted)

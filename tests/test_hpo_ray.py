@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -24,6 +24,9 @@ from ray_pipeline.variants import VariantRecord
 from tests.builders import add_hpo_variant
 from tests.conftest import MakeExp
 from tests.run_outputs import embedded_store, kinds_and_states, mlflow_runs, study_states
+
+if TYPE_CHECKING:
+    from mlflow.entities import Run
 
 pytestmark = pytest.mark.slow
 
@@ -79,6 +82,76 @@ def _assert_best_model_is_the_best_fold(config: PipelineConfig, variant: Path) -
     return best
 
 
+def _curves(outputs: Path, run: Run) -> dict[str, list[tuple[int, float]]]:
+    """(step, value) of each metric a run logged at more than step 0: its learning curves."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(embedded_store(outputs, "t"))
+    histories = {k: client.get_metric_history(run.info.run_id, k) for k in run.data.metrics}
+    curves = {k: sorted((m.step, m.value) for m in h) for k, h in histories.items()}
+    return {k: c for k, c in curves.items() if any(step for step, _ in c)}
+
+
+def _assert_fold_curves(outputs: Path, trial: TrialRecord) -> None:
+    """Each fold of ``trial`` recorded every epoch (hpo.json), the last one scored with the
+    fold's objective, and its MLflow run holds the same curves, step = epoch; the experiment
+    is tagged to open on its runs in MLflow 3's UI."""
+    epochs = trial.training.epochs
+    runs = mlflow_runs(embedded_store(outputs, "t"), "t")
+    fold_runs = {
+        int(r.data.tags["ray_pipeline.fold"]): r
+        for r in runs
+        if r.data.tags["ray_pipeline.kind"] == "fold"
+    }
+    for fold in trial.folds:
+        history = fold.history
+        assert [p.epoch for p in history] == list(range(1, epochs + 1)), history
+        assert history[-1].train_loss == fold.train_loss
+        # The smoke search has no scheduler: only the last epoch is evaluated.
+        assert [p.validation for p in history] == [None] * (epochs - 1) + [fold.objective]
+        assert all(p.learning_rate is not None and p.learning_rate >= 0 for p in history)
+        assert all(p.step_seconds is not None and p.step_seconds > 0 for p in history)
+        curves = _curves(outputs, fold_runs[fold.fold])
+        assert curves == {
+            "train_loss": [(p.epoch, p.train_loss) for p in history],
+            "validation_macro_f1": [(epochs, fold.objective)],
+            "learning_rate": [(p.epoch, p.learning_rate) for p in history],
+            "step_seconds": [(p.epoch, p.step_seconds) for p in history],
+        }
+    from mlflow import MlflowClient
+
+    found = MlflowClient(embedded_store(outputs, "t")).get_experiment_by_name("t")
+    assert found is not None
+    assert found.tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def _assert_final_curves_and_errors(outputs: Path, metrics: FinalMetrics, lineage: Lineage) -> None:
+    """The refit's run has a learning curve point per epoch; metrics.json scores every label
+    and its confusion matrix counts every test example."""
+    epochs = lineage.training.epochs
+    assert [e.epoch for e in metrics.epochs] == list(range(epochs))
+    assert all(e.learning_rate is not None and (e.step_seconds or 0) > 0 for e in metrics.epochs)
+    (run,) = [
+        r
+        for r in mlflow_runs(embedded_store(outputs, "t"), "t")
+        if r.data.tags.get("ray_pipeline.stage") == "final"
+    ]
+    curves = _curves(outputs, run)
+    assert curves["train_loss"] == [(e.epoch + 1, e.train_loss) for e in metrics.epochs]
+    assert curves["learning_rate"] == [(e.epoch + 1, e.learning_rate) for e in metrics.epochs]
+    assert [step for step, _ in curves["step_seconds"]] == list(range(1, epochs + 1))
+    labels = lineage.labels
+    assert list(metrics.per_class) == labels
+    assert sum(s.support for s in metrics.per_class.values()) == metrics.test_examples
+    macro = sum(s.f1 for s in metrics.per_class.values()) / len(labels)
+    assert macro == pytest.approx(metrics.test_metrics["macro_f1"])
+    assert metrics.confusion is not None and metrics.confusion.labels == labels
+    counts = metrics.confusion.counts
+    assert sum(map(sum, counts)) == metrics.test_examples
+    correct = sum(counts[i][i] for i in range(len(labels)))
+    assert correct / metrics.test_examples == pytest.approx(metrics.test_metrics["accuracy"])
+
+
 def test_smoke_hpo_ranks_reuses_grows_and_feeds_the_later_stages(
     ray_cluster: None, smoke_experiment: MakeExp, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -105,6 +178,7 @@ def test_smoke_hpo_ranks_reuses_grows_and_feeds_the_later_stages(
     assert "running 1" in capsys.readouterr().out
     finished = {("variant", "FINISHED"): 1, ("trial", "FINISHED"): 1, ("fold", "FINISHED"): 2}
     assert _runs(outputs) == finished  # 1 parent, 1 trial, 2 folds, none RUNNING
+    _assert_fold_curves(outputs, result.trials[0])
 
     assert main(["hpo", "--config", path]) == 0  # reuse_if_exists: nothing to run
     assert "1 of 1 trials finished, running 0" in capsys.readouterr().out
@@ -137,6 +211,7 @@ def test_smoke_hpo_ranks_reuses_grows_and_feeds_the_later_stages(
     metrics = read_json(final / "metrics.json", FinalMetrics)
     assert metrics.majority_rate is not None  # the refit learned: it beats the majority class
     assert metrics.test_metrics["accuracy"] > metrics.majority_rate + 0.2, metrics
+    _assert_final_curves_and_errors(outputs, metrics, lineage)
     assert "(majority class" in capsys.readouterr().out
 
     assert main(["hpo", "--config", path, "hpo.search_space.learning_rate.high=0.5"]) == 2

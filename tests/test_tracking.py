@@ -97,6 +97,58 @@ def test_parent_found_again_and_open_runs_ended(smoke_experiment: MakeExp, tmp_p
     assert client.get_run(trial.run_id).data.tags["mlflow.parentRunId"] == parent.run_id
 
 
+def test_history_is_logged_per_step_and_gaps_are_skipped(
+    smoke_experiment: MakeExp,
+) -> None:
+    cfg = load_config(smoke_experiment())
+    run = tracking.open_variant_run(cfg, "hpo", "tiny-bert", "hpo_tiny-bert", "abc")
+    assert run is not None
+    tracking.log_history(
+        run,
+        {
+            1: {"train_loss": 0.7, "validation_macro_f1": None, "learning_rate": 2e-5},
+            2: {"train_loss": 0.5, "validation_macro_f1": 0.8, "learning_rate": 1e-5},
+        },
+    )
+    client = MlflowClient(run.tracking_uri)
+
+    def curve(key: str) -> list[tuple[int, float]]:
+        return sorted((m.step, m.value) for m in client.get_metric_history(run.run_id, key))
+
+    assert curve("train_loss") == [(1, 0.7), (2, 0.5)]
+    assert curve("validation_macro_f1") == [(2, 0.8)]  # epoch 1 was not evaluated
+    assert curve("learning_rate") == [(1, 2e-5), (2, 1e-5)]
+    assert client.get_run(run.run_id).data.metrics["train_loss"] == 0.5  # the last step's
+
+
+def test_experiments_open_the_model_view_and_keep_artifacts_under_outputs(
+    smoke_experiment: MakeExp, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store the user named (not a server) keeps its artifacts under outputs/, not in
+    ./mlruns of the working directory; every experiment carries MLflow 3's kind tag, also
+    one created before the tag (or by someone else) without a kind."""
+    monkeypatch.chdir(tmp_path)
+    kind = ("mlflow.experimentKind", "custom_model_development")
+    uri = f"sqlite:///{tmp_path / 'named.db'}"
+    cfg = load_config(smoke_experiment(), [f"tracking.tracking_uri={uri}"])
+    run = tracking.open_variant_run(cfg, "hpo", "tiny-bert", "hpo_tiny-bert", "abc")
+    assert run is not None
+    client = MlflowClient(uri)
+    experiment = client.get_experiment(run.experiment_id)
+    assert experiment.artifact_location == (tmp_path / "outputs" / "t" / "mlartifacts").as_uri()
+    assert kind in experiment.tags.items()
+    tracking.log_artifact(run, str(smoke_experiment()))
+    assert (tmp_path / "outputs" / "t" / "mlartifacts").is_dir()
+    assert not (tmp_path / "mlruns").exists()
+
+    older = client.create_experiment("older")  # no kind tag
+    assert tracking.experiment_id(uri, "older") == older
+    assert kind in client.get_experiment(older).tags.items()
+    chosen = client.create_experiment("chosen", tags={kind[0]: "genai_development"})
+    assert tracking.experiment_id(uri, "chosen") == chosen
+    assert client.get_experiment(chosen).tags[kind[0]] == "genai_development"  # left alone
+
+
 def test_only_the_tracking_module_imports_mlflow() -> None:
     package = Path(ray_pipeline.__file__).parent
     importers = []

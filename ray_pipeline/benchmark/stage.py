@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from ray_pipeline import monitoring, tracking
 from ray_pipeline.artifacts import write_json
 from ray_pipeline.benchmark.results import BenchmarkJob, BenchmarkResult
 from ray_pipeline.benchmark.scope import BenchmarkTarget, variants_in_scope
+from ray_pipeline.console import STATUS_EVERY_S, duration
 from ray_pipeline.data.encode import Row, encode
 from ray_pipeline.data.examples import Examples
 from ray_pipeline.data.splits import load_splits, read_labelled_file, take
@@ -176,18 +178,25 @@ def _fan_out(
         ).remote()
         for i in range(count)
     ]
-    results, failures = [], []
+    results: list[BenchmarkResult] = []
+    failures: list[str] = []
     try:
         pool = ActorPool(actors)
         for target, _ in todo:
             job = _job(config, target, inputs, threads)
             pool.submit(lambda actor, j: actor.run.remote(j), job.model_dump(mode="json"))
+        started, took = time.monotonic(), list[float]()
         while pool.has_next():  # type: ignore[no-untyped-call]
             try:
-                result = BenchmarkResult.model_validate(pool.get_next_unordered())
+                got = pool.get_next_unordered(timeout=STATUS_EVERY_S)
+            except TimeoutError:
+                print(_status(len(todo), len(results) + len(failures), count, started, took))
+                continue
             except ray.exceptions.RayError as exc:
                 failures.append(str(exc).splitlines()[0])
                 continue
+            took.append(time.monotonic() - started)
+            result = BenchmarkResult.model_validate(got)
             result = _record(config, by_trial[_key(result.trial)], result)
             for stats in result.latency:  # from the driver: it outlives the actors
                 monitoring.benchmark_p95(result.trial.variant, stats.batch_size, stats.p95_ms)
@@ -202,6 +211,18 @@ def _fan_out(
             f"written): {'; '.join(failures[:3])}"
         )
     return results
+
+
+def _status(total: int, done: int, actors: int, started: float, took: list[float]) -> str:
+    """``benchmark: 1/3 done, 2 measuring, 1 min so far, ETA 2 min``. ``took``: seconds from
+    the start to each finished benchmark; the ETA is the benchmarks left at that pace."""
+    elapsed = time.monotonic() - started
+    running = min(actors, total - done)
+    line = f"benchmark: {done}/{total} done, {running} measuring, {duration(elapsed)} so far"
+    if not took:
+        return f"{line}, ETA after the first benchmark"
+    pace = max(took) / len(took)  # seconds per benchmark, the actors together
+    return f"{line}, ETA {duration(max((total - done) * pace - (elapsed - max(took)), 0.0))}"
 
 
 def _record(

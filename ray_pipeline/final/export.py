@@ -98,8 +98,9 @@ def _track(
     metrics: FinalMetrics,
     model_dir: Path,
 ) -> None:
-    for record in metrics.epochs:
-        tracking.log(run, metrics={"train_loss": record.train_loss}, step=record.epoch)
+    # The learning curves, step = epoch number (1-based, as on HPO fold runs).
+    curves = {"train_loss", "learning_rate", "step_seconds"}
+    tracking.log_history(run, {r.epoch + 1: r.model_dump(include=curves) for r in metrics.epochs})
     tracking.log(run, metrics={f"test_{k}": v for k, v in metrics.test_metrics.items()})
     for path in (variant.files.metrics, variant.files.lineage):
         tracking.log_artifact(run, str(path))

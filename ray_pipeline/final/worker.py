@@ -18,9 +18,11 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ray_pipeline.console import duration
 from ray_pipeline.data.encode import encode
 from ray_pipeline.data.splits import load_splits
 from ray_pipeline.final.results import EpochRecord, FinalJob, FinalState
+from ray_pipeline.metrics import class_scores, compute_metrics, confusion
 from ray_pipeline.models import build_model, load_tokenizer
 from ray_pipeline.paths import CHECKPOINT_MODEL, FINAL_EPOCH_PREFIX, FINAL_STATE, TRAINING_STATE
 from ray_pipeline.precision import Amp, resolve
@@ -28,7 +30,7 @@ from ray_pipeline.sessions import Session, TaskSession, TrainSession, quiet_chec
 from ray_pipeline.training import (
     batches,
     epoch_shard,
-    evaluate,
+    labelled_predictions,
     make_optimizer,
     optimizer_steps,
     train_epoch,
@@ -139,21 +141,21 @@ def run_epochs(job: FinalJob, session: Session) -> None:
         )
         begin = time.perf_counter()
         loss = train_epoch(ddp, data, optimizer, scheduler, amp, p)
+        seconds = time.perf_counter() - begin
         record = EpochRecord(
             epoch=epoch,
             train_loss=loss,
-            seconds=time.perf_counter() - begin,
+            seconds=seconds,
             attempt=job.attempt,
             workers=world,
             threads=torch.get_num_threads(),
             precision=amp.precision,
+            learning_rate=float(scheduler.get_last_lr()[0]),
+            step_seconds=seconds / max(per_epoch, 1),
         )
         state = state.model_copy(update={"epochs": [*state.epochs, record]})
         if rank == 0:
-            print(
-                f"final {job.variant}: epoch {epoch + 1}/{p.epochs} train_loss {loss:.4f} "
-                f"({amp.precision})"
-            )
+            print(progress_line(job.variant, state.epochs, p.epochs))
             if epoch == p.epochs - 1:
                 state = _tested(job, state, model, splits, tokenizer, pad_id, session.device)
             _save(job, state, model, optimizer, scheduler, amp, tokenizer)
@@ -161,6 +163,22 @@ def run_epochs(job: FinalJob, session: Session) -> None:
     if state.test_metrics is None and rank == 0:  # restarted after the last epoch's checkpoint
         state = _tested(job, state, model, splits, tokenizer, pad_id, session.device)
         _save(job, state, model, optimizer, scheduler, amp, tokenizer)
+
+
+def progress_line(variant: str, records: list[EpochRecord], epochs: int) -> str:
+    """Rank 0's line after the last of ``records``: its loss and precision, the mean time of
+    the epochs this attempt trained on as many workers, and the time the rest will take."""
+    record = records[-1]
+    timed = [
+        r.seconds for r in records if (r.attempt, r.workers) == (record.attempt, record.workers)
+    ]
+    per_epoch = sum(timed) / len(timed)
+    left = epochs - record.epoch - 1
+    eta = f", ETA {duration(per_epoch * left)}" if left > 0 else ""
+    return (
+        f"final {variant}: epoch {record.epoch + 1}/{epochs} train_loss {record.train_loss:.4f} "
+        f"({record.precision}), {duration(per_epoch)}/epoch{eta}"
+    )
 
 
 def _tested(
@@ -172,11 +190,18 @@ def _tested(
     pad_id: int,
     device: Any,
 ) -> FinalState:
-    """``state`` with the test metrics of ``model`` on ``splits.test``."""
+    """``state`` with the test metrics of ``model`` on ``splits.test``, per class too."""
     rows = encode(tokenizer, splits.test, splits.label2id, job.training.max_length)
     size = max(job.training.batch_size, 32)
-    test = evaluate(model, rows, splits.labels, job.task, size, pad_id, device)
-    return state.model_copy(update={"test_metrics": test})
+    labels = splits.labels
+    gold, predicted = labelled_predictions(model, rows, labels, job.task, size, pad_id, device)
+    classifier = job.task == "sequence_classification"
+    update = {
+        "test_metrics": compute_metrics(job.task, gold, predicted),
+        "per_class": class_scores(job.task, gold, predicted, labels),
+        "confusion": confusion(gold, predicted, labels) if classifier else None,
+    }
+    return state.model_copy(update=update)
 
 
 def train_in_task(config: dict[str, Any]) -> None:

@@ -28,7 +28,13 @@ from ray_pipeline.hpo.results import (
     read_hpo,
 )
 from ray_pipeline.hpo.search_space import fit_point
-from ray_pipeline.hpo.study import count_finished, fail_running, load_study, study_storage
+from ray_pipeline.hpo.study import (
+    best_so_far,
+    count_finished,
+    fail_running,
+    load_study,
+    study_storage,
+)
 from ray_pipeline.identity import study_key, trial_key_hash
 from ray_pipeline.paths import CHECKPOINT_MODEL, OutputsLayout, staging_for
 from ray_pipeline.resources import TrialPlan, cluster_nodes, plan_trials
@@ -267,6 +273,8 @@ def _run_rounds(
             num_samples=missing,
             train_dir=files.train_dir,
             failure_log=files.failures,
+            done_before=finished,
+            best=best_so_far(study),
         )
         outcomes |= tuning.round_results(grid)
         fail_running(study)

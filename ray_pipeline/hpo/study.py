@@ -58,3 +58,17 @@ def fail_running(study: optuna.Study) -> list[int]:
     for number in stale:
         study.tell(number, state=optuna.trial.TrialState.FAIL)
     return stale
+
+
+def best_so_far(study: optuna.Study) -> tuple[float, int] | None:
+    """The best finished trial's objective and number (None: none yet, or two objectives)."""
+    complete = [
+        t
+        for t in study.get_trials(deepcopy=False)
+        if t.state.name == "COMPLETE" and t.values is not None and len(t.values) == 1
+    ]
+    if not complete or len(study.directions) != 1:
+        return None
+    sign = 1.0 if study.directions[0].name == "MAXIMIZE" else -1.0
+    best = max(complete, key=lambda t: (sign * t.values[0], -t.number))
+    return float(best.values[0]), best.number

@@ -25,17 +25,19 @@ from ray.tune import Callback
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from ray_pipeline import faults, monitoring
+from ray_pipeline import console, faults, monitoring
 from ray_pipeline.errors import PipelineError
 from ray_pipeline.hpo import trial_runs
 from ray_pipeline.hpo.jobs import StudyJob, TrialJob
+from ray_pipeline.hpo.progress import SearchProgress, progress_callback
 from ray_pipeline.hpo.results import CHECKPOINT_KEY
+from ray_pipeline.hpo.schedulers import make_scheduler
 from ray_pipeline.hpo.search_space import DefineSpace, make_sampler
 from ray_pipeline.hpo.tune_state import repair_recorded_checkpoints
-from ray_pipeline.hpo.worker import LATENCY, SCORE, run_folds, summary, train_folds
+from ray_pipeline.hpo.worker import LATENCY, run_folds, summary, train_folds
 from ray_pipeline.paths import trial_name
 from ray_pipeline.resources import DRIVER_MEMORY_BYTES, TrialPlan, scaling_config
-from ray_pipeline.schema import HpoConfig, SchedulerConfig
+from ray_pipeline.schema import HpoConfig
 from ray_pipeline.sessions import TaskSession
 
 if TYPE_CHECKING:
@@ -48,9 +50,13 @@ log = logging.getLogger(__name__)
 TRIAL_NUMBER = "optuna_trial_number"
 """Config key carrying the Optuna trial number into the trial driver."""
 OBJECTIVE = "objective"
+TUNE_VERBOSE = 2
+"""Ray Tune's console output with ``--verbose`` (its default: the trial table); else none (our
+progress lines, hpo/progress.py)."""
 CHECKPOINT_PATH_KEY = "checkpoint_path"
 """Ray Train's TuneReportCallback puts a reported checkpoint's path under this key."""
 NO_AUTO_LOGGERS_ENV = "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"
+NEW_OUTPUT_ENV = "RAY_AIR_NEW_OUTPUT"
 SNAPSHOT_WARNING_ENV = "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S"
 NO_SIGINT_HANDLER_ENV = "TUNE_DISABLE_SIGINT_HANDLER"
 
@@ -291,47 +297,6 @@ def _dirname(trial: Trial) -> str:
     return trial_name(int(trial.config.get(TRIAL_NUMBER, -1)))
 
 
-def _never_pause() -> type:
-    """Ray Tune's MedianStoppingRule that continues a trial it cannot judge yet (too few other
-    trials reached its epoch): Ray's own pauses it whenever another trial is pending, which
-    checkpoints, stops and later restores the trial (for a DDP trial, its whole worker group)."""
-    from ray.tune.schedulers import MedianStoppingRule, TrialScheduler
-
-    class NeverPause(MedianStoppingRule):
-        def _on_insufficient_samples(self, tune_controller: Any, trial: Any, time: float) -> str:
-            return str(TrialScheduler.CONTINUE)
-
-    return NeverPause
-
-
-def _scheduler(config: SchedulerConfig, epochs: int, mode: str) -> Any:
-    """Ray Tune's scheduler for ``hpo.scheduler``: it may stop a trial after any of its
-    ``epochs`` (over all folds), comparing trials' running ``score`` at equal epoch counts."""
-    from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler
-
-    grace = min(config.grace_period, epochs)
-    metric, time_attr = SCORE, "global_step"
-    if config.type == "median":
-        return _never_pause()(
-            time_attr=time_attr,
-            metric=metric,
-            mode=mode,
-            grace_period=grace,
-            min_samples_required=config.min_samples_required,
-        )
-    if config.type in ("asha", "hyperband"):
-        return AsyncHyperBandScheduler(
-            time_attr=time_attr,
-            metric=metric,
-            mode=mode,
-            max_t=epochs,
-            grace_period=grace,
-            reduction_factor=config.reduction_factor,
-            brackets=1 if config.type == "asha" else config.brackets,
-        )
-    return FIFOScheduler()  # type: ignore[no-untyped-call]
-
-
 def run_round(
     *,
     experiment_dir: Path,
@@ -343,9 +308,12 @@ def run_round(
     num_samples: int,
     train_dir: Path,
     failure_log: Path,
+    done_before: int = 0,
+    best: tuple[float, int] | None = None,
 ) -> tuple[ResultGrid, str | None]:
     """Run up to ``num_samples`` new trials of the study as a fresh Tune experiment; return its
-    results and why it stopped launching trials early (a budget), if it did."""
+    results and why it stopped launching trials early (a budget), if it did. ``done_before``
+    and ``best`` (objective, trial) are the earlier rounds', for the progress lines."""
     from ray import tune
 
     mode = "max" if job.direction == "maximize" else "min"
@@ -370,7 +338,7 @@ def run_round(
         _trainable(spec),
         tune_config=tune.TuneConfig(
             search_alg=search,
-            scheduler=_scheduler(hpo.scheduler, job.k_folds * job.training.epochs, mode),
+            scheduler=make_scheduler(hpo.scheduler, job.k_folds, job.training.epochs, mode),
             num_samples=num_samples,
             max_concurrent_trials=plan.max_concurrent_trials,
             trial_name_creator=_dirname,
@@ -384,7 +352,24 @@ def run_round(
             failure_config=tune.FailureConfig(max_failures=plan.max_failures),
             # The last checkpoint holds everything: the fold state and the best fold's model.
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            callbacks=_callbacks(job, plan, failure_log),
+            callbacks=[
+                *_callbacks(job, plan, failure_log),
+                progress_callback(
+                    SearchProgress(
+                        label=f"hpo {job.backbone.name}",
+                        total=done_before + num_samples,
+                        done_before=done_before,
+                        k_folds=job.k_folds,
+                        epochs=job.training.epochs,
+                        metric=job.metric,
+                        direction=job.direction,
+                        parallel=plan.max_concurrent_trials,
+                        best=None if hpo.objective.latency else best,
+                    ),
+                    TRIAL_NUMBER,
+                ),
+            ],
+            verbose=TUNE_VERBOSE if console.verbose() else 0,
         ),
     )
     return _fit(tuner), search.stop_reason
@@ -404,6 +389,10 @@ def _fit(tuner: Any) -> ResultGrid:
         # unfinished trials had failed.
         NO_SIGINT_HANDLER_ENV: "1",
     }
+    if not console.verbose():
+        # Tune's newer console output prints its experiment table and results path even at
+        # verbose=0; the older one, at 0, prints nothing. Our progress lines replace both.
+        settings[NEW_OUTPUT_ENV] = "0"
     saved = {name: os.environ.get(name) for name in settings}
     os.environ.update({k: v for k, v in settings.items() if saved[k] is None})
     try:

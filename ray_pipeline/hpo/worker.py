@@ -26,7 +26,7 @@ from ray_pipeline import monitoring
 from ray_pipeline.data.splits import fold_indices
 from ray_pipeline.hpo.cache import Prepared, fresh_model, prepared
 from ray_pipeline.hpo.jobs import TrialJob
-from ray_pipeline.hpo.results import FoldProgress, FoldResult, FoldState
+from ray_pipeline.hpo.results import EpochPoint, FoldProgress, FoldResult, FoldState
 from ray_pipeline.paths import CHECKPOINT_MODEL, FOLD_STATE, TRAINING_STATE
 from ray_pipeline.precision import Amp, resolve
 from ray_pipeline.sessions import Session, TrainSession, quiet_checkpoints
@@ -66,6 +66,7 @@ class FoldRun:
         per_epoch = optimizer_steps(
             len(self.fit_rows), self.batch_size, p.gradient_accumulation_steps
         )
+        self.steps_per_epoch = per_epoch
         self.optimizer, self.scheduler = make_optimizer(self.ddp, p, p.epochs * per_epoch)
         precision = resolve(p.precision, self.device, "hpo.training.precision")
         self.amp = Amp(precision, self.device)
@@ -84,6 +85,10 @@ class FoldRun:
         start = time.perf_counter()
         loss = train_epoch(self.ddp, data, self.optimizer, self.scheduler, self.amp, p)
         return loss, time.perf_counter() - start
+
+    def learning_rate(self) -> float:
+        """The scheduler's learning rate now (after the last optimiser step)."""
+        return float(self.scheduler.get_last_lr()[0])
 
     def latency_ms(self) -> float | None:
         """The search's second objective (``hpo.objective.latency``): p95 milliseconds of a
@@ -276,28 +281,33 @@ def _train_fold(
     for epoch in range(progress.epochs_done, epochs):
         begin = time.perf_counter()
         loss, seconds = fold.train_epoch(epoch)
+        elapsed = time.perf_counter() - begin
+        last = epoch == epochs - 1
+        score = None  # the last epoch's is the fold's objective, evaluated below
+        if job.study.report_every_epoch and not last:
+            score = fold.evaluate()[job.study.metric] if session.rank == 0 else math.nan
+        point = epoch_point(epoch, loss, seconds, fold.steps_per_epoch, fold.learning_rate(), score)
         progress = progress.model_copy(
             update={
                 "epochs_done": epoch + 1,
                 "losses": [*progress.losses, loss],
                 "step_seconds": progress.step_seconds + seconds,
-                "seconds": progress.seconds + time.perf_counter() - begin,
+                "seconds": progress.seconds + elapsed,
+                "history": [*progress.history, point],
             }
         )
-        if epoch == epochs - 1:
+        if last:
             break
         state = state.model_copy(update={"current": progress})
-        score = None
-        if job.study.report_every_epoch:
-            score = fold.evaluate()[job.study.metric] if session.rank == 0 else math.nan
         metrics = _metrics(job, state, number, epoch, loss, score)
         saved = fold if job.epoch_checkpoints else None
         _report(session, metrics, state, best_model, saved, checkpoint=saved is not None)
     begin = time.perf_counter()
     scores = fold.evaluate() if session.rank == 0 else {}
+    objective = scores.get(job.study.metric, math.nan)
     result = FoldResult(
         fold=number,
-        objective=scores.get(job.study.metric, math.nan),
+        objective=objective,
         metrics=scores,
         train_loss=progress.losses[-1],
         train_examples=fold.n_fit,
@@ -307,6 +317,7 @@ def _train_fold(
         workers=fold.workers,
         precision=fold.amp.precision,
         latency_ms=fold.latency_ms() if number == 0 and session.rank == 0 else None,
+        history=_with_last_validation(progress.history, epochs, objective),
         **_placement(),
     )
     best = state.best_fold
@@ -323,6 +334,35 @@ def _train_fold(
     metrics = _metrics(job, state, number, epochs - 1, result.train_loss)
     _report(session, {**metrics, "fold_metrics": json.dumps(scores)}, state, best_model)
     return state
+
+
+def epoch_point(
+    epoch: int,
+    loss: float,
+    train_seconds: float,
+    steps: int,
+    learning_rate: float,
+    validation: float | None,
+) -> EpochPoint:
+    """The learning-curve point of 0-based ``epoch``: ``train_seconds`` spread over its
+    ``steps`` optimiser steps, and the validation score when the epoch was evaluated (NaN,
+    as ranks other than 0 have it, is no score)."""
+    return EpochPoint(
+        epoch=epoch + 1,
+        train_loss=loss,
+        validation=None if validation is None or math.isnan(validation) else validation,
+        learning_rate=learning_rate,
+        step_seconds=train_seconds / steps if steps > 0 else None,
+    )
+
+
+def _with_last_validation(
+    history: list[EpochPoint], epochs: int, objective: float
+) -> list[EpochPoint]:
+    """``history`` with the fold's ``objective`` as its last epoch's validation score."""
+    if not history or history[-1].epoch != epochs or math.isnan(objective):
+        return history
+    return [*history[:-1], history[-1].model_copy(update={"validation": objective})]
 
 
 def _placement() -> dict[str, Any]:
@@ -353,12 +393,20 @@ def _track_fold(job: TrialJob, result: FoldResult) -> None:
     )
     numbers = {
         "objective": result.objective,
-        "train_loss": result.train_loss,
         "seconds": result.seconds,
         **result.metrics,
         **({LATENCY: result.latency_ms} if result.latency_ms is not None else {}),
     }
     tracking.log(run, metrics=numbers)
+    # The learning curves, step = epoch; train_loss's last point is the fold's train_loss.
+    curves = {
+        p.epoch: {
+            **p.model_dump(include={"train_loss", "learning_rate", "step_seconds"}),
+            f"validation_{job.study.metric}": p.validation,
+        }
+        for p in result.history
+    }
+    tracking.log_history(run, curves)
     tracking.end(run)
     tracking.log(job.trial_run, metrics={"fold_objective": result.objective}, step=result.fold)
 

@@ -149,7 +149,8 @@ class TrackingConfig(Section):
     """Log to MLflow."""
     tracking_uri: str | None = None
     """null: $MLFLOW_TRACKING_URI, else the embedded store
-    sqlite:///<outputs_root>/<experiment>/mlflow.db (artifacts in .../<experiment>/mlartifacts)."""
+    sqlite:///<outputs_root>/<experiment>/mlflow.db. Artifacts of a store that is not a
+    server go to <outputs_root>/<experiment>/mlartifacts."""
     experiment_name: str | None = None
     """null: the experiment's name."""
 

@@ -1,0 +1,75 @@
+"""Ray Tune's early-stopping schedulers for ``hpo.scheduler`` (docs/hpo.md): trials are compared
+on their running ``score`` at equal epoch counts (``global_step``, over all folds)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray_pipeline.hpo.worker import SCORE
+from ray_pipeline.schema import SchedulerConfig
+
+
+def _let_finished_trials_end(base: type) -> type:
+    """``base`` (a Ray Tune scheduler class) that never stops a trial whose every fold has
+    finished: that report is its last, and it ends by itself. ASHA stops a trial that reaches
+    ``max_t`` there, killing its process while a DDP trial's worker group is still shutting
+    down (suspected to leave the group's CPUs reserved: the next stage once waited for them)."""
+    from ray.tune.schedulers import TrialScheduler
+
+    class LetFinishedTrialsEnd(base):  # type: ignore[misc]
+        def __init__(self, *args: Any, k_folds: int, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._k_folds = k_folds
+
+        def on_trial_result(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> str:
+            decision = str(super().on_trial_result(tune_controller, trial, result))
+            if int(result.get("folds_done", 0) or 0) >= self._k_folds:
+                return str(TrialScheduler.CONTINUE)
+            return decision
+
+    return LetFinishedTrialsEnd
+
+
+def _never_pause() -> type:
+    """Ray Tune's MedianStoppingRule that continues a trial it cannot judge yet (too few other
+    trials reached its epoch): Ray's own pauses it whenever another trial is pending, which
+    checkpoints, stops and later restores the trial (for a DDP trial, its whole worker group)."""
+    from ray.tune.schedulers import MedianStoppingRule, TrialScheduler
+
+    class NeverPause(_let_finished_trials_end(MedianStoppingRule)):  # type: ignore[misc]
+        def _on_insufficient_samples(self, tune_controller: Any, trial: Any, time: float) -> str:
+            return str(TrialScheduler.CONTINUE)
+
+    return NeverPause
+
+
+def make_scheduler(config: SchedulerConfig, k_folds: int, epochs: int, mode: str) -> Any:
+    """Ray Tune's scheduler for ``hpo.scheduler``: it may stop a trial after any of its
+    ``k_folds`` x ``epochs`` epochs but the last, comparing trials' running ``score`` at equal
+    epoch counts."""
+    from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler
+
+    total = k_folds * epochs
+    grace = min(config.grace_period, total)
+    metric, time_attr = SCORE, "global_step"
+    if config.type == "median":
+        return _never_pause()(
+            time_attr=time_attr,
+            metric=metric,
+            mode=mode,
+            grace_period=grace,
+            min_samples_required=config.min_samples_required,
+            k_folds=k_folds,
+        )
+    if config.type in ("asha", "hyperband"):
+        return _let_finished_trials_end(AsyncHyperBandScheduler)(
+            time_attr=time_attr,
+            metric=metric,
+            mode=mode,
+            max_t=total,
+            grace_period=grace,
+            reduction_factor=config.reduction_factor,
+            brackets=1 if config.type == "asha" else config.brackets,
+            k_folds=k_folds,
+        )
+    return FIFOScheduler()  # type: ignore[no-untyped-call]
