@@ -113,3 +113,9 @@ def run(
     print(f"config: {write_resolved_config(cfg)}")
     for name, stage in built.items():
         stage.run(cfg, prepared[name])
+    if any(stage.needs_ray for stage in built.values()):
+        from ray_pipeline import tracking
+
+        line = tracking.ui_line(cfg)
+        if line is not None:
+            print(line)

@@ -112,8 +112,8 @@ def _client(uri: str) -> MlflowClient:
 
 
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
-"""MLflow 3's UI opens an experiment with this tag on its runs and models, not the GenAI
-overview (the tag and value of the UI's ExperimentKind "custom model development")."""
+"""The UI's ExperimentKind "custom model development" (shown in the experiment's header). It
+does not choose the page the UI opens on: see ``ui_line``."""
 
 
 def experiment_id(uri: str, name: str, artifact_location: str | None = None) -> str:
@@ -172,6 +172,20 @@ def _experiment(config: PipelineConfig) -> tuple[str, str] | None:
     location = None if server else artifacts.resolve().as_uri()
     name = config.tracking.experiment_name or config.experiment.name
     return uri, experiment_id(uri, name, location)
+
+
+def ui_line(config: PipelineConfig) -> str | None:
+    """Where to look at the runs (None: tracking off). MLflow 3's UI opens an experiment on its
+    GenAI overview whatever the experiment's kind tag (its GenAI / Model training switch starts
+    on GenAI); ``workflowType=machine_learning`` in the URL opens the runs table."""
+    where = _experiment(config)
+    if where is None:
+        return None
+    uri, exp = where
+    page = f"#/experiments/{exp}?workflowType=machine_learning"
+    if (urllib.parse.urlsplit(uri).scheme or uri) in SERVER_SCHEMES:
+        return f"mlflow: {uri.rstrip('/')}/{page}"
+    return f"mlflow: `mlflow ui --backend-store-uri {uri}`, then http://127.0.0.1:5000/{page}"
 
 
 def open_stage_run(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any
 
@@ -135,9 +135,11 @@ def train_epoch(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     amp: Amp | None = None,
     params: TrainingParams | None = None,
+    on_step: Callable[[int], None] | None = None,
 ) -> float:
     """Train over the batches once (in ``amp``'s precision; default fp32) with ``params``'
     loss, accumulation and clipping settings; return the mean loss of the batches.
+    ``on_step(n)`` is called after the epoch's n-th optimizer step (progress lines).
 
     One optimizer step per ``gradient_accumulation_steps`` batches, each batch's loss divided
     by the batches in its group (the last group of an epoch may be shorter), so a group trains
@@ -150,7 +152,7 @@ def train_epoch(
     amp = amp or Amp("fp32", torch.device("cpu"))
     params = params or TrainingParams()
     model.train()
-    total, count = 0.0, 0
+    total, count, steps = 0.0, 0, 0
     while group := list(itertools.islice(batch_iter, params.gradient_accumulation_steps)):
         for position, batch in enumerate(group):
             with _gradient_sync(model, position == len(group) - 1):
@@ -162,6 +164,9 @@ def train_epoch(
         amp.step(optimizer, params.max_grad_norm)
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
+        steps += 1
+        if on_step is not None:
+            on_step(steps)
     return total / max(count, 1)
 
 

@@ -178,3 +178,23 @@ def test_benchmark_status_line() -> None:
     assert line == "benchmark: 2/5 done, 2 measuring, 2 min so far, ETA 50 s"
     # One left, overdue: no negative ETA.
     assert _status(3, 2, 2, started, [40.0, 60.0]).endswith(", 1 measuring, 2 min so far, ETA 1 s")
+
+
+def test_refit_step_lines_after_the_first_step_then_every_interval() -> None:
+    from ray_pipeline.final.worker import StepProgress
+
+    clock = Clock()
+    steps = StepProgress("final_m", epochs=3, steps_per_epoch=50, clock=clock)
+    assert steps.line(1) is None  # the first step starts the clock
+    clock.now += 2.0
+    # One more step in 2 s; 48 left in epoch 1 and 100 in epochs 2 and 3.
+    assert steps.line(2) == "final final_m: epoch 1/3 step 2/50, ETA 5 min"
+    clock.now += STATUS_EVERY_S - 1
+    assert steps.line(20) is None
+    clock.now += 1
+    line = steps.line(21)  # 20 steps in 2 + 30 s: 1.6 s a step, 129 steps left
+    assert line == "final final_m: epoch 1/3 step 21/50, ETA 3 min"
+    steps.epoch, steps.done_before = 2, 100  # the last epoch, after two of them
+    clock.now = clock.now + STATUS_EVERY_S
+    # 123 steps since the clock started, in 62 s: 0.504 s a step, 26 left.
+    assert steps.line(24) == "final final_m: epoch 3/3 step 24/50, ETA 13 s"

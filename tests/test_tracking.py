@@ -148,6 +148,14 @@ def test_experiments_open_the_model_view_and_keep_artifacts_under_outputs(
     assert tracking.experiment_id(uri, "chosen") == chosen
     assert client.get_experiment(chosen).tags[kind[0]] == "genai_development"  # left alone
 
+    # Where to look: MLflow 3's UI opens the GenAI overview unless the URL asks for the runs.
+    line = tracking.ui_line(cfg)
+    assert line == (
+        f"mlflow: `mlflow ui --backend-store-uri {uri}`, then "
+        f"http://127.0.0.1:5000/#/experiments/{run.experiment_id}?workflowType=machine_learning"
+    )
+    assert tracking.ui_line(load_config(smoke_experiment(), ["tracking.enabled=false"])) is None
+
 
 def test_only_the_tracking_module_imports_mlflow() -> None:
     package = Path(ray_pipeline.__file__).parent

@@ -9,7 +9,6 @@ data, so reuse and resume only ever continue the same refit.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any
@@ -17,7 +16,6 @@ from typing import Any
 from ray_pipeline import faults, tracking
 from ray_pipeline.artifacts import read_json
 from ray_pipeline.cluster import ctrl_c_unwinds
-from ray_pipeline.console import STATUS_EVERY_S, duration
 from ray_pipeline.data.splits import load_splits
 from ray_pipeline.errors import ConfigError, PipelineError
 from ray_pipeline.final.export import export
@@ -304,13 +302,8 @@ def _run_task(plan: TrialPlan, job: FinalJob, variant: Variant) -> None:
     )
     for attempt in range(plan.max_failures + 1):
         ref = task.remote(job.model_dump(mode="json"))
-        started = time.monotonic()
         try:
-            # The worker prints each epoch with an ETA; between them, say it is alive.
-            while not ray.wait([ref], timeout=STATUS_EVERY_S)[0]:
-                elapsed = duration(time.monotonic() - started)
-                print(f"final {variant.name}: training, {elapsed} so far", flush=True)
-            ray.get(ref)
+            ray.get(ref)  # the worker prints its steps and epochs, with an ETA
             return
         except KeyboardInterrupt:
             ray.cancel(ref, force=True)

@@ -15,10 +15,12 @@ import math
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ray_pipeline.console import duration
+from ray_pipeline.console import STATUS_EVERY_S, duration
 from ray_pipeline.data.encode import encode
 from ray_pipeline.data.splits import load_splits
 from ray_pipeline.final.results import EpochRecord, FinalJob, FinalState
@@ -127,6 +129,7 @@ def run_epochs(job: FinalJob, session: Session) -> None:
         state = state.model_copy(update={"resumed_from_epoch": start})
         if rank == 0:
             print(f"final {job.variant}: resuming after epoch {start} of {p.epochs}")
+    steps = StepProgress(job.variant, p.epochs, per_epoch)
     for epoch in range(start, p.epochs):
         seed = job.seed * 10_007 + epoch
         own = [rows[i] for i in epoch_shard(len(rows), seed, rank, world)]
@@ -140,7 +143,9 @@ def run_epochs(job: FinalJob, session: Session) -> None:
             group_by_length=p.group_by_length,
         )
         begin = time.perf_counter()
-        loss = train_epoch(ddp, data, optimizer, scheduler, amp, p)
+        steps.epoch = epoch
+        loss = train_epoch(ddp, data, optimizer, scheduler, amp, p, steps if rank == 0 else None)
+        steps.done_before += per_epoch
         seconds = time.perf_counter() - begin
         record = EpochRecord(
             epoch=epoch,
@@ -163,6 +168,44 @@ def run_epochs(job: FinalJob, session: Session) -> None:
     if state.test_metrics is None and rank == 0:  # restarted after the last epoch's checkpoint
         state = _tested(job, state, model, splits, tokenizer, pad_id, session.device)
         _save(job, state, model, optimizer, scheduler, amp, tokenizer)
+
+
+@dataclass
+class StepProgress:
+    """Rank 0's line inside an epoch, after its first step and then at most every
+    ``STATUS_EVERY_S``: ``final f: epoch 1/3 step 20/50, ETA 2 min``, the ETA from the seconds
+    per step that this attempt measured so far (evaluation and export not included)."""
+
+    variant: str
+    epochs: int
+    steps_per_epoch: int
+    clock: Callable[[], float] = time.monotonic
+    epoch: int = 0
+    done_before: int = 0
+    """Steps this attempt trained in its earlier epochs."""
+    started: float | None = None
+    last: float | None = None
+
+    def __call__(self, step: int) -> None:
+        line = self.line(step)
+        if line is not None:
+            print(line, flush=True)
+
+    def line(self, step: int) -> str | None:
+        now = self.clock()
+        if self.started is None:  # the first step's time is its own: measured from here on
+            self.started = now
+            return None
+        if self.last is not None and now - self.last < STATUS_EVERY_S:
+            return None
+        self.last = now
+        trained = self.done_before + step - 1  # steps since ``started``
+        per_step = (now - self.started) / max(trained, 1)
+        left = self.steps_per_epoch - step + (self.epochs - self.epoch - 1) * self.steps_per_epoch
+        return (
+            f"final {self.variant}: epoch {self.epoch + 1}/{self.epochs} step "
+            f"{step}/{self.steps_per_epoch}, ETA {duration(per_step * left)}"
+        )
 
 
 def progress_line(variant: str, records: list[EpochRecord], epochs: int) -> str:
