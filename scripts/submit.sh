@@ -33,5 +33,23 @@ if [[ ! -f "$config" ]]; then
   exit 2
 fi
 
-exec ray job submit --address "$address" --working-dir . "${job_args[@]}" \
+# MLflow credentials (an authenticated tracking server, cluster/*.yaml) travel to the job's
+# driver and workers in its runtime_env, from this shell's environment: never on a command
+# line, never in a committed file. The file holding them is private and removed afterwards.
+runtime_env=()
+if [[ -n "${MLFLOW_TRACKING_USERNAME:-}${MLFLOW_TRACKING_PASSWORD:-}${MLFLOW_TRACKING_TOKEN:-}" ]]; then
+  env_file="$(mktemp --suffix=.yaml)"
+  chmod 600 "$env_file"
+  trap 'rm -f "$env_file"' EXIT
+  python3 - "$env_file" <<'PY'
+import json, os, sys
+names = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+env = {n: os.environ[n] for n in names if os.environ.get(n)}
+with open(sys.argv[1], "w") as f:
+    f.write("working_dir: .\nenv_vars: " + json.dumps(env) + "\n")
+PY
+  runtime_env=(--runtime-env "$env_file")
+fi
+
+ray job submit --address "$address" --working-dir . "${runtime_env[@]}" "${job_args[@]}" \
   -- python -m ray_pipeline run --config "$config" "$@"
