@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 
 from ray_pipeline import console, pipeline
+from ray_pipeline.cluster import check_storage
 from ray_pipeline.data.demo import fetch_demo_data
 from ray_pipeline.data.inspect import format_report, inspect_data
 from ray_pipeline.data.splits import local_files_present
@@ -22,6 +23,7 @@ from ray_pipeline.loading import default_config_path, load_config
 from ray_pipeline.models import check_dropout
 from ray_pipeline.precision import check_config as check_precision
 from ray_pipeline.status import collect_status, format_status
+from ray_pipeline.storage import WorkerStorage
 
 _STAGE_COMMANDS = {"hpo": "hpo", "benchmark": "benchmark", "select": "select", "train": "final"}
 
@@ -102,6 +104,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         check_dropout(config)
         if local_files_present(config.data):  # the demo's are fetched by `make demo` later
             check_search_data(config)
+        check_storage(WorkerStorage.of(config))
         names = ", ".join(b.name for b in config.model.backbones)
         print(f"valid: {config_path} (experiment {config.experiment.name}; backbones {names})")
         if args.show:

@@ -9,10 +9,18 @@ import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 from ray_pipeline.console import verbose
 from ray_pipeline.errors import ConfigError
+from ray_pipeline.storage import (
+    StorageError,
+    WorkerStorage,
+    delete,
+    join,
+    probe,
+    read_probe,
+    write_text,
+)
 
 TRAIN_POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
 TRAIN_POLL_SECONDS = "0.25"
@@ -100,20 +108,30 @@ def unseen_by(readings: dict[str, str | None], token: str) -> list[str]:
     return sorted(node for node, seen in readings.items() if seen != token)
 
 
-def _read_probe(path: str) -> str | None:
+def check_storage(storage: WorkerStorage) -> None:
+    """Refuse a ``storage.uri`` that cannot be written and read back from here (exit 2
+    naming the URI and the filesystem's error), before anything starts."""
+    if storage.uri is None:
+        return
     try:
-        return Path(path).read_text()
-    except OSError:
-        return None
+        probe(storage.uri)
+    except StorageError as exc:
+        raise ConfigError.at(
+            "storage.uri",
+            f"cannot write and read back {exc}. Check the bucket exists, the credentials in "
+            "the environment (AWS_* variables or the instance role; AWS_ENDPOINT_URL for an "
+            "S3-compatible server) and that they allow writing",
+        ) from exc
 
 
-def check_shared_outputs(outputs_root: Path) -> int:
-    """On a multi-node cluster, refuse an outputs path that some node cannot see (checked by
-    writing a probe file here and reading it from a task pinned to each node). Returns the
-    number of alive nodes."""
+def check_shared_storage(storage: WorkerStorage) -> int:
+    """On a multi-node cluster, refuse worker storage (``storage.uri``, else the outputs
+    path) that some node cannot see, checked by writing a probe file here and reading it from
+    a task pinned to each node. Returns the number of alive nodes."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+    check_storage(storage)
     nodes = {
         n["NodeID"]: n["NodeManagerAddress"]
         for n in ray.nodes()  # type: ignore[no-untyped-call]
@@ -121,29 +139,38 @@ def check_shared_outputs(outputs_root: Path) -> int:
     }
     if len(nodes) < 2:
         return len(nodes)
-    existing = next(p for p in (outputs_root, *outputs_root.parents) if p.is_dir())
+    root = storage.outputs_root
+    shared = storage.uri or str(next(p for p in (root, *root.parents) if p.is_dir()))
     token = uuid.uuid4().hex
-    probe = existing / f".ray_pipeline_probe_{token}"
-    probe.write_text(token)
+    probe_file = join(shared, f".ray_pipeline_probe_{token}")
+    write_text(probe_file, token)
     try:
-        read = ray.remote(num_cpus=0)(_read_probe)
+        read = ray.remote(num_cpus=0)(read_probe)
         refs = {
             node: read.options(
                 scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)
-            ).remote(str(probe))
+            ).remote(probe_file)
             for node in nodes
         }
         readings = dict(zip(refs, ray.get(list(refs.values()), timeout=120), strict=True))
     finally:
-        probe.unlink(missing_ok=True)
+        delete(probe_file)
     blind = unseen_by(readings, token)
     if blind:
         where = ", ".join(f"{nodes[n]} (node {n[:8]})" for n in blind)
-        raise ConfigError.at(
-            "outputs_root",
-            f"{outputs_root} is not shared storage: {len(blind)} of {len(nodes)} nodes cannot "
-            f"see it ({where}). Point outputs_root at a filesystem every node mounts at the "
-            "same path (NFS, EFS, ...); see docs/cluster.md",
+        key, fix = (
+            ("storage.uri", "Give every node the same credentials (instance role or AWS_*)")
+            if storage.uri
+            else (
+                "outputs_root",
+                "Point outputs_root at a filesystem every node mounts at the same path (NFS, "
+                "EFS, ...), or set storage.uri to a bucket",
+            )
         )
-    print(f"ray: {len(nodes)} nodes share {outputs_root}")
+        raise ConfigError.at(
+            key,
+            f"{storage.uri or root} is not shared storage: {len(blind)} of {len(nodes)} nodes "
+            f"cannot see it ({where}). {fix}; see docs/cluster.md",
+        )
+    print(f"ray: {len(nodes)} nodes share {storage.uri or root}")
     return len(nodes)

@@ -37,6 +37,8 @@ def quiet_libraries() -> None:
     # MLflow sets its logger's level from this when it is first imported (here or in a Ray
     # worker started later, which inherits it); the level below covers an earlier import.
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    # Its "View run ... at: http://..." line at the end of every run on a tracking server.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
     try:

@@ -230,6 +230,8 @@ def _problems_from(exc: ValidationError, comp: _Composer) -> list[Problem]:
         message, show_value = _explain(err, loc)
         # A rule over a whole section or across sections names its own keys.
         show_value = show_value and bool(loc) and not isinstance(err.get("input"), dict)
+        # A URI may carry credentials (refused, and never echoed to the console).
+        show_value = show_value and not str(loc[-1]).endswith("uri")
         problems.append(Problem(where, message, comp.source_of(loc), err.get("input"), show_value))
     return problems
 

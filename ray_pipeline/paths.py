@@ -13,6 +13,9 @@ tools read), and the demo data cache. No other module spells a name in this tree
                                failures.jsonl
   report/                      index.html (self-contained) leaderboard.json
 
+With ``storage.uri`` set, what workers write (``tune/``, ``train/``, ``best/``, ``pareto/``,
+``checkpoints/``) sits at the same relative path under the URI instead (``storage.py``).
+
 Inside a checkpoint (a trial's or final training's): ``model/`` (a ``save_pretrained``
 directory), ``training_state.pt`` (model, optimiser and scheduler state inside a fold or run)
 and the loop's state, ``fold_state.json`` (HPO) or ``final_state.json`` (final training).
@@ -44,8 +47,10 @@ MODEL_CARD = "README.md"
 """The model card inside an exported ``model/`` (the Hugging Face convention)."""
 
 # Ray Tune's own names inside a round directory (``tune/round_<r>/``).
-TUNE_SNAPSHOTS = "experiment_state-*.json"
-"""Tune's experiment snapshots; the newest (by name: a timestamp) is the one restored."""
+TUNE_SNAPSHOT = ("experiment_state-", ".json")
+"""Tune's experiment snapshots: ``experiment_state-<time>.json``."""
+ROUND_PREFIX = "round_"
+"""A variant's Tune rounds: ``tune/round_<r>``, one per run that added trials."""
 FINAL_EPOCH_PREFIX = "epoch_"
 """Final training's epoch checkpoints: ``checkpoints/epoch_<epochs done, 4 digits>``."""
 TUNE_CHECKPOINT_PREFIX = "checkpoint_"
@@ -72,6 +77,19 @@ def trial_name(number: int) -> str:
     """Study trial ``number``'s name in Tune and Ray Train, and so its directories under
     ``tune/round_<r>/`` and ``train/``."""
     return f"trial_{number}"
+
+
+def in_round_order(names: list[str]) -> list[str]:
+    """The ``round_<r>`` names among ``names``, oldest first."""
+    rounds = [n for n in names if n.startswith(ROUND_PREFIX) and n[len(ROUND_PREFIX) :].isdigit()]
+    return sorted(rounds, key=lambda n: int(n[len(ROUND_PREFIX) :]))
+
+
+def tune_snapshots(names: list[str]) -> list[str]:
+    """Tune's experiment snapshots among ``names``, oldest first (by name: a timestamp; the
+    newest is the one Tune restores)."""
+    prefix, suffix = TUNE_SNAPSHOT
+    return sorted(n for n in names if n.startswith(prefix) and n.endswith(suffix))
 
 
 def staging_for(path: Path) -> Path:
@@ -160,13 +178,7 @@ class VariantFiles:
         return self.path / "tune"
 
     def round_dir(self, number: int) -> Path:
-        return self.tune_dir / f"round_{number}"
-
-    def rounds(self) -> list[Path]:
-        """The Tune rounds so far, oldest first."""
-        tune = self.tune_dir
-        found = [p for p in tune.glob("round_*") if p.is_dir()] if tune.is_dir() else []
-        return sorted(found, key=lambda p: int(p.name.split("_")[1]))
+        return self.tune_dir / f"{ROUND_PREFIX}{number}"
 
     @property
     def train_dir(self) -> Path:

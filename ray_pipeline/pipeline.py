@@ -24,6 +24,7 @@ from ray_pipeline.models import check_dropout
 from ray_pipeline.paths import OutputsLayout
 from ray_pipeline.precision import check_config as check_precision
 from ray_pipeline.schema import PipelineConfig
+from ray_pipeline.storage import WorkerStorage
 
 
 @dataclass(frozen=True)
@@ -100,11 +101,12 @@ def run(
     ordered = parse_stages(",".join(stages))
     built = {name: STAGES[name]() for name in ordered}
     if any(stage.needs_ray for stage in built.values()):
-        from ray_pipeline.cluster import check_shared_outputs, ensure_ray
+        from ray_pipeline.cluster import check_shared_storage, ensure_ray
 
         ensure_ray(cfg.resources.address)
-        nodes = check_shared_outputs(cfg.outputs_root)
-        if nodes > 1 and cfg.hpo.checkpoint.storage_backend == "sqlite":
+        nodes = check_shared_storage(WorkerStorage.of(cfg))
+        shared = cfg.storage.uri is None  # else the study stays on the driver's own disk
+        if nodes > 1 and shared and cfg.hpo.checkpoint.storage_backend == "sqlite":
             print(
                 "warning: Optuna's SQLite study sits on shared storage, where file locking is "
                 "unreliable; prefer hpo.checkpoint.storage_backend=journal (docs/cluster.md)"

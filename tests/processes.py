@@ -9,6 +9,10 @@ import signal
 import socket
 import subprocess
 import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from tests.waits import wait_for
@@ -125,3 +129,159 @@ def kill_started(processes: list[subprocess.Popen[bytes]]) -> None:
         f"the {len(stopped)} processes they started to end",
         timeout=60,
     )
+
+
+def _healthy(uri: str) -> bool:
+    """Whether the server at ``uri`` answers its health check; false while it starts (the
+    port refuses, or accepts and then drops or keeps the request unanswered)."""
+    try:
+        with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
+            return bool(response.status == 200)
+    except urllib.error.URLError as exc:  # an HTTPError (it answered, with an error) raises
+        if isinstance(exc.reason, (ConnectionRefusedError, TimeoutError)):
+            return False
+        raise
+    except (ConnectionResetError, TimeoutError):
+        return False
+
+
+def _end_group(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the process group of ``process`` (started by ``start_logged``), SIGKILL it if
+    it has not ended 30 s later."""
+    with contextlib.suppress(OSError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(OSError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+@contextlib.contextmanager
+def running_mlflow_server(
+    directory: Path, artifacts: str, env: dict[str, str] | None = None
+) -> Iterator[str]:
+    """A real `mlflow server` on 127.0.0.1 with a SQLite backend in ``directory`` and its
+    artifacts at ``artifacts`` (a path, or ``s3://...`` with the S3 settings in ``env``), in
+    a session of its own: on exit its process group (the server and its workers) ends."""
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    argv = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port)]
+    argv += ["--backend-store-uri", f"sqlite:///{directory / 'server.db'}"]
+    argv += ["--artifacts-destination", artifacts, "--workers", "1"]
+    log = directory / "server.log"
+    proc = start_logged(argv, log, env=env, cwd=directory)
+    try:
+        wait_for(
+            lambda: _healthy(uri),
+            f"the MLflow server at {uri} to answer /health (its log: {log})",
+            timeout=90,
+            still_running=lambda: proc.poll() is None,
+        )
+        yield uri
+    finally:
+        _end_group(proc)
+
+
+MOTO_SERVER = str(Path(sys.executable).parent / "moto_server")
+"""moto's S3-compatible server (PyPI ``moto[server]``), of this environment."""
+
+
+@contextlib.contextmanager
+def running_s3_server(directory: Path) -> Iterator[str]:
+    """moto's S3 server on 127.0.0.1 (in-memory), started here and ended by its pid; yields
+    its endpoint URL."""
+    port = free_port()
+    log = directory / "moto.log"
+    proc = start_logged([MOTO_SERVER, "-H", "127.0.0.1", "-p", str(port)], log, cwd=directory)
+    try:
+        wait_for(
+            lambda: accepts(port),
+            f"the S3 server on port {port} (its log: {log})",
+            timeout=60,
+            still_running=lambda: proc.poll() is None,
+        )
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        _end_group(proc)
+
+
+@dataclass
+class Cluster:
+    """A local two-node Ray cluster: `ray start --head` and one `ray start --address`."""
+
+    address: str
+    env: dict[str, str]
+    head: subprocess.Popen[bytes]
+    worker: subprocess.Popen[bytes]
+
+
+def alive_nodes(address: str, env: dict[str, str]) -> list[str]:
+    """The alive nodes' ids, the head first (asked by a short-lived driver)."""
+    code = (
+        f"import ray; ray.init(address={address!r}, logging_level='ERROR');"
+        "n=[x for x in ray.nodes() if x['Alive']];"
+        "n.sort(key=lambda x: 'node:__internal_head__' not in x['Resources']);"
+        "print(' '.join(x['NodeID'] for x in n))"
+    )
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=30
+        )
+    except subprocess.TimeoutExpired:  # the head is still starting: ask again
+        return []
+    return done.stdout.split() if done.returncode == 0 else []
+
+
+@contextlib.contextmanager
+def two_node_cluster(
+    head_dir: Path,
+    node_dir: Path,
+    env: dict[str, str],
+    *,
+    head_cpus: int = 1,
+    worker_cpus: int = 1,
+    worker_prefix: tuple[str, ...] = (),
+) -> Iterator[Cluster]:
+    """A head and a worker node, each with its own temp dir (short paths: Ray's socket paths
+    under it must stay under 108 bytes); the worker's `ray start` runs under
+    ``worker_prefix`` (e.g. a mount namespace). On exit exactly these two `ray start`s and
+    what they started are killed."""
+    port = free_port()
+    common = ["--block", "--disable-usage-stats"]
+    head_args = [f"--port={port}", "--include-dashboard=false", f"--temp-dir={head_dir}"]
+    head = start_logged(
+        [RAY, "start", "--head", *head_args, f"--num-cpus={head_cpus}", *common],
+        head_dir / "start.log",
+        env,
+    )
+    address = f"127.0.0.1:{port}"
+    started = [head]
+    try:
+        wait_for(
+            lambda: accepts(port),
+            "the head node's GCS port",
+            120,
+            still_running=lambda: head.poll() is None,
+        )
+        wait_for(lambda: len(alive_nodes(address, env)) == 1, "the head node", 120)
+        worker_args = [f"--address={address}", f"--num-cpus={worker_cpus}", *common]
+        worker = start_logged(
+            [*worker_prefix, RAY, "start", *worker_args, f"--temp-dir={node_dir}"],
+            node_dir / "start.log",
+            env,
+        )
+        started.append(worker)
+        wait_for(
+            lambda: len(alive_nodes(address, env)) == 2,
+            f"the worker node (its log: {node_dir / 'start.log'})",
+            120,
+            still_running=lambda: worker.poll() is None,
+        )
+        yield Cluster(address, env, head, worker)
+    finally:
+        for process in reversed(started):  # exactly the `ray start`s launched here
+            with contextlib.suppress(OSError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()

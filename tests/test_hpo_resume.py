@@ -48,12 +48,12 @@ def _stage_a_replaced_checkpoint(trial_dir: Path) -> tuple[str, FoldState]:
     index = checkpoint_index(recorded)
     assert index is not None, recorded
     if (trial_dir / recorded).exists():
-        for path in checkpoints_after(trial_dir, index):
-            shutil.rmtree(path)
+        for name in checkpoints_after(trial_dir, index):
+            shutil.rmtree(trial_dir / name)
         (trial_dir / recorded).rename(trial_dir / f"{TUNE_CHECKPOINT_PREFIX}{index + 1:06d}")
     newer = checkpoints_after(trial_dir, index)
     assert newer, f"neither {recorded} nor a newer checkpoint of {trial_dir.name} is on disk"
-    state = checkpoint_state(newer[0], FoldState)
+    state = checkpoint_state(trial_dir / newer[0], FoldState)
     assert state is not None and state.current is not None, newer[0]
     return recorded, state
 

@@ -10,10 +10,7 @@ import contextlib
 import os
 import secrets
 import signal
-import subprocess
-import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -21,75 +18,31 @@ import pytest
 from ray_pipeline.artifacts import read_json
 from ray_pipeline.hpo.results import FoldState, HpoResult
 from tests.conftest import REPO, SMOKE
-from tests.processes import CLI, RAY, accepts, free_port, ray_node_env, start_logged
+from tests.processes import (
+    CLI,
+    Cluster,
+    alive_nodes,
+    ray_node_env,
+    start_logged,
+    two_node_cluster,
+)
 from tests.run_outputs import embedded_store, mlflow_runs
 from tests.waits import wait_for
 
 pytestmark = pytest.mark.slow
 
 
-@dataclass
-class Cluster:
-    address: str
-    env: dict[str, str]
-    head: subprocess.Popen[bytes]
-    worker: subprocess.Popen[bytes]
-
-
-def _alive_nodes(address: str, env: dict[str, str]) -> list[str]:
-    """The alive nodes' ids, the head first (asked by a short-lived driver)."""
-    code = (
-        f"import ray; ray.init(address={address!r}, logging_level='ERROR');"
-        "n=[x for x in ray.nodes() if x['Alive']];"
-        "n.sort(key=lambda x: 'node:__internal_head__' not in x['Resources']);"
-        "print(' '.join(x['NodeID'] for x in n))"
-    )
-    try:
-        done = subprocess.run(
-            [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=30
-        )
-    except subprocess.TimeoutExpired:  # the head is still starting: ask again
-        return []
-    return done.stdout.split() if done.returncode == 0 else []
-
-
 @pytest.fixture
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    port = free_port()
     env = {
         **ray_node_env(secrets.token_hex(16)),
         # The head declares a lost node dead after ~2 s instead of ~15 s.
         "RAY_health_check_period_ms": "500",
         "RAY_health_check_failure_threshold": "4",
     }
-    common = ["--block", "--num-cpus=1", "--disable-usage-stats"]
-    # Short paths: Ray's socket paths under the temp dir must stay under 108 bytes.
     head_dir, node_dir = tmp_path_factory.mktemp("head"), tmp_path_factory.mktemp("node")
-    head_args = [f"--port={port}", "--include-dashboard=false", f"--temp-dir={head_dir}"]
-    head = start_logged([RAY, "start", "--head", *head_args, *common], head_dir / "start.log", env)
-    address = f"127.0.0.1:{port}"
-    started = [head]
-    try:
-        wait_for(
-            lambda: accepts(port),
-            "the head node's GCS port",
-            120,
-            still_running=lambda: head.poll() is None,
-        )
-        wait_for(lambda: len(_alive_nodes(address, env)) == 1, "the head node", 120)
-        worker = start_logged(
-            [RAY, "start", f"--address={address}", *common, f"--temp-dir={node_dir}"],
-            node_dir / "start.log",
-            env,
-        )
-        started.append(worker)
-        wait_for(lambda: len(_alive_nodes(address, env)) == 2, "the worker node", 120)
-        yield Cluster(address, env, head, worker)
-    finally:
-        for process in reversed(started):  # exactly the `ray start`s this fixture launched
-            with contextlib.suppress(OSError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+    with two_node_cluster(head_dir, node_dir, env) as started:
+        yield started
 
 
 def _trial_between_folds_on(node: str, tune_dir: Path) -> FoldState | None:
@@ -107,7 +60,7 @@ def _trial_between_folds_on(node: str, tune_dir: Path) -> FoldState | None:
 def test_worker_node_lost_mid_hpo_every_trial_completes(cluster: Cluster, tmp_path: Path) -> None:
     outputs = tmp_path / "outputs"
     variant = outputs / "smoke" / "hpo" / "tiny-bert" / "hpo_tiny-bert"
-    head_node, worker_node = _alive_nodes(cluster.address, cluster.env)
+    head_node, worker_node = alive_nodes(cluster.address, cluster.env)
     argv = [*CLI, "hpo", "--config", str(SMOKE)]
     argv += [f"outputs_root={outputs}", "hpo.num_samples=4", "hpo.training.epochs=15"]
     log = tmp_path / "hpo.log"

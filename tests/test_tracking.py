@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import ast
-import os
-import signal
-import subprocess
-import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -21,9 +17,8 @@ from ray_pipeline import tracking
 from ray_pipeline.errors import ConfigError
 from ray_pipeline.loading import load_config
 from tests.conftest import MakeExp
-from tests.processes import free_port, start_logged
+from tests.processes import free_port, running_mlflow_server
 from tests.run_outputs import kinds_and_states, mlflow_runs
-from tests.waits import wait_for
 
 
 def test_tracking_uri_precedence(
@@ -172,46 +167,11 @@ def test_only_the_tracking_module_imports_mlflow() -> None:
     assert set(importers) == {"tracking.py"}
 
 
-def _healthy(uri: str) -> bool:
-    """Whether the server at ``uri`` answers its health check; false while it starts (the
-    port refuses, or accepts and then drops or keeps the request unanswered)."""
-    try:
-        with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
-            return bool(response.status == 200)
-    except urllib.error.URLError as exc:  # an HTTPError (it answered, with an error) raises
-        if isinstance(exc.reason, (ConnectionRefusedError, TimeoutError)):
-            return False
-        raise
-    except (ConnectionResetError, TimeoutError):
-        return False
-
-
 @pytest.fixture
 def mlflow_server(tmp_path: Path) -> Iterator[str]:
-    """A real `mlflow server` on 127.0.0.1 with a SQLite backend, in a session of its own:
-    the teardown ends its process group (the server and the workers it started)."""
-    port = free_port()
-    uri = f"http://127.0.0.1:{port}"
-    argv = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port)]
-    argv += ["--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}"]
-    argv += ["--artifacts-destination", str(tmp_path / "artifacts"), "--workers", "1"]
-    log = tmp_path / "server.log"
-    proc = start_logged(argv, log, cwd=tmp_path)
-    try:
-        wait_for(
-            lambda: _healthy(uri),
-            f"the MLflow server at {uri} to answer /health (its log: {log})",
-            timeout=90,
-            still_running=lambda: proc.poll() is None,
-        )
+    """A real `mlflow server` on 127.0.0.1 with a SQLite backend."""
+    with running_mlflow_server(tmp_path, str(tmp_path / "artifacts")) as uri:
         yield uri
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 @pytest.mark.slow

@@ -436,7 +436,8 @@ def test_the_refit_counts_optimizer_steps_and_exports_its_dropout(
         attempt="now",
     )
     run_epochs(job, _OneProcess())
-    (last,) = epoch_checkpoints(tmp_path / "checkpoints")
+    (found,) = epoch_checkpoints(tmp_path / "checkpoints")
+    last = Path(found)
     state = torch.load(last / TRAINING_STATE)
     # 6 batches of 4 rows, 4 per step: 2 steps, and the linear schedule reached 0 there.
     assert state["scheduler"]["last_epoch"] == 2 and state["scheduler"]["_last_lr"] == [0.0]

@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from ray_pipeline.hpo.tune_state import (
     checkpoint_index,
     recorded_checkpoints,
@@ -38,9 +40,12 @@ def test_checkpoint_index() -> None:
     assert checkpoint_index("checkpoint_tmp") is None and checkpoint_index("model") is None
 
 
+@pytest.mark.parametrize("as_uri", [False, True], ids=["path", "uri"])
 def test_a_replaced_checkpoint_takes_its_replacement_and_unregistered_ones_go(
-    tmp_path: Path,
+    tmp_path: Path, as_uri: bool
 ) -> None:
+    """On a path, and on a URI (``storage.uri``: a directory moves by copy and delete)."""
+    where = tmp_path.as_uri() if as_uri else tmp_path
     # An older snapshot names checkpoint 3; the newest (restored) one names 9, which Tune
     # deleted when it registered 10; 11 was written and never registered.
     _snapshot(
@@ -61,18 +66,18 @@ def test_a_replaced_checkpoint_takes_its_replacement_and_unregistered_ones_go(
     for index in (10, 11):
         _checkpoint(tmp_path, "trial_1", index)
     intact = _checkpoint(tmp_path, "trial_3", 4)
-    assert recorded_checkpoints(tmp_path) == {
+    assert recorded_checkpoints(where) == {
         "trial_1": "checkpoint_000009",
         "trial_3": "checkpoint_000004",
     }
 
-    (note,) = repair_recorded_checkpoints(tmp_path)
+    (note,) = repair_recorded_checkpoints(where)
     assert "trial_1" in note and "checkpoint_000010" in note and "checkpoint_000011" in note
     trial_1 = tmp_path / "trial_1"
     assert [p.name for p in trial_1.iterdir()] == ["checkpoint_000009"]
     assert (trial_1 / "checkpoint_000009" / "epoch").read_text() == "10"  # the registered one
     assert (intact / "epoch").read_text() == "4"
-    assert repair_recorded_checkpoints(tmp_path) == []  # nothing left to repair
+    assert repair_recorded_checkpoints(where) == []  # nothing left to repair
 
 
 def test_a_missing_checkpoint_with_nothing_newer_is_left_to_tune(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from ray_pipeline.benchmark.results import BenchmarkJob, BenchmarkResult, Latenc
 from ray_pipeline.data.encode import Row
 from ray_pipeline.models import TASK_MODEL_CLASSES
 from ray_pipeline.precision import Resolved, dtype_of, resolve
+from ray_pipeline.storage import local_copy
 from ray_pipeline.training import evaluate
 
 if TYPE_CHECKING:
@@ -123,7 +124,7 @@ def size_on_disk_mb(path: Path) -> float:
 
 
 def measure(job: BenchmarkJob, actor_id: str = "in-process") -> BenchmarkResult:
-    """Load ``job.checkpoint`` and measure it with ``job.settings``."""
+    """Load ``job.checkpoint`` (from ``job.source``) and measure it with ``job.settings``."""
     import torch
 
     torch.set_num_threads(job.threads)
@@ -132,7 +133,9 @@ def measure(job: BenchmarkJob, actor_id: str = "in-process") -> BenchmarkResult:
     settings = job.settings
     device = pick_device(settings.device)
     precision = resolve(job.precision, device, "benchmark.benchmarking.precision")
-    model = load_checkpoint(job.checkpoint, job.task, device, precision)
+    with local_copy(job.source or str(job.checkpoint)) as local:
+        model = load_checkpoint(local, job.task, device, precision)
+        size_mb = size_on_disk_mb(local)
     pad_id = int(model.config.pad_token_id or 0)
     latency = []
     for size in settings.batch_sizes:
@@ -157,7 +160,7 @@ def measure(job: BenchmarkJob, actor_id: str = "in-process") -> BenchmarkResult:
         max_length=job.max_length,
         latency=latency,
         parameters=sum(p.numel() for p in model.parameters()),
-        size_mb=size_on_disk_mb(job.checkpoint),
+        size_mb=size_mb,
         test_metrics=test_metrics,
         host=socket.gethostname(),
         pid=os.getpid(),

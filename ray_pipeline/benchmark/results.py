@@ -18,6 +18,9 @@ class BenchmarkJob(Record):
     """The trial measured: its variant's best, or another trial on its Pareto front."""
     checkpoint: Path
     """Its best-fold model (``<variant>/best``, ``<variant>/pareto/trial_<n>``)."""
+    source: str | None = None
+    """Where the actor loads it from: that path, or its copy under ``storage.uri`` (None:
+    ``checkpoint``)."""
     task: Task
     settings: BenchmarkSettings
     settings_hash: str

@@ -28,6 +28,7 @@ from ray_pipeline.identity import benchmark_settings_hash
 from ray_pipeline.resources import Node, cluster_nodes, threads_for
 from ray_pipeline.run_mode import benchmark_run_mode
 from ray_pipeline.schema import BenchmarkSettings, PipelineConfig
+from ray_pipeline.storage import WorkerStorage, copy, is_dir
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,7 @@ def _job(
     return BenchmarkJob(
         trial=target.trial,
         checkpoint=checkpoint,
+        source=_shared(config, checkpoint),
         task=config.data.task,
         settings=settings,
         settings_hash=benchmark_settings_hash(settings),
@@ -120,6 +122,15 @@ def _job(
         precision=settings.precision or trained.precision,
         max_length=max_length,
     )
+
+
+def _shared(config: PipelineConfig, checkpoint: Path) -> str:
+    """Where actors on any node load ``checkpoint``: itself, or its copy under
+    ``storage.uri`` (HPO keeps one there; uploaded here when the HPO ran without it)."""
+    place = WorkerStorage.of(config).place(checkpoint)
+    if place != str(checkpoint) and not is_dir(place):
+        copy(str(checkpoint), place)
+    return place
 
 
 def _key(trial: TrialRecord) -> tuple[str, int]:

@@ -46,7 +46,8 @@ class FinalJob(Record):
 
     variant: str
     checkpoints: str
-    """The variant's epoch checkpoints directory (shared storage)."""
+    """The variant's epoch checkpoints directory: a place every worker reaches (under the
+    shared outputs root, or under ``storage.uri``)."""
     keep_checkpoints: int
     batch_size_per_worker: int
     backbone: BackboneConfig

@@ -36,6 +36,7 @@ from ray_pipeline.resources import (
 from ray_pipeline.run_mode import get_run_mode
 from ray_pipeline.schema import BackboneConfig, PipelineConfig, TrainingParams
 from ray_pipeline.selection import SelectionResult
+from ray_pipeline.storage import WorkerStorage, join, local_copy
 from ray_pipeline.training import per_worker_batch
 from ray_pipeline.variants import (
     Variant,
@@ -221,9 +222,10 @@ def _train_and_export(
 ) -> FinalMetrics:
     started = datetime.now(timezone.utc)
     refit = _refit_of(plan, training)
+    where = WorkerStorage.of(config)
     job = FinalJob(
         variant=variant.name,
-        checkpoints=str(variant.files.checkpoints),
+        checkpoints=where.place(variant.files.checkpoints),
         keep_checkpoints=config.final_training.keep_checkpoints,
         batch_size_per_worker=refit.batch_size_per_worker,
         backbone=backbone,
@@ -233,7 +235,7 @@ def _train_and_export(
         seed=source.trial.seed,
         attempt=started.isoformat(timespec="seconds"),
     )
-    before = epoch_checkpoints(variant.files.checkpoints)
+    before = epoch_checkpoints(job.checkpoints)
     start = read_state(before[-1]).next_epoch if before else 0
     print(
         f"final {variant.name}: {refit.workers} worker(s) x {refit.threads_per_worker} "
@@ -243,8 +245,8 @@ def _train_and_export(
     if plan.in_process:
         _run_task(plan, job, variant)
     else:
-        _run_worker_group(plan, job, variant)
-    found = epoch_checkpoints(variant.files.checkpoints)
+        _run_worker_group(plan, job, variant, where)
+    found = epoch_checkpoints(job.checkpoints)
     state = read_state(found[-1]) if found else FinalState()
     if state.test_metrics is None:
         raise PipelineError(f"final {variant.name}: training ended without a tested checkpoint")
@@ -267,7 +269,8 @@ def _train_and_export(
         refit=refit,
         seconds=(datetime.now(timezone.utc) - started).total_seconds(),
     )
-    export(config, variant, found[-1] / CHECKPOINT_MODEL, metrics, training, key, run)
+    with local_copy(join(found[-1], CHECKPOINT_MODEL)) as model:
+        export(config, variant, model, metrics, training, key, run)
     return metrics
 
 
@@ -323,7 +326,9 @@ def _run_task(plan: TrialPlan, job: FinalJob, variant: Variant) -> None:
             )
 
 
-def _run_worker_group(plan: TrialPlan, job: FinalJob, variant: Variant) -> None:
+def _run_worker_group(
+    plan: TrialPlan, job: FinalJob, variant: Variant, where: WorkerStorage
+) -> None:
     """Several workers: a Ray Train DDP worker group, restarted by Ray Train after a lost
     worker or node; every restart resumes after the last epoch checkpoint."""
     from ray.train import RunConfig
@@ -336,7 +341,7 @@ def _run_worker_group(plan: TrialPlan, job: FinalJob, variant: Variant) -> None:
         scaling_config=scaling_config(plan),
         run_config=RunConfig(
             name=train_dir.name,
-            storage_path=str(train_dir.parent),
+            storage_path=where.place(train_dir.parent),
             failure_config=faults.train_failure_config(plan.max_failures),
             callbacks=[
                 faults.train_failure_callback(

@@ -12,11 +12,11 @@ holds the model and tokenizer as export takes them (``model/``) and the test met
 from __future__ import annotations
 
 import math
-import shutil
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from os import PathLike
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +29,17 @@ from ray_pipeline.models import build_model, load_tokenizer
 from ray_pipeline.paths import CHECKPOINT_MODEL, FINAL_EPOCH_PREFIX, FINAL_STATE, TRAINING_STATE
 from ray_pipeline.precision import Amp, resolve
 from ray_pipeline.sessions import Session, TaskSession, TrainSession, quiet_checkpoints
+from ray_pipeline.storage import (
+    children,
+    delete,
+    is_file,
+    is_uri,
+    join,
+    local_copy,
+    name_of,
+    publish,
+    read_text,
+)
 from ray_pipeline.training import (
     batches,
     epoch_shard,
@@ -42,16 +53,19 @@ if TYPE_CHECKING:
     import torch
 
 
-def epoch_checkpoints(directory: Path) -> list[Path]:
-    """The complete epoch checkpoints in ``directory``, oldest first."""
-    if not directory.is_dir():
-        return []
-    found = [p for p in directory.glob(f"{FINAL_EPOCH_PREFIX}*") if (p / FINAL_STATE).is_file()]
-    return sorted(found, key=lambda p: int(p.name[len(FINAL_EPOCH_PREFIX) :]))
+def epoch_checkpoints(directory: str | PathLike[str]) -> list[str]:
+    """The complete epoch checkpoints in ``directory`` (a place: a path, or under
+    ``storage.uri``), oldest first."""
+    found = [
+        join(directory, name)
+        for name in children(directory, FINAL_EPOCH_PREFIX)
+        if is_file(join(directory, name, FINAL_STATE))
+    ]
+    return sorted(found, key=lambda p: int(name_of(p)[len(FINAL_EPOCH_PREFIX) :]))
 
 
-def read_state(checkpoint: Path) -> FinalState:
-    return FinalState.model_validate_json((checkpoint / FINAL_STATE).read_text())
+def read_state(checkpoint: str | PathLike[str]) -> FinalState:
+    return FinalState.model_validate_json(read_text(join(checkpoint, FINAL_STATE)))
 
 
 def _save(
@@ -63,14 +77,17 @@ def _save(
     amp: Amp,
     tokenizer: Any,
 ) -> None:
-    """Write the checkpoint after ``state``'s last epoch aside, rename it into place, and keep
-    the newest ``job.keep_checkpoints``."""
+    """Write the checkpoint after ``state``'s last epoch aside, put it in place (its state file
+    last: it marks the checkpoint complete), and keep the newest ``job.keep_checkpoints``."""
     import torch
 
-    root = Path(job.checkpoints)
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / f"{FINAL_EPOCH_PREFIX}{state.next_epoch:04d}"
-    aside = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=root))
+    root = job.checkpoints
+    final = join(root, f"{FINAL_EPOCH_PREFIX}{state.next_epoch:04d}")
+    if is_uri(root):
+        aside = Path(tempfile.mkdtemp(prefix=f"{name_of(final)}-"))
+    else:  # beside its place: renamed into it
+        Path(root).mkdir(parents=True, exist_ok=True)
+        aside = Path(tempfile.mkdtemp(prefix=f".{name_of(final)}-", dir=root))
     torch.save(
         {
             "model": model.state_dict(),
@@ -83,12 +100,10 @@ def _save(
     if state.next_epoch == job.training.epochs:  # what export takes (training state resumes)
         model.save_pretrained(aside / CHECKPOINT_MODEL)
         tokenizer.save_pretrained(aside / CHECKPOINT_MODEL)
-    (aside / FINAL_STATE).write_text(state.model_dump_json())  # last: marks it complete
-    if final.exists():  # the last epoch again, now with its test metrics
-        shutil.rmtree(final)
-    aside.rename(final)
+    (aside / FINAL_STATE).write_text(state.model_dump_json())
+    publish(aside, final, last=FINAL_STATE)  # the last epoch again: now with its test metrics
     for old in epoch_checkpoints(root)[: -job.keep_checkpoints]:
-        shutil.rmtree(old, ignore_errors=True)
+        delete(old)
 
 
 def _restore(
@@ -96,10 +111,11 @@ def _restore(
 ) -> FinalState:
     import torch
 
-    found = epoch_checkpoints(Path(job.checkpoints))
+    found = epoch_checkpoints(job.checkpoints)
     if not found:
         return FinalState()
-    saved = torch.load(found[-1] / TRAINING_STATE, map_location=device)
+    with local_copy(found[-1]) as checkpoint:
+        saved = torch.load(checkpoint / TRAINING_STATE, map_location=device)
     model.load_state_dict(saved["model"])
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])

@@ -9,7 +9,6 @@ are not re-run, unfinished ones continue after their last fold) and then tops up
 from __future__ import annotations
 
 import math
-import shutil
 import statistics
 from pathlib import Path
 from typing import Any
@@ -36,10 +35,11 @@ from ray_pipeline.hpo.study import (
     study_storage,
 )
 from ray_pipeline.identity import study_key, trial_key_hash
-from ray_pipeline.paths import CHECKPOINT_MODEL, OutputsLayout, staging_for
+from ray_pipeline.paths import CHECKPOINT_MODEL, OutputsLayout, in_round_order
 from ray_pipeline.resources import TrialPlan, cluster_nodes, plan_trials
 from ray_pipeline.run_mode import get_run_mode
 from ray_pipeline.schema import BackboneConfig, DataConfig, PipelineConfig
+from ray_pipeline.storage import WorkerStorage, children, copy, delete, is_dir, is_file, join
 from ray_pipeline.tracking import RunRef
 from ray_pipeline.variants import (
     Decision,
@@ -146,7 +146,8 @@ def _run_backbone(config: PipelineConfig, backbone: BackboneConfig, plan: TrialP
         outcomes, stop_reason = _run_rounds(config, job, decision, storage, study, plan)
         result = _collect(config, backbone, variant, study, outcomes, previous, stop_reason)
         if _done(result):  # unfinished trials still need their checkpoints
-            result = _keep_best(result, variant, hpo.checkpoint.save_only_best)
+            where = WorkerStorage.of(config)
+            result = _keep_best(result, variant, hpo.checkpoint.save_only_best, where)
         write_json(files.hpo_result, result)
     except BaseException as exc:
         set_status(variant, "failed")
@@ -247,11 +248,14 @@ def _run_rounds(
     files = variant.files
     outcomes: dict[int, dict[str, Any]] = {}
     stop_reason = None
-    rounds = files.rounds()
+    where = WorkerStorage.of(config)
+    tune_dir, train_dir = where.place(files.tune_dir), where.place(files.train_dir)
+    rounds = in_round_order(children(tune_dir))
     if decision.action == "resume" and rounds:
-        print(f"hpo {backbone.name}: resuming {variant.name} ({rounds[-1].name})")
-        grid = tuning.restore_round(rounds[-1], job, plan, files.train_dir, files.failures)
-        outcomes |= tuning.round_results(grid) if grid is not None else {}
+        print(f"hpo {backbone.name}: resuming {variant.name} ({rounds[-1]})")
+        last = join(tune_dir, rounds[-1])
+        grid = tuning.restore_round(last, job, plan, train_dir, files.failures)
+        outcomes |= tuning.round_results(grid, where) if grid is not None else {}
     stale = fail_running(study)
     if stale:
         print(f"hpo {backbone.name}: trial(s) {stale} left running by a stopped run marked FAIL")
@@ -264,19 +268,19 @@ def _run_rounds(
     if missing:
         set_status(variant, "running")
         grid, stop_reason = tuning.run_round(
-            experiment_dir=files.round_dir(len(rounds) + 1),
+            experiment_dir=where.place(files.round_dir(len(rounds) + 1)),
             study_name=variant.name,
             storage=storage,
             hpo=hpo,
             job=job,
             plan=plan,
             num_samples=missing,
-            train_dir=files.train_dir,
+            train_dir=train_dir,
             failure_log=files.failures,
             done_before=finished,
             best=best_so_far(study),
         )
-        outcomes |= tuning.round_results(grid)
+        outcomes |= tuning.round_results(grid, where)
         fail_running(study)
         if stop_reason is not None:
             print(
@@ -418,29 +422,34 @@ def pareto_front(trials: list[TrialRecord], direction: str) -> list[int]:
     return sorted(n for n, point in points.items() if not dominated(point))
 
 
-def _keep_best(result: HpoResult, variant: Variant, only_best: bool) -> HpoResult:
+def _keep_best(
+    result: HpoResult, variant: Variant, only_best: bool, where: WorkerStorage
+) -> HpoResult:
     """Copy the best trial's best-fold model (in its last checkpoint) to ``<variant>/best``,
-    and each other Pareto trial's to ``<variant>/pareto/trial_<n>`` (for the benchmark); with
-    ``only_best``, drop every other checkpoint."""
+    and each other Pareto trial's to ``<variant>/pareto/trial_<n>`` (for the benchmark): on
+    the driver's disk and, with ``storage.uri``, there too (for benchmark actors on other
+    nodes). With ``only_best``, drop every other checkpoint."""
     files = variant.files
     best = result.best
     targets = {number: files.pareto_model(number) for number in result.pareto}
     if best is not None:
         targets[best.number] = files.best
-    kept_dirs = set(targets.values())
+    kept_dirs = {str(p) for p in targets.values()}
     by_number = {t.number: t for t in result.trials}
     # Pareto trials first: one that was the best has its model in best/, which the best
     # replaces.
     for number in sorted(targets, key=lambda n: best is not None and n == best.number):
-        _copy_model(by_number[number].checkpoint, targets[number])
+        _copy_model(by_number[number].checkpoint, targets[number], where)
     if only_best:
         for trial in result.trials:
-            if trial.checkpoint is not None and Path(trial.checkpoint) not in kept_dirs:
-                shutil.rmtree(trial.checkpoint, ignore_errors=True)
-        shutil.rmtree(files.train_dir, ignore_errors=True)  # the kept models: best/, pareto/
-        for stale in files.pareto_model(0).parent.glob("trial_*"):
-            if stale not in kept_dirs:  # off the front since
-                shutil.rmtree(stale, ignore_errors=True)
+            if trial.checkpoint is not None and trial.checkpoint not in kept_dirs:
+                delete(trial.checkpoint)
+        delete(where.place(files.train_dir))  # the kept models: best/, pareto/
+        pareto_dir = files.pareto_model(0).parent
+        for place in {str(pareto_dir), where.place(pareto_dir)}:
+            for name in children(place, "trial_"):
+                if str(pareto_dir / name) not in kept_dirs:  # off the front since
+                    delete(join(place, name))
 
     def kept(trial: TrialRecord) -> str | None:
         target = targets.get(trial.number)
@@ -459,22 +468,21 @@ def _keep_best(result: HpoResult, variant: Variant, only_best: bool) -> HpoResul
     )
 
 
-def _copy_model(checkpoint: str | None, target: Path) -> None:
+def _copy_model(checkpoint: str | None, target: Path, where: WorkerStorage) -> None:
     """Put the model of a trial's ``checkpoint`` (a trial checkpoint's ``model/``, or a model
-    directory kept earlier: ``best/``, ``pareto/trial_<n>``) at ``target``, atomically."""
-    if checkpoint is None or Path(checkpoint) == target:
+    directory kept earlier: ``best/``, ``pareto/trial_<n>``; a place) at ``target`` (on this
+    disk, atomically) and at ``target``'s place in ``where``."""
+    if checkpoint is None or checkpoint == str(target):
         return
-    source = Path(checkpoint) / CHECKPOINT_MODEL
-    if not source.is_dir():
-        source = Path(checkpoint)
-    if not (source / "config.json").is_file():
+    source = join(checkpoint, CHECKPOINT_MODEL)
+    if not is_dir(source):
+        source = checkpoint
+    if not is_file(join(source, "config.json")):
         return
-    staging = staging_for(target)
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(source, staging)
-    shutil.rmtree(target, ignore_errors=True)
-    staging.rename(target)
+    copy(source, str(target))
+    remote = where.place(target)
+    if remote != str(target):
+        copy(str(target), remote)
 
 
 def _print_summary(result: HpoResult, status: str) -> None:

@@ -16,13 +16,16 @@ JSON run metadata holding the last result); pyproject pins the Ray versions it w
 from __future__ import annotations
 
 import json
-import shutil
-from pathlib import Path
+from os import PathLike
 
-from ray_pipeline.paths import TUNE_CHECKPOINT_PREFIX, TUNE_SNAPSHOTS
+from ray_pipeline import storage
+from ray_pipeline.paths import TUNE_CHECKPOINT_PREFIX, tune_snapshots
 
 FINISHED = ("TERMINATED", "ERROR")
 """Trial statuses Tune does not resume from a checkpoint."""
+
+Place = str | PathLike[str]
+"""A round or trial directory: a local path or a URI (``storage.uri``)."""
 
 
 def checkpoint_index(name: str) -> int | None:
@@ -31,19 +34,19 @@ def checkpoint_index(name: str) -> int | None:
     return int(digits) if name.startswith(TUNE_CHECKPOINT_PREFIX) and digits.isdigit() else None
 
 
-def checkpoints_after(trial_dir: Path, index: int) -> list[Path]:
-    """A trial's checkpoints with an index above ``index``, oldest first."""
-    found = [(checkpoint_index(p.name), p) for p in trial_dir.glob(f"{TUNE_CHECKPOINT_PREFIX}*")]
-    return [p for i, p in sorted((i, p) for i, p in found if i is not None and i > index)]
+def checkpoints_after(trial_dir: Place, index: int) -> list[str]:
+    """The names of a trial's checkpoints with an index above ``index``, oldest first."""
+    found = [(checkpoint_index(n), n) for n in storage.children(trial_dir, TUNE_CHECKPOINT_PREFIX)]
+    return [n for i, n in sorted((i, n) for i, n in found if i is not None and i > index)]
 
 
-def recorded_checkpoints(round_dir: Path) -> dict[str, str]:
+def recorded_checkpoints(round_dir: Place) -> dict[str, str]:
     """For each unfinished trial of the newest snapshot: its directory name -> the name of the
     checkpoint Tune will restore it from (trials without one are left out)."""
-    snapshots = sorted(round_dir.glob(TUNE_SNAPSHOTS))
+    snapshots = tune_snapshots(storage.children(round_dir))
     if not snapshots:
         return {}
-    state = json.loads(snapshots[-1].read_text(encoding="utf-8"))
+    state = json.loads(storage.read_text(storage.join(round_dir, snapshots[-1])))
     recorded = {}
     for trial_json, metadata_json in state.get("trial_data", []):
         trial, metadata = json.loads(trial_json), json.loads(metadata_json)
@@ -53,25 +56,25 @@ def recorded_checkpoints(round_dir: Path) -> dict[str, str]:
     return recorded
 
 
-def repair_recorded_checkpoints(round_dir: Path) -> list[str]:
+def repair_recorded_checkpoints(round_dir: Place) -> list[str]:
     """Give every recorded checkpoint that Tune replaced before its snapshot was written the
     checkpoint that replaced it (see the module's docstring); what was done, one line each."""
     notes = []
     for trial, name in recorded_checkpoints(round_dir).items():
-        trial_dir, index = round_dir / trial, checkpoint_index(name)
-        if index is None or (trial_dir / name).exists():
+        trial_dir, index = storage.join(round_dir, trial), checkpoint_index(name)
+        if index is None or storage.is_dir(storage.join(trial_dir, name)):
             continue
         newer = checkpoints_after(trial_dir, index)
         if not newer:
             continue
         replacement, *unregistered = newer
-        for path in unregistered:
-            shutil.rmtree(path)
-        replacement.rename(trial_dir / name)
-        dropped = f"; dropped unregistered {', '.join(p.name for p in unregistered)}"
+        for stale in unregistered:
+            storage.delete(storage.join(trial_dir, stale))
+        storage.move(storage.join(trial_dir, replacement), storage.join(trial_dir, name))
+        dropped = f"; dropped unregistered {', '.join(unregistered)}"
         notes.append(
-            f"{trial}: its snapshot names {name}, which Tune replaced by {replacement.name} "
-            f"before the driver stopped; resuming from {replacement.name}"
+            f"{trial}: its snapshot names {name}, which Tune replaced by {replacement} "
+            f"before the driver stopped; resuming from {replacement}"
             + (dropped if unregistered else "")
         )
     return notes

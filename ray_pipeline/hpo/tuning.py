@@ -39,6 +39,7 @@ from ray_pipeline.paths import trial_name
 from ray_pipeline.resources import DRIVER_MEMORY_BYTES, TrialPlan, scaling_config
 from ray_pipeline.schema import HpoConfig
 from ray_pipeline.sessions import TaskSession
+from ray_pipeline.storage import WorkerStorage, name_of, parent_of
 
 if TYPE_CHECKING:
     from optuna.storages import BaseStorage
@@ -299,21 +300,23 @@ def _dirname(trial: Trial) -> str:
 
 def run_round(
     *,
-    experiment_dir: Path,
+    experiment_dir: str,
     study_name: str,
     storage: BaseStorage,
     hpo: HpoConfig,
     job: StudyJob,
     plan: TrialPlan,
     num_samples: int,
-    train_dir: Path,
+    train_dir: str,
     failure_log: Path,
     done_before: int = 0,
     best: tuple[float, int] | None = None,
 ) -> tuple[ResultGrid, str | None]:
     """Run up to ``num_samples`` new trials of the study as a fresh Tune experiment; return its
-    results and why it stopped launching trials early (a budget), if it did. ``done_before``
-    and ``best`` (objective, trial) are the earlier rounds', for the progress lines."""
+    results and why it stopped launching trials early (a budget), if it did.
+    ``experiment_dir`` and ``train_dir`` are places (a path, or under ``storage.uri``);
+    ``done_before`` and ``best`` (objective, trial) are the earlier rounds', for the progress
+    lines."""
     from ray import tune
 
     mode = "max" if job.direction == "maximize" else "min"
@@ -333,7 +336,7 @@ def run_round(
         k_folds=job.k_folds,
         budget=budget,
     )
-    spec = RoundSpec(job.model_dump(mode="json"), str(train_dir), asdict(plan), str(failure_log))
+    spec = RoundSpec(job.model_dump(mode="json"), train_dir, asdict(plan), str(failure_log))
     tuner = tune.Tuner(
         _trainable(spec),
         tune_config=tune.TuneConfig(
@@ -347,8 +350,8 @@ def run_round(
             reuse_actors=plan.in_process,
         ),
         run_config=tune.RunConfig(
-            name=experiment_dir.name,
-            storage_path=str(experiment_dir.parent),
+            name=name_of(experiment_dir),
+            storage_path=parent_of(experiment_dir),
             failure_config=tune.FailureConfig(max_failures=plan.max_failures),
             # The last checkpoint holds everything: the fold state and the best fold's model.
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
@@ -421,19 +424,19 @@ def _callbacks(job: StudyJob, plan: TrialPlan, failure_log: Path) -> list[Any]:
 
 
 def restore_round(
-    experiment_dir: Path, job: StudyJob, plan: TrialPlan, train_dir: Path, failure_log: Path
+    experiment_dir: str, job: StudyJob, plan: TrialPlan, train_dir: str, failure_log: Path
 ) -> ResultGrid | None:
     """Continue an interrupted round: finished trials stay finished, unfinished ones resume
     from their last fold checkpoint. None when there is nothing restorable."""
     from ray import tune
 
-    if not tune.Tuner.can_restore(str(experiment_dir)):
+    if not tune.Tuner.can_restore(experiment_dir):
         return None
     for note in repair_recorded_checkpoints(experiment_dir):
         print(f"hpo {job.backbone.name}: {note}")
-    spec = RoundSpec(job.model_dump(mode="json"), str(train_dir), asdict(plan), str(failure_log))
+    spec = RoundSpec(job.model_dump(mode="json"), train_dir, asdict(plan), str(failure_log))
     tuner = tune.Tuner.restore(
-        str(experiment_dir),
+        experiment_dir,
         trainable=_trainable(spec),
         resume_unfinished=True,
         resume_errored=False,
@@ -441,8 +444,9 @@ def restore_round(
     return _fit(tuner)
 
 
-def round_results(grid: ResultGrid) -> dict[int, dict[str, Any]]:
-    """Each trial's last reported metrics (and error), by Optuna trial number."""
+def round_results(grid: ResultGrid, where: WorkerStorage) -> dict[int, dict[str, Any]]:
+    """Each trial's last reported metrics (and error), by Optuna trial number; a checkpoint
+    as a place in ``where``."""
     out: dict[int, dict[str, Any]] = {}
     for result in grid:  # type: ignore[attr-defined]  # ResultGrid supports iteration
         config = result.config or {}
@@ -452,9 +456,9 @@ def round_results(grid: ResultGrid) -> dict[int, dict[str, Any]]:
         # The trial's last checkpoint (its model/ is the best fold's): Tune's own for an
         # in-process trial, the one Ray Train reported for a worker-group trial.
         if result.checkpoint is not None:
-            metrics[CHECKPOINT_KEY] = result.checkpoint.path
+            metrics[CHECKPOINT_KEY] = where.located(result.checkpoint.path)
         elif CHECKPOINT_PATH_KEY in metrics:
-            metrics[CHECKPOINT_KEY] = metrics[CHECKPOINT_PATH_KEY]
+            metrics[CHECKPOINT_KEY] = where.located(metrics[CHECKPOINT_PATH_KEY])
         if result.error is not None:  # a task error's first line names the task, not why
             metrics["error"] = faults.cause_of(getattr(result.error, "cause", None) or result.error)
         out[int(config[TRIAL_NUMBER])] = metrics

@@ -52,6 +52,7 @@ from ray_pipeline.schema.stages import (
     FinalTrainingConfig,
     ResourcesConfig,
     SelectionConfig,
+    StorageConfig,
     TrackingConfig,
 )
 
@@ -78,6 +79,8 @@ class PipelineConfig(Section):
     """MLflow."""
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     """Ray resources per trial."""
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    """Where workers write checkpoints and models (null uri: under outputs_root)."""
 
     @model_validator(mode="after")
     def _objectives_fit_the_task(self) -> PipelineConfig:
@@ -145,6 +148,7 @@ __all__ = [
     "SchedulerConfig",
     "Section",
     "SelectionConfig",
+    "StorageConfig",
     "StudyCheckpoint",
     "Task",
     "TrackingConfig",

@@ -155,6 +155,33 @@ class TrackingConfig(Section):
     """null: the experiment's name."""
 
 
+class StorageConfig(Section):
+    uri: str | None = None
+    """Where trials, final training and benchmark actors write and read checkpoints and
+    models, for clusters whose nodes do not share ``outputs_root``: any URI pyarrow
+    understands (``s3://bucket/prefix``, ``gs://...``, ``file:///...``). null: under
+    ``outputs_root``, which every node must then mount. Credentials come from the environment
+    (instance role, ``AWS_*``; ``AWS_ENDPOINT_URL`` for an S3-compatible server)."""
+
+    @field_validator("uri")
+    @classmethod
+    def _plain_uri(cls, uri: str | None) -> str | None:
+        if uri is None:
+            return None
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(uri)
+        if not parts.scheme or "://" not in uri:
+            raise ValueError(f"{uri!r} is not a URI; write scheme://bucket/prefix (s3://, gs://)")
+        if "@" in parts.netloc or parts.query or parts.fragment:
+            raise ValueError(
+                "no credentials, query or fragment in the URI: credentials come from the "
+                "environment (AWS_* variables or the instance role), an S3-compatible "
+                "server's address from AWS_ENDPOINT_URL"
+            )
+        return uri.rstrip("/")
+
+
 class ResourcesConfig(Section):
     address: str | None = None
     """Ray cluster to connect to (e.g. ``ray://head:10001`` or ``auto``); null: $RAY_ADDRESS

@@ -1,0 +1,137 @@
+"""``storage.uri`` (docs/cluster.md): the config rules, the probe that ``validate`` and every
+run make, and the place functions on a ``file://`` URI (the code path of ``s3://`` and
+``gs://``; the real S3 server is in test_object_storage.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ray_pipeline import storage
+from ray_pipeline.cli import main
+from ray_pipeline.final.results import FinalJob
+from ray_pipeline.final.worker import epoch_checkpoints, read_state, run_epochs
+from ray_pipeline.loading import load_config
+from ray_pipeline.paths import FINAL_STATE
+from ray_pipeline.schema import TrainingParams
+from tests.conftest import SMOKE, MakeExp
+from tests.processes import free_port
+from tests.test_training_settings import _OneProcess
+
+
+@pytest.mark.parametrize(
+    ("uri", "wrong"),
+    [
+        ("bucket/prefix", "is not a URI"),
+        ("s3://KEYID:SECRETVALUE@bucket/prefix", "no credentials"),
+        ("s3://bucket/prefix?secret_key=SECRETVALUE", "no credentials"),
+    ],
+)
+def test_a_storage_uri_with_credentials_or_no_scheme_exits_2_without_echoing_it(
+    uri: str, wrong: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["validate", "--config", str(SMOKE), f"storage.uri={uri}"]) == 2
+    err = capsys.readouterr().err
+    assert "storage.uri" in err and wrong in err, err
+    assert "SECRETVALUE" not in err
+
+
+def test_the_uri_is_kept_without_a_trailing_slash(smoke_experiment: MakeExp) -> None:
+    config = load_config(smoke_experiment(), ["storage.uri=s3://bucket/runs/"])
+    assert config.storage.uri == "s3://bucket/runs"
+    assert load_config(smoke_experiment()).storage.uri is None
+
+
+@pytest.mark.parametrize("reach", ["unwritable", "unreachable"])
+def test_validate_refuses_storage_it_cannot_write(
+    reach: str,
+    smoke_experiment: MakeExp,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    if reach == "unwritable":
+        uri = "file:///proc/ray-pipeline-storage"
+        error = "Cannot create directory"
+    else:  # an S3 server that nothing serves (the AWS SDK retries for ~13 s)
+        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
+        for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            monkeypatch.setenv(name, "testing")
+        monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        uri = "s3://bucket/runs"
+        error = "Could not connect"
+    path = smoke_experiment()
+    assert main(["validate", "--config", str(path), f"storage.uri={uri}"]) == 2
+    err = capsys.readouterr().err
+    assert f"storage.uri: cannot write and read back {uri}: " in err and error in err, err
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_places_on_a_uri(tmp_path: Path) -> None:
+    local = tmp_path / "model"
+    (local / "sub").mkdir(parents=True)
+    (local / "config.json").write_text("{}")
+    (local / "sub" / "weights").write_bytes(b"0123")
+    root = (tmp_path / "bucket").as_uri()
+    target = storage.join(root, "runs", "best")
+
+    storage.copy(str(local), target)  # up
+    assert storage.children(storage.join(root, "runs")) == ["best"]
+    assert storage.is_file(storage.join(target, "config.json"))
+    assert storage.size_of(target) == 2 + 4
+    storage.move(target, storage.join(root, "runs", "kept"))
+    assert storage.children(storage.join(root, "runs")) == ["kept"]
+    with storage.local_copy(storage.join(root, "runs", "kept")) as fetched:  # down
+        assert (fetched / "sub" / "weights").read_bytes() == b"0123"
+    back = tmp_path / "back"
+    storage.copy(storage.join(root, "runs", "kept"), str(back))
+    assert (back / "config.json").read_text() == "{}"
+    storage.delete(storage.join(root, "runs"))
+    assert storage.children(root) == [] and storage.children(storage.join(root, "none")) == []
+    assert storage.probe(root) and storage.children(root) == []  # it cleans up
+
+
+def test_worker_storage_maps_outputs_paths_to_the_uri(tmp_path: Path) -> None:
+    outputs = tmp_path / "outputs"
+    variant = outputs / "exp" / "hpo" / "b" / "hpo_b"
+    shared = storage.WorkerStorage(outputs)
+    assert shared.place(variant / "best") == str(variant / "best")
+    assert shared.located("/x/checkpoint_000001") == "/x/checkpoint_000001"
+    remote = storage.WorkerStorage(outputs, "s3://bucket/runs")
+    assert remote.place(variant / "best") == "s3://bucket/runs/exp/hpo/b/hpo_b/best"
+    # Ray reports a checkpoint's path inside the filesystem, without the scheme.
+    assert remote.located("bucket/runs/t/checkpoint_000001") == (
+        "s3://bucket/runs/t/checkpoint_000001"
+    )
+    with pytest.raises(ValueError):
+        remote.place(tmp_path / "elsewhere")
+
+
+def test_final_epoch_checkpoints_on_a_uri_resume(smoke_experiment: MakeExp, tmp_path: Path) -> None:
+    """The refit's checkpoints go to the URI (the state file last) and a second attempt finds
+    the finished one there and trains nothing more."""
+    overrides = ["data.max_train_examples=16", "data.max_test_examples=4"]
+    config = load_config(smoke_experiment(), overrides)
+    checkpoints = storage.join((tmp_path / "bucket").as_uri(), "final", "checkpoints")
+    job = FinalJob(
+        variant="final_t",
+        checkpoints=checkpoints,
+        keep_checkpoints=1,
+        batch_size_per_worker=8,
+        backbone=config.model.backbones[0],
+        data=config.data,
+        task=config.data.task,
+        training=TrainingParams(epochs=2, batch_size=8, max_length=16),
+        seed=0,
+        attempt="now",
+    )
+    run_epochs(job, _OneProcess())
+    (last,) = epoch_checkpoints(checkpoints)  # keep_checkpoints=1: epoch 1's is gone
+    assert last == storage.join(checkpoints, "epoch_0002")
+    assert storage.is_file(storage.join(last, FINAL_STATE))
+    state = read_state(last)
+    assert state.next_epoch == 2 and state.test_metrics is not None
+    assert not list(tmp_path.glob("**/.epoch_*"))  # nothing left aside
+    run_epochs(job.model_copy(update={"attempt": "again"}), _OneProcess())
+    assert read_state(last).epochs == state.epochs  # resumed after the last epoch
