@@ -87,9 +87,9 @@ def train_failure_config(max_failures: int) -> Any:
     return FailureConfig(max_failures=max_failures, controller_failure_limit=max_failures)
 
 
-def train_failure_callback(log: Path, trial: int | None, label: str, then: str) -> Any:
+def train_failure_callback(log: Path | None, trial: int | None, label: str, then: str) -> Any:
     """A Ray Train callback that prints (``label: ... failed (cause); then``) and records each
-    worker-group failure."""
+    worker-group failure in ``log`` (None: prints only)."""
     from ray.train.v2.api.callback import UserCallback
 
     class _RecordFailures(UserCallback):
@@ -97,6 +97,7 @@ def train_failure_callback(log: Path, trial: int | None, label: str, then: str) 
             for rank, error in sorted(worker_exceptions.items()):
                 cause = f"rank {rank}: {cause_of(error)}"
                 print(f"{label}: worker group failed ({cause}); {then}")
-                record_failure(log, trial, "train", cause)
+                if log is not None:
+                    record_failure(log, trial, "train", cause)
 
     return _RecordFailures()

@@ -105,6 +105,9 @@ def run(
 
         ensure_ray(cfg.resources.address)
         nodes = check_shared_storage(WorkerStorage.of(cfg))
+        from ray_pipeline.tracking import check_tracking_for_nodes
+
+        check_tracking_for_nodes(cfg, nodes)
         shared = cfg.storage.uri is None  # else the study stays on the driver's own disk
         if nodes > 1 and shared and cfg.hpo.checkpoint.storage_backend == "sqlite":
             print(

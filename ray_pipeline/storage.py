@@ -165,7 +165,9 @@ def move(source: str, target: str) -> None:
 def publish(local: Path, target: str, last: str) -> None:
     """Put the directory ``local`` at ``target`` so that a reader who finds the file ``last``
     in it finds everything: a local target by renaming ``local`` (on the same filesystem)
-    into place, a URI by uploading ``last`` after every other file. ``local`` is gone after."""
+    into place, a URI by uploading ``last`` after every other file (over what is there: an
+    object is replaced whole, and a checkpoint saved again keeps its state file until the new
+    one lands). ``local`` is gone after."""
     import pyarrow.fs
 
     if not is_uri(target):
@@ -174,7 +176,6 @@ def publish(local: Path, target: str, last: str) -> None:
             shutil.rmtree(final)
         local.rename(final)
         return
-    delete(target)
     fs, path = filesystem(target)
     local_fs = pyarrow.fs.LocalFileSystem()
     files = sorted(p for p in local.rglob("*") if p.is_file())
@@ -222,7 +223,9 @@ def probe(place: str) -> str:
         write_text(target, token)
         seen = read_text(target)
         delete(target)
-    except (OSError, ValueError) as exc:  # pyarrow: OSError (network, denied), ValueError (URI)
+    # pyarrow: OSError (network, denied), ValueError (URI), NotImplementedError (a filesystem
+    # this pyarrow was built without)
+    except (OSError, ValueError, NotImplementedError) as exc:
         raise StorageError(f"{place}: {_first_line(exc)}") from exc
     if seen != token:
         raise StorageError(f"{place}: wrote {token!r} and read back {seen!r}")
@@ -233,7 +236,7 @@ def read_probe(place: str) -> str | None:
     """The content of the probe file ``place`` (from another node), None if unreadable."""
     try:
         return read_text(place)
-    except (OSError, ValueError):
+    except (OSError, ValueError, NotImplementedError):
         return None
 
 
@@ -259,7 +262,14 @@ class WorkerStorage:
         URI scheme) as a place."""
         if self.uri is None:
             return path
-        return f"{self.uri.split('://', 1)[0]}://{path.lstrip('/')}"
+        return f"{self.uri.split('://', 1)[0]}://{path}"  # s3: bucket/key; file: /abs/path
+
+    def clear(self, local: Path) -> None:
+        """Remove what an earlier life of the directory ``local`` left under the URI (a new
+        variant whose name a variant of a lost driver disk had: its checkpoints and models
+        must not be taken for this one's). Nothing without a URI."""
+        if self.uri is not None:
+            delete(self.place(local))
 
     def place(self, local: Path) -> str:
         """Where workers find ``local`` (a path under the outputs root)."""

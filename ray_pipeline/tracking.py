@@ -73,6 +73,23 @@ def tracking_uri(config: PipelineConfig) -> str | None:
     return f"sqlite:///{OutputsLayout.of(config).mlflow_db}"
 
 
+def check_tracking_for_nodes(config: PipelineConfig, nodes: int) -> None:
+    """With ``storage.uri`` on several nodes, refuse a store on the driver's disk: trials
+    open their runs on whichever node they run, where that file is out of reach."""
+    uri = tracking_uri(config)
+    if nodes < 2 or config.storage.uri is None or uri is None:
+        return
+    if uri.startswith(("http://", "https://", "databricks")):
+        return
+    raise ConfigError.at(
+        "tracking.tracking_uri",
+        f"{uri} is on the driver's disk, which the other {nodes - 1} node(s) cannot reach "
+        "(storage.uri is set: the nodes share no filesystem). Run an MLflow server every node "
+        "reaches and set tracking.tracking_uri (or MLFLOW_TRACKING_URI) to it, or set "
+        "tracking.enabled=false; see docs/cluster.md",
+    )
+
+
 def check_tracking(config: PipelineConfig) -> None:
     """Refuse an unreachable tracking server at once (a few seconds, not MLflow's retries)."""
     uri = tracking_uri(config)

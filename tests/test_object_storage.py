@@ -19,7 +19,7 @@ import pytest
 from ray_pipeline.artifacts import read_json
 from ray_pipeline.final.results import FinalMetrics
 from ray_pipeline.hpo.results import HpoResult
-from ray_pipeline.storage import children, is_dir, size_of
+from ray_pipeline.storage import children, is_dir, size_of, write_text
 from tests.conftest import REPO, SMOKE
 from tests.processes import (
     CLI,
@@ -123,6 +123,11 @@ def test_two_nodes_without_shared_outputs_run_on_object_storage(
             assert "outputs_root" in refused.stderr and "not shared storage" in refused.stderr
             assert not list(outputs.iterdir())
 
+            # What a lost driver disk's variant of the same name left in the bucket: a new
+            # variant must not take it for its own (a final "checkpoint" after epoch 9).
+            stale = f"{STORAGE}/smoke/final/tiny-bert/final_tiny-bert/checkpoints/epoch_0009"
+            write_text(f"{stale}/final_state.json", "{}")
+
             # With it: the driver is killed mid-HPO, with a trial finished and one running.
             args.append(f"storage.uri={STORAGE}")
             first_log = tmp_path / "first.log"
@@ -189,7 +194,7 @@ def test_two_nodes_without_shared_outputs_run_on_object_storage(
             remote = f"{STORAGE}/smoke/hpo/tiny-bert/hpo_tiny-bert"
             assert children(f"{remote}/tune") == ["round_1"] and is_dir(f"{remote}/best")
             epochs = f"{STORAGE}/smoke/final/tiny-bert/final_tiny-bert/checkpoints"
-            assert children(epochs), epochs
+            assert children(epochs) == ["epoch_0001", "epoch_0002"], children(epochs)
             assert not list(outputs.rglob("checkpoint_0*")), "a trial checkpoint on the driver"
             assert not (variant / "tune").exists() and (variant / "best" / "config.json").is_file()
 

@@ -10,11 +10,13 @@ import pytest
 
 from ray_pipeline import storage
 from ray_pipeline.cli import main
+from ray_pipeline.errors import ConfigError
 from ray_pipeline.final.results import FinalJob
 from ray_pipeline.final.worker import epoch_checkpoints, read_state, run_epochs
 from ray_pipeline.loading import load_config
 from ray_pipeline.paths import FINAL_STATE
 from ray_pipeline.schema import TrainingParams
+from ray_pipeline.tracking import check_tracking_for_nodes
 from tests.conftest import SMOKE, MakeExp
 from tests.processes import free_port
 from tests.test_training_settings import _OneProcess
@@ -23,7 +25,7 @@ from tests.test_training_settings import _OneProcess
 @pytest.mark.parametrize(
     ("uri", "wrong"),
     [
-        ("bucket/prefix", "is not a URI"),
+        ("bucket/prefix", "not a URI"),
         ("s3://KEYID:SECRETVALUE@bucket/prefix", "no credentials"),
         ("s3://bucket/prefix?secret_key=SECRETVALUE", "no credentials"),
     ],
@@ -104,6 +106,14 @@ def test_worker_storage_maps_outputs_paths_to_the_uri(tmp_path: Path) -> None:
     assert remote.located("bucket/runs/t/checkpoint_000001") == (
         "s3://bucket/runs/t/checkpoint_000001"
     )
+    on_disk = storage.WorkerStorage(outputs, (tmp_path / "bucket").as_uri())
+    found = on_disk.located(str(tmp_path / "bucket" / "t"))
+    assert found == (tmp_path / "bucket" / "t").as_uri() and not storage.is_dir(found)
+    stale = on_disk.place(variant / "checkpoints" / "epoch_0009")
+    storage.write_text(storage.join(stale, "final_state.json"), "{}")
+    assert storage.is_dir(stale)
+    on_disk.clear(variant)  # a new variant of that name: what an old one left goes
+    assert not storage.is_dir(on_disk.place(variant))
     with pytest.raises(ValueError):
         remote.place(tmp_path / "elsewhere")
 
@@ -135,3 +145,17 @@ def test_final_epoch_checkpoints_on_a_uri_resume(smoke_experiment: MakeExp, tmp_
     assert not list(tmp_path.glob("**/.epoch_*"))  # nothing left aside
     run_epochs(job.model_copy(update={"attempt": "again"}), _OneProcess())
     assert read_state(last).epochs == state.epochs  # resumed after the last epoch
+
+
+def test_a_store_on_the_drivers_disk_is_refused_on_nodes_that_share_nothing(
+    smoke_experiment: MakeExp, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    remote = load_config(smoke_experiment(), ["storage.uri=s3://bucket/runs"])
+    with pytest.raises(ConfigError) as exc:
+        check_tracking_for_nodes(remote, 2)
+    assert "tracking.tracking_uri" in str(exc.value) and "sqlite:///" in str(exc.value)
+    check_tracking_for_nodes(remote, 1)  # one node: the driver's disk is every node's
+    served = ["storage.uri=s3://bucket/runs", "tracking.tracking_uri=http://10.0.0.1:5000"]
+    check_tracking_for_nodes(load_config(smoke_experiment(), served), 2)
+    check_tracking_for_nodes(load_config(smoke_experiment()), 2)  # shared outputs_root

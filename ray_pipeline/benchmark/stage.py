@@ -28,7 +28,7 @@ from ray_pipeline.identity import benchmark_settings_hash
 from ray_pipeline.resources import Node, cluster_nodes, threads_for
 from ray_pipeline.run_mode import benchmark_run_mode
 from ray_pipeline.schema import BenchmarkSettings, PipelineConfig
-from ray_pipeline.storage import WorkerStorage, copy, is_dir
+from ray_pipeline.storage import WorkerStorage, copy
 
 
 @dataclass(frozen=True)
@@ -125,10 +125,10 @@ def _job(
 
 
 def _shared(config: PipelineConfig, checkpoint: Path) -> str:
-    """Where actors on any node load ``checkpoint``: itself, or its copy under
-    ``storage.uri`` (HPO keeps one there; uploaded here when the HPO ran without it)."""
+    """Where actors on any node load ``checkpoint``: itself, or a copy under ``storage.uri``
+    uploaded now (whatever an earlier, perhaps interrupted, upload left there is replaced)."""
     place = WorkerStorage.of(config).place(checkpoint)
-    if place != str(checkpoint) and not is_dir(place):
+    if place != str(checkpoint):
         copy(str(checkpoint), place)
     return place
 

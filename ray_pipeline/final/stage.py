@@ -187,6 +187,8 @@ def run_final(config: PipelineConfig, plan: TrialPlan) -> FinalMetrics:
         get_run_mode(config.final_training),
     )
     variant = decision.variant
+    if decision.action == "create":
+        WorkerStorage.of(config).clear(variant.files.path)
     print(
         f"final {backbone.name}: {decision.action} {variant.name} <- {source.trial.label} "
         f"({source.chosen_by}); {training.epochs} epoch(s)"

@@ -129,6 +129,8 @@ def _run_backbone(config: PipelineConfig, backbone: BackboneConfig, plan: TrialP
     )
     variant, hpo = decision.variant, config.hpo
     files = variant.files
+    if decision.action == "create":
+        WorkerStorage.of(config).clear(files.path)
     storage = study_storage(files, variant.name, hpo.checkpoint)
     study = load_study(
         storage, variant.name, hpo.objective.direction, hpo.objective.latency is not None
@@ -425,10 +427,10 @@ def pareto_front(trials: list[TrialRecord], direction: str) -> list[int]:
 def _keep_best(
     result: HpoResult, variant: Variant, only_best: bool, where: WorkerStorage
 ) -> HpoResult:
-    """Copy the best trial's best-fold model (in its last checkpoint) to ``<variant>/best``,
-    and each other Pareto trial's to ``<variant>/pareto/trial_<n>`` (for the benchmark): on
-    the driver's disk and, with ``storage.uri``, there too (for benchmark actors on other
-    nodes). With ``only_best``, drop every other checkpoint."""
+    """Copy the best trial's best-fold model (in its last checkpoint, a place) to
+    ``<variant>/best`` on the driver's disk, and each other Pareto trial's to
+    ``<variant>/pareto/trial_<n>`` (for the benchmark, which shares them with its actors).
+    With ``only_best``, drop every other checkpoint."""
     files = variant.files
     best = result.best
     targets = {number: files.pareto_model(number) for number in result.pareto}
@@ -439,17 +441,17 @@ def _keep_best(
     # Pareto trials first: one that was the best has its model in best/, which the best
     # replaces.
     for number in sorted(targets, key=lambda n: best is not None and n == best.number):
-        _copy_model(by_number[number].checkpoint, targets[number], where)
+        _copy_model(by_number[number].checkpoint, targets[number])
     if only_best:
         for trial in result.trials:
             if trial.checkpoint is not None and trial.checkpoint not in kept_dirs:
                 delete(trial.checkpoint)
-        delete(where.place(files.train_dir))  # the kept models: best/, pareto/
+        for train in {str(files.train_dir), where.place(files.train_dir)}:
+            delete(train)  # the kept models: best/, pareto/
         pareto_dir = files.pareto_model(0).parent
-        for place in {str(pareto_dir), where.place(pareto_dir)}:
-            for name in children(place, "trial_"):
-                if str(pareto_dir / name) not in kept_dirs:  # off the front since
-                    delete(join(place, name))
+        for name in children(pareto_dir, "trial_"):
+            if str(pareto_dir / name) not in kept_dirs:  # off the front since
+                delete(join(pareto_dir, name))
 
     def kept(trial: TrialRecord) -> str | None:
         target = targets.get(trial.number)
@@ -468,10 +470,10 @@ def _keep_best(
     )
 
 
-def _copy_model(checkpoint: str | None, target: Path, where: WorkerStorage) -> None:
+def _copy_model(checkpoint: str | None, target: Path) -> None:
     """Put the model of a trial's ``checkpoint`` (a trial checkpoint's ``model/``, or a model
-    directory kept earlier: ``best/``, ``pareto/trial_<n>``; a place) at ``target`` (on this
-    disk, atomically) and at ``target``'s place in ``where``."""
+    directory kept earlier: ``best/``, ``pareto/trial_<n>``; a place) at ``target``,
+    atomically."""
     if checkpoint is None or checkpoint == str(target):
         return
     source = join(checkpoint, CHECKPOINT_MODEL)
@@ -480,9 +482,6 @@ def _copy_model(checkpoint: str | None, target: Path, where: WorkerStorage) -> N
     if not is_file(join(source, "config.json")):
         return
     copy(source, str(target))
-    remote = where.place(target)
-    if remote != str(target):
-        copy(str(target), remote)
 
 
 def _print_summary(result: HpoResult, status: str) -> None:

@@ -39,7 +39,7 @@ from ray_pipeline.paths import trial_name
 from ray_pipeline.resources import DRIVER_MEMORY_BYTES, TrialPlan, scaling_config
 from ray_pipeline.schema import HpoConfig
 from ray_pipeline.sessions import TaskSession
-from ray_pipeline.storage import WorkerStorage, name_of, parent_of
+from ray_pipeline.storage import WorkerStorage, is_uri, name_of, parent_of
 
 if TYPE_CHECKING:
     from optuna.storages import BaseStorage
@@ -196,7 +196,11 @@ class RoundSpec:
     job: dict[str, Any]
     train_dir: str
     plan: dict[str, Any]
-    failure_log: str
+    failure_log: str | None
+    """Where a trial's Ray Train controller records worker-group failures: the variant's
+    ``failures.jsonl`` on shared storage. None with ``storage.uri``: the controller runs on
+    the trial's node, which cannot reach the driver's disk (it prints them; the trial's own
+    failure is recorded by ``RecordRetries`` on the driver)."""
 
 
 class TuneSession(TaskSession):
@@ -246,7 +250,10 @@ def _trial_driver(config: dict[str, Any], spec: RoundSpec) -> None:
             callbacks=[
                 TuneReportCallback(),  # type: ignore[no-untyped-call,list-item]
                 faults.train_failure_callback(
-                    Path(spec.failure_log), job.trial, label, "the trial ends and Tune retries it"
+                    Path(spec.failure_log) if spec.failure_log else None,
+                    job.trial,
+                    label,
+                    "the trial ends and Tune retries it",
                 ),
             ],
             checkpoint_config=CheckpointConfig(num_to_keep=1),
@@ -336,7 +343,7 @@ def run_round(
         k_folds=job.k_folds,
         budget=budget,
     )
-    spec = RoundSpec(job.model_dump(mode="json"), train_dir, asdict(plan), str(failure_log))
+    spec = _round_spec(job, train_dir, plan, failure_log)
     tuner = tune.Tuner(
         _trainable(spec),
         tune_config=tune.TuneConfig(
@@ -411,6 +418,12 @@ def _fit(tuner: Any) -> ResultGrid:
                 os.environ.pop(name, None)
 
 
+def _round_spec(job: StudyJob, train_dir: str, plan: TrialPlan, failure_log: Path) -> RoundSpec:
+    shared = not is_uri(train_dir)  # else trials run where the driver's disk is out of reach
+    log = str(failure_log) if shared else None
+    return RoundSpec(job.model_dump(mode="json"), train_dir, asdict(plan), log)
+
+
 def _callbacks(job: StudyJob, plan: TrialPlan, failure_log: Path) -> list[Any]:
     """Tune's JSON and CSV result files and the retry recorder."""
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
@@ -434,7 +447,7 @@ def restore_round(
         return None
     for note in repair_recorded_checkpoints(experiment_dir):
         print(f"hpo {job.backbone.name}: {note}")
-    spec = RoundSpec(job.model_dump(mode="json"), train_dir, asdict(plan), str(failure_log))
+    spec = _round_spec(job, train_dir, plan, failure_log)
     tuner = tune.Tuner.restore(
         experiment_dir,
         trainable=_trainable(spec),

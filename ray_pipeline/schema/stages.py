@@ -172,7 +172,7 @@ class StorageConfig(Section):
 
         parts = urlsplit(uri)
         if not parts.scheme or "://" not in uri:
-            raise ValueError(f"{uri!r} is not a URI; write scheme://bucket/prefix (s3://, gs://)")
+            raise ValueError("not a URI; write scheme://bucket/prefix (s3://, gs://, file://)")
         if "@" in parts.netloc or parts.query or parts.fragment:
             raise ValueError(
                 "no credentials, query or fragment in the URI: credentials come from the "
