@@ -1,9 +1,15 @@
-"""A real two-node Ray cluster on this machine (`ray start --head` + `ray start --address`),
-the smoke pipeline submitted with `ray job submit`, its study in Optuna's journal storage (as
-docs/cluster.md advises for shared storage), stopped with `ray job stop` mid-HPO and
-resubmitted with resume_if_incomplete; the dashboard API and the metrics endpoints checked.
-The worker node runs in a mount namespace of its own with a tmpfs over one directory, so that
-an outputs path there is not shared storage: the job exits 2 before it writes anything."""
+"""A real two-node Ray cluster on this machine (`ray start --head` + `ray start --address`)
+whose nodes share no outputs: the worker node runs in a mount namespace of its own with an
+empty tmpfs over one directory, so what the driver (on the head) writes there, the worker node
+never sees, as on another machine. The smoke pipeline is submitted with `ray job submit`:
+
+- with its outputs there and nothing else, the job exits 2 before it writes anything;
+- with ``storage.uri`` on an S3-compatible server (moto, on 127.0.0.1), an MLflow server
+  (artifacts on that S3) and the study in Optuna's journal storage (docs/cluster.md), it is
+  stopped with `ray job stop` mid-HPO and resubmitted: the search resumes from the bucket, no
+  finished fold trains again, final training runs DDP across both nodes from checkpoints in
+  the bucket, and the dashboard API and the metrics endpoints show the run.
+"""
 
 from __future__ import annotations
 
@@ -21,10 +27,20 @@ from typing import Any
 import pytest
 
 from ray_pipeline.artifacts import read_json
+from ray_pipeline.final.results import FinalMetrics
 from ray_pipeline.hpo.results import HpoResult
+from ray_pipeline.storage import children, is_dir, size_of, write_text
 from tests.conftest import REPO
-from tests.processes import RAY, free_port, kill_started, ray_node_env, start_logged
-from tests.run_outputs import study_states
+from tests.processes import (
+    RAY,
+    free_port,
+    kill_started,
+    ray_node_env,
+    running_mlflow_server,
+    running_s3_server,
+    start_logged,
+)
+from tests.run_outputs import assert_model_classifies, mlflow_runs, study_states
 from tests.waits import poll_until, showing_log, wait_for
 
 pytestmark = pytest.mark.slow
@@ -32,6 +48,37 @@ pytestmark = pytest.mark.slow
 
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 """The statuses a Ray job ends in."""
+
+BUCKET = "pipeline"
+STORAGE = f"s3://{BUCKET}/runs"
+K_FOLDS = 2  # smoke.yaml's
+TRIALS = 3  # smoke.yaml's
+
+
+def _s3_env(endpoint: str) -> dict[str, str]:
+    """What every node, the MLflow server and this process read the bucket with."""
+    return {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": endpoint,
+    }
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """moto's S3 server with an empty bucket ``BUCKET``; yields the S3 settings."""
+    import pyarrow.fs
+
+    with running_s3_server(tmp_path_factory.mktemp("s3")) as endpoint:
+        pyarrow.fs.S3FileSystem(
+            access_key="testing",
+            secret_key="testing",
+            region="us-east-1",
+            endpoint_override=endpoint,
+            allow_bucket_creation=True,
+        ).create_dir(BUCKET)
+        yield _s3_env(endpoint)
 
 
 @dataclass(frozen=True)
@@ -42,6 +89,7 @@ class TwoNodes:
     metrics_ports: tuple[int, int]
     unshared: Path
     """A directory that the worker node sees as an empty tmpfs of its own."""
+    s3: dict[str, str]
 
     def job(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
         argv = [RAY, "job", *args[:1], "--address", self.dashboard, *args[1:]]
@@ -69,13 +117,14 @@ class TwoNodes:
 
 
 @pytest.fixture(scope="module")
-def two_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TwoNodes]:
+def two_nodes(tmp_path_factory: pytest.TempPathFactory, s3: dict[str, str]) -> Iterator[TwoNodes]:
     token = secrets.token_hex(16)
-    env = ray_node_env(token)
+    env = {**ray_node_env(token), **s3}
     gcs, dash, m1, m2 = (free_port() for _ in range(4))
     # Each node has its own temp dir: nothing is left in /tmp/ray for a later ray.init() to
     # find, and two nodes on one machine do not delete each other's runtime_env files. One CPU
-    # per node: the smoke search's two concurrent trials land on both nodes.
+    # per node: the smoke search's two concurrent trials land on both nodes, and final training
+    # runs on two DDP workers, one on each.
     head_dir, node_dir = tmp_path_factory.mktemp("head"), tmp_path_factory.mktemp("node2")
     unshared = tmp_path_factory.mktemp("unshared")
     head = [RAY, "start", "--head", "--block", f"--port={gcs}", "--num-cpus=1"]
@@ -90,7 +139,7 @@ def two_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TwoNodes]:
     worker = ["unshare", "--mount", "--propagation", "private", "sh", "-c", mount, str(unshared)]
     worker += [RAY, "start", "--block", f"--address=127.0.0.1:{gcs}", "--num-cpus=1"]
     worker += [f"--metrics-export-port={m2}"]
-    nodes = TwoNodes(env, f"http://127.0.0.1:{dash}", token, (m1, m2), unshared)
+    nodes = TwoNodes(env, f"http://127.0.0.1:{dash}", token, (m1, m2), unshared, s3)
     started: list[subprocess.Popen[bytes]] = []
     try:
         for argv, temp in ((head, head_dir), (worker, node_dir)):
@@ -181,65 +230,114 @@ def test_outputs_a_node_cannot_see_stop_the_job_with_exit_2_and_nothing_written(
     assert list(two_nodes.unshared.iterdir()) == []  # no outputs, the probe file removed
 
 
-def test_job_stopped_mid_hpo_then_resumed_on_two_nodes(two_nodes: TwoNodes, tmp_path: Path) -> None:
-    outputs = tmp_path / "shared"
+def test_a_job_on_object_storage_stopped_mid_hpo_resumes_from_the_bucket(
+    two_nodes: TwoNodes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in two_nodes.s3.items():  # this process reads the bucket too
+        monkeypatch.setenv(name, value)
+    outputs = two_nodes.unshared / "driver"  # the head's disk: the worker node sees nothing
     root = outputs / "smoke"
     variant = root / "hpo" / "tiny-bert" / "hpo_tiny-bert"
     study = variant / "study.journal"
-    # Trials long enough (12 epochs per fold, ~8 s a trial) for the stop to land mid-search.
-    smoke = [*SMOKE_JOB, f"outputs_root={outputs}", "hpo.training.epochs=12"]
-    smoke.append("hpo.checkpoint.storage_backend=journal")
-    clock = time.monotonic()
+    # What a lost driver disk's variant of the same name left in the bucket: a new variant
+    # must not take it for its own (a final "checkpoint" after epoch 9).
+    stale = f"{STORAGE}/smoke/final/tiny-bert/final_tiny-bert/checkpoints/epoch_0009"
+    write_text(f"{stale}/final_state.json", "{}")
+    with running_mlflow_server(tmp_path, f"s3://{BUCKET}/mlartifacts", two_nodes.env) as mlflow:
+        # Trials long enough (6 epochs per fold) for the stop to land mid-search; final
+        # training refits for 2 epochs.
+        smoke = [*SMOKE_JOB, f"outputs_root={outputs}", f"storage.uri={STORAGE}"]
+        smoke += [f"tracking.tracking_uri={mlflow}", "hpo.training.epochs=6"]
+        smoke += ["hpo.checkpoint.storage_backend=journal", "final_training.epochs=2"]
+        clock = time.monotonic()
 
-    # Submit, stop with `ray job stop` once a trial has finished.
-    _submit(two_nodes, "cut", smoke)
-    seen: set[str] = set()
+        # Submit; stop with `ray job stop` once a trial has finished and another is running.
+        _submit(two_nodes, "cut", smoke)
+        seen: set[str] = set()
 
-    def a_trial_complete() -> bool:
-        seen.update(two_nodes.metric_names())
-        return _complete(study) >= 1
+        def finished_and_running() -> bool:
+            seen.update(two_nodes.metric_names())
+            states = [state for _, state in study_states(study)]
+            return "COMPLETE" in states and "RUNNING" in states
 
-    poll_until(
-        a_trial_complete,
-        "job 'cut' to complete a first trial",
-        timeout=300,
-        still_running=lambda: two_nodes.status("cut") not in TERMINAL,
-        interval=1,
-    )
-    stop = two_nodes.job("stop", "cut", timeout=120)
-    assert stop.returncode == 0, stop.stderr
-    assert _wait_until_ended(two_nodes, "cut", seen, 60) == "STOPPED"
-    assert _complete(study) < 3
-    assert json.loads((variant / "variant.json").read_text())["status"] == "failed"
-    print(f"stopped after {time.monotonic() - clock:.0f} s")
+        poll_until(
+            finished_and_running,
+            "job 'cut' to finish a trial while another runs",
+            timeout=300,
+            still_running=lambda: two_nodes.status("cut") not in TERMINAL,
+            interval=1,
+        )
+        stop = two_nodes.job("stop", "cut", timeout=120)
+        assert stop.returncode == 0, stop.stderr
+        assert _wait_until_ended(two_nodes, "cut", seen, 60) == "STOPPED"
+        done_before = {n for n, state in study_states(study) if state == "COMPLETE"}
+        assert 1 <= len(done_before) < TRIALS
+        assert json.loads((variant / "variant.json").read_text())["status"] == "failed"
+        print(f"stopped after {time.monotonic() - clock:.0f} s")
 
-    # Resubmit with resume_if_incomplete: the whole pipeline finishes, no trial runs twice.
-    # (Final training refits for 1 epoch: the trial's 12 would prove nothing more here.)
-    resume = [*smoke, "hpo.run.mode=resume_if_incomplete", "final_training.epochs=1"]
-    _submit(two_nodes, "resumed", resume)
-    status = _wait_until_ended(two_nodes, "resumed", seen, 600)
-    assert status == "SUCCEEDED", two_nodes.job("logs", "resumed").stdout[-3000:]
-    print(f"resumed run done after {time.monotonic() - clock:.0f} s")
-    logs = two_nodes.job("logs", "resumed").stdout
-    assert "ray: 2 nodes share" in logs and "resuming hpo_tiny-bert" in logs
-    assert "prefer hpo.checkpoint.storage_backend=journal" not in logs
-    assert not (variant / "study.db").exists()
-    states = [state for _, state in study_states(study)]
-    assert states.count("COMPLETE") == 3 and "RUNNING" not in states
-    hpo = read_json(variant / "hpo.json", HpoResult)
-    assert len([t for t in hpo.trials if t.state == "COMPLETE"]) == 3
-    nodes = {f.node for t in hpo.trials for f in t.folds}
-    assert len(nodes) == 2, nodes  # trials trained on both nodes
+        # Resubmit as it was: the search resumes from the bucket, the whole pipeline finishes.
+        _submit(two_nodes, "resumed", smoke)
+        status = _wait_until_ended(two_nodes, "resumed", seen, 600)
+        logs = two_nodes.job("logs", "resumed").stdout
+        assert status == "SUCCEEDED", logs[-4000:]
+        print(f"resumed run done after {time.monotonic() - clock:.0f} s")
+        assert f"ray: 2 nodes share {STORAGE}" in logs
+        assert "resuming hpo_tiny-bert (round_1)" in logs, logs[-4000:]
+        assert "prefer hpo.checkpoint.storage_backend=journal" not in logs
+
+        # Every trial complete (a trial the study had started but Tune had not launched when
+        # the driver went is marked FAIL and replaced), on both nodes.
+        assert not (variant / "study.db").exists()
+        states = [state for _, state in study_states(study)]
+        assert states.count("COMPLETE") == TRIALS and set(states) <= {"COMPLETE", "FAIL"}
+        hpo = read_json(variant / "hpo.json", HpoResult)
+        assert [t.state for t in hpo.trials].count("COMPLETE") == TRIALS
+        nodes = {f.node for t in hpo.trials for f in t.folds}
+        assert len(nodes) == 2, nodes
+        # Each fold trained once: one fold run per fold of every trial finished before the
+        # stop (a trial Tune restores with all its folds done reports them again).
+        runs = mlflow_runs(mlflow, "smoke")
+        assert not [r.info.run_name for r in runs if r.info.status == "RUNNING"]
+        folds_of = {
+            n: [
+                r
+                for r in runs
+                if r.data.tags.get("ray_pipeline.trial") == str(n)
+                and r.data.tags.get("ray_pipeline.kind") == "fold"
+            ]
+            for n in done_before
+        }
+        assert all(len(f) == K_FOLDS for f in folds_of.values()), {
+            n: len(f) for n, f in folds_of.items()
+        }
+
+    # The bucket holds the Tune round (trial checkpoints), the kept model and final training's
+    # checkpoints (the stale one cleared); the driver's disk its records and the exported model.
+    print(f"bytes written: {size_of(STORAGE)} to {STORAGE}, {size_of(outputs)} under outputs_root")
+    remote = f"{STORAGE}/smoke/hpo/tiny-bert/hpo_tiny-bert"
+    # A trial the study had started but Tune had not launched is replaced in a later round.
+    assert children(f"{remote}/tune")[0] == "round_1" and is_dir(f"{remote}/best")
+    epochs = f"{STORAGE}/smoke/final/tiny-bert/final_tiny-bert/checkpoints"
+    assert children(epochs) == ["epoch_0001", "epoch_0002"], children(epochs)
+    assert not list(outputs.rglob("checkpoint_0*")), "a trial checkpoint on the driver"
+    assert not (variant / "tune").exists() and (variant / "best" / "config.json").is_file()
     for artifact in (
         "hpo/tiny-bert/hpo_tiny-bert/benchmark.json",
-        "hpo/tiny-bert/hpo_tiny-bert/tune/round_1",
         "selection/selection.json",
         "final/tiny-bert/final_tiny-bert/model/config.json",
-        "final/tiny-bert/final_tiny-bert/checkpoints",
-        "mlflow.db",
     ):
-        assert (root / artifact).exists(), artifact  # all in the shared outputs path
+        assert (root / artifact).exists(), artifact
+    final = root / "final" / "tiny-bert" / "final_tiny-bert"
+    metrics = read_json(final / "metrics.json", FinalMetrics)
+    assert metrics.refit is not None and (metrics.refit.workers, metrics.refit.backend) == (
+        2,
+        "train",
+    )
+    assert metrics.majority_rate is not None
+    assert metrics.test_metrics["accuracy"] > metrics.majority_rate, metrics.test_metrics
+    assert_model_classifies(final / "model")
 
+    # The dashboard API and the metrics endpoints.
     jobs = two_nodes.api("/api/jobs/")
     statuses = {(j["submission_id"], j["status"]) for j in jobs}
     assert {("cut", "STOPPED"), ("resumed", "SUCCEEDED")} <= statuses

@@ -125,6 +125,41 @@ def _assert_fold_curves(outputs: Path, trial: TrialRecord) -> None:
     assert found.tags["mlflow.experimentKind"] == "custom_model_development"
 
 
+def _assert_run_tree(outputs: Path, runs: list[Run]) -> None:
+    """The variant's run is the parent of every trial run, each trial run the parent of its
+    fold runs; every run carries its identity (trial and fold runs their trial's), the parent
+    names the best trial and holds the resolved config and hpo.json."""
+    from mlflow import MlflowClient
+
+    (parent,) = [r for r in runs if r.data.tags["ray_pipeline.kind"] == "variant"]
+    trials = [r for r in runs if r.data.tags["ray_pipeline.kind"] == "trial"]
+    assert all(t.data.tags["mlflow.parentRunId"] == parent.info.run_id for t in trials)
+    by_id = {t.info.run_id: t for t in trials}
+    folds = [r for r in runs if r.data.tags["ray_pipeline.kind"] == "fold"]
+    assert all(f.data.tags["mlflow.parentRunId"] in by_id for f in folds)
+    for run in runs:
+        tags = run.data.tags
+        assert tags["ray_pipeline.stage"] == "hpo" and tags["ray_pipeline.backbone"] == "tiny-bert"
+        assert tags["ray_pipeline.variant"] == "hpo_tiny-bert"
+        assert len(tags["ray_pipeline.study_key_hash"]) == 64
+        if tags["ray_pipeline.kind"] != "variant":
+            assert len(tags["ray_pipeline.trial_key_hash"]) == 64 and "ray_pipeline.trial" in tags
+        if tags["ray_pipeline.kind"] == "fold":
+            assert tags["ray_pipeline.fold"] in {"0", "1"}
+    for fold in folds:
+        trial = by_id[fold.data.tags["mlflow.parentRunId"]]
+        assert fold.data.tags["ray_pipeline.trial"] == trial.data.tags["ray_pipeline.trial"]
+        assert (
+            fold.data.tags["ray_pipeline.trial_key_hash"]
+            == trial.data.tags["ray_pipeline.trial_key_hash"]
+        )
+    assert parent.data.tags["ray_pipeline.best_trial_key_hash"] in {
+        t.data.tags["ray_pipeline.trial_key_hash"] for t in trials
+    }
+    artifacts = MlflowClient(embedded_store(outputs, "t")).list_artifacts(parent.info.run_id)
+    assert {a.path for a in artifacts} == {"config.resolved.yaml", "hpo.json"}
+
+
 def _assert_final_curves_and_errors(outputs: Path, metrics: FinalMetrics, lineage: Lineage) -> None:
     """The refit's run has a learning curve point per epoch; metrics.json scores every label
     and its confusion matrix counts every test example."""
@@ -198,6 +233,7 @@ def test_smoke_hpo_ranks_reuses_grows_and_feeds_the_later_stages(
     assert best.number == 2  # the best moved to the better new trial, best/ with it
     grown_runs = {("variant", "FINISHED"): 1, ("trial", "FINISHED"): 3, ("fold", "FINISHED"): 6}
     assert _runs(outputs) == grown_runs  # the new trials under the same parent
+    _assert_run_tree(outputs, mlflow_runs(embedded_store(outputs, "t"), "t"))
 
     # The later stages consume that best trial, not the first one.
     later = ["run", "--stages", "benchmark,select,final", "--config", path, "hpo.num_samples=3"]

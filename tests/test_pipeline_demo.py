@@ -1,6 +1,11 @@
 """The whole pipeline as a user runs it: the reduced demo (real MiniLM, real fine-foods reviews)
 through `ray-pipeline run`, a second run that reuses every stage, the exported model in
-`transformers.pipeline`, `report` and `status`."""
+`transformers.pipeline`, `report` and `status`.
+
+Every command runs with cloud and MLflow credentials in its environment (in the driver and,
+through it, every Ray worker): neither value may show in the outputs tree (records, studies,
+Tune state, MLflow's store and artifacts, the registered and exported model), on the console,
+or in any MLflow param or tag."""
 
 from __future__ import annotations
 
@@ -33,6 +38,12 @@ REDUCED = (
 )
 
 
+MARKERS = {
+    "AWS_SECRET_ACCESS_KEY": "aws-secret-marker-7f3a9c",
+    "MLFLOW_TRACKING_PASSWORD": "mlflow-password-marker-41d2e8",
+}
+"""Secrets in every command's environment (with ``MLFLOW_TRACKING_USERNAME``), found nowhere."""
+
 RECORDS = {"hpo.json", "variant.json"}
 """The files of an HPO variant that a reuse writes again (the study is reopened, finds no
 trial to run, and records the same result)."""
@@ -51,7 +62,7 @@ def _stamps(root: Path) -> dict[str, int]:
 
 
 def _cli(*args: str, cwd: Path) -> tuple[int, str]:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", **MARKERS, "MLFLOW_TRACKING_USERNAME": "admin"}
     argv = [sys.executable, "-m", "ray_pipeline", *args]
     done = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
     return done.returncode, done.stdout + done.stderr
@@ -121,3 +132,26 @@ def test_reduced_demo_end_to_end_then_reused(tmp_path: Path) -> None:
 
     code, status = _cli("status", *args, cwd=tmp_path)
     assert code == 0 and "leaderboard:" in status and "hpo_minilm" in status
+    _assert_no_secret(tmp_path / "outputs", [first, second, out, status])
+
+
+def _assert_no_secret(outputs: Path, consoles: list[str]) -> None:
+    """No ``MARKERS`` value in any file under ``outputs`` (the whole outputs root), in
+    ``consoles``, or in a param or tag of the demo's MLflow runs."""
+    from mlflow import MlflowClient
+
+    files = [p for p in outputs.rglob("*") if p.is_file()]
+    assert any(p.name == "mlflow.db" for p in files)
+    for marker in MARKERS.values():
+        assert not any(marker in console for console in consoles), marker
+        leaked = [str(p.relative_to(outputs)) for p in files if marker.encode() in p.read_bytes()]
+        assert leaked == [], f"{marker} found in {leaked}"
+    client = MlflowClient(f"sqlite:///{outputs / 'demo' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("demo")
+    assert experiment is not None
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) >= 5  # variant, trials, folds, benchmark, selection, final
+    for run in runs:
+        values = [*run.data.params.values(), *run.data.tags.values()]
+        for marker in MARKERS.values():
+            assert not any(marker in str(v) for v in values), (run.info.run_name, marker)

@@ -1,6 +1,6 @@
 """``storage.uri`` (docs/cluster.md): the config rules, the probe that ``validate`` and every
 run make, and the place functions on a ``file://`` URI (the code path of ``s3://`` and
-``gs://``; the real S3 server is in test_object_storage.py)."""
+``gs://``; the real S3 server is in test_cluster_job.py)."""
 
 from __future__ import annotations
 

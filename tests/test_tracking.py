@@ -1,11 +1,11 @@
-"""The tracking module against a real MLflow store (SQLite file) and a real server."""
+"""The tracking module against a real MLflow store (SQLite file). A real run's run tree and
+lineage tags: test_hpo_ray.py; against an MLflow server: test_cluster_job.py."""
 
 from __future__ import annotations
 
 import ast
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +17,7 @@ from ray_pipeline import tracking
 from ray_pipeline.errors import ConfigError
 from ray_pipeline.loading import load_config
 from tests.conftest import MakeExp
-from tests.processes import free_port, running_mlflow_server
-from tests.run_outputs import kinds_and_states, mlflow_runs
+from tests.processes import free_port
 
 
 def test_tracking_uri_precedence(
@@ -165,57 +164,6 @@ def test_only_the_tracking_module_imports_mlflow() -> None:
             if any(n == "mlflow" or n.startswith("mlflow.") for n in names):
                 importers.append(path.name)
     assert set(importers) == {"tracking.py"}
-
-
-@pytest.fixture
-def mlflow_server(tmp_path: Path) -> Iterator[str]:
-    """A real `mlflow server` on 127.0.0.1 with a SQLite backend."""
-    with running_mlflow_server(tmp_path, str(tmp_path / "artifacts")) as uri:
-        yield uri
-
-
-@pytest.mark.slow
-def test_smoke_hpo_against_a_tracking_server(
-    ray_cluster: None, mlflow_server: str, smoke_experiment: MakeExp, tmp_path: Path
-) -> None:
-    from ray_pipeline.cli import main
-
-    path = str(smoke_experiment())
-    assert main(["hpo", "--config", path, f"tracking.tracking_uri={mlflow_server}"]) == 0
-    runs = mlflow_runs(mlflow_server, "t")
-    finished = {("variant", "FINISHED"): 1, ("trial", "FINISHED"): 3, ("fold", "FINISHED"): 6}
-    assert kinds_and_states(runs) == finished
-    (parent,) = [r for r in runs if r.data.tags["ray_pipeline.kind"] == "variant"]
-    trials = [r for r in runs if r.data.tags["ray_pipeline.kind"] == "trial"]
-    assert all(t.data.tags["mlflow.parentRunId"] == parent.info.run_id for t in trials)
-    trial_ids = {t.info.run_id for t in trials}
-    folds = [r for r in runs if r.data.tags["ray_pipeline.kind"] == "fold"]
-    assert all(f.data.tags["mlflow.parentRunId"] in trial_ids for f in folds)
-    for run in runs:  # every run carries its identity; trial and fold runs their trial's
-        tags = run.data.tags
-        assert tags["ray_pipeline.stage"] == "hpo" and tags["ray_pipeline.backbone"] == "tiny-bert"
-        assert tags["ray_pipeline.variant"] == "hpo_tiny-bert"
-        assert len(tags["ray_pipeline.study_key_hash"]) == 64
-        if tags["ray_pipeline.kind"] != "variant":
-            assert len(tags["ray_pipeline.trial_key_hash"]) == 64 and "ray_pipeline.trial" in tags
-        if tags["ray_pipeline.kind"] == "fold":
-            assert tags["ray_pipeline.fold"] in {"0", "1"}
-    by_id = {t.info.run_id: t for t in trials}
-    for fold in folds:
-        trial = by_id[fold.data.tags["mlflow.parentRunId"]]
-        assert (
-            fold.data.tags["ray_pipeline.trial_key_hash"]
-            == trial.data.tags["ray_pipeline.trial_key_hash"]
-        )
-    assert parent.data.tags["ray_pipeline.best_trial_key_hash"] in {
-        t.data.tags["ray_pipeline.trial_key_hash"] for t in trials
-    }
-    artifacts = MlflowClient(mlflow_server).list_artifacts(parent.info.run_id)
-    assert {a.path for a in artifacts} == {
-        "config.resolved.yaml",
-        "hpo.json",
-    }
-    assert not (tmp_path / "outputs" / "t" / "mlflow.db").exists()  # the server holds the runs
 
 
 def test_cut_off_trials_end_killed_whatever_they_said(smoke_experiment: MakeExp) -> None:
