@@ -125,6 +125,15 @@ def ray_with_state_api() -> Iterator[None]:
 RAY_FIXTURES = {"ray_cluster", "ray_with_state_api"}
 
 
+def this_cluster() -> str:
+    """The GCS address of the Ray cluster this process is connected to: what the state API
+    (``ray.util.state.list_*``) must be given, or it asks whichever cluster on the machine it
+    finds first (another test process's, under pytest-xdist)."""
+    import ray
+
+    return str(ray.get_runtime_context().gcs_address)
+
+
 @pytest.hookimpl(trylast=True)  # after -k and -m have deselected
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """A selected test that asks for a Ray cluster must be marked ``slow``."""

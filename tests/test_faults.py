@@ -20,7 +20,7 @@ from ray_pipeline.hpo.results import HpoResult
 from ray_pipeline.loading import load_config
 from tests.builders import add_hpo_variant
 from tests.checkpoints import fold_histories, inside_fold, resumed_at
-from tests.conftest import MakeExp
+from tests.conftest import MakeExp, this_cluster
 from tests.run_outputs import assert_model_classifies
 from tests.waits import InThread, wait_for
 
@@ -34,7 +34,7 @@ def _alive_pids(class_name: str) -> list[int]:
     as ``ImplicitFunc`` or ``wrap_function.<locals>.ImplicitFunc``)."""
     from ray.util.state import list_actors
 
-    found = list_actors(filters=[("state", "=", "ALIVE")])
+    found = list_actors(this_cluster(), filters=[("state", "=", "ALIVE")])
     return sorted(int(a.pid) for a in found if a.class_name.split(".")[-1] == class_name and a.pid)
 
 
@@ -109,7 +109,9 @@ def test_killed_benchmark_actor_is_restarted_and_every_benchmark_lands(
     run = InThread(main, ["benchmark", "--config", str(path)])
 
     def measuring() -> list[object]:
-        tasks = list_tasks(filters=[("name", "=", "BenchmarkActor.run"), ("state", "=", "RUNNING")])
+        tasks = list_tasks(
+            this_cluster(), filters=[("name", "=", "BenchmarkActor.run"), ("state", "=", "RUNNING")]
+        )
         return list(tasks)
 
     wait_for(measuring, "a benchmark actor measuring", timeout=120, still_running=run.running)
@@ -121,7 +123,7 @@ def test_killed_benchmark_actor_is_restarted_and_every_benchmark_lands(
     assert found == ["hpo_tiny-bert", "hpo_tiny-bert_v2", "hpo_tiny-bert_v3"]
     from ray.util.state import list_actors
 
-    (actor,) = list_actors(filters=[("name", "=", name)], detail=True)
+    (actor,) = list_actors(this_cluster(), filters=[("name", "=", name)], detail=True)
     assert actor.num_restarts == 1  # restarted once after the kill, then ended by the stage
 
 
@@ -129,7 +131,7 @@ def _final_task_pids(name: str) -> list[int]:
     """Worker pids of the running Ray task ``name`` (final training on one worker)."""
     from ray.util.state import list_tasks
 
-    found = list_tasks(filters=[("name", "=", name), ("state", "=", "RUNNING")])
+    found = list_tasks(this_cluster(), filters=[("name", "=", name), ("state", "=", "RUNNING")])
     return sorted(int(t.worker_pid) for t in found if t.worker_pid)
 
 

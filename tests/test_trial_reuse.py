@@ -11,7 +11,7 @@ import pytest
 from ray_pipeline.artifacts import read_json
 from ray_pipeline.cli import main
 from ray_pipeline.hpo.results import HpoResult
-from tests.conftest import MakeExp
+from tests.conftest import MakeExp, this_cluster
 
 pytestmark = pytest.mark.slow
 
@@ -45,6 +45,8 @@ def test_asha_stops_trials_and_one_reused_process_trains_them_all(
     best = read_json(variant / "hpo.json", HpoResult).best
     assert best is not None and best.state == "COMPLETE"  # a stopped trial never wins
     trial_processes = [
-        a for a in list_actors(detail=True) if a.class_name.split(".")[-1] == "ImplicitFunc"
+        a
+        for a in list_actors(this_cluster(), detail=True)
+        if a.class_name.split(".")[-1] == "ImplicitFunc"
     ]
     assert len(trial_processes) == 1, trial_processes  # six trials, one process
