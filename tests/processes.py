@@ -251,6 +251,7 @@ def two_node_cluster(
     port = free_port()
     common = ["--block", "--disable-usage-stats"]
     head_args = [f"--port={port}", "--include-dashboard=false", f"--temp-dir={head_dir}"]
+    head_args.append(f"--ray-client-server-port={free_port()}")  # not 10001: another head has it
     head = start_logged(
         [RAY, "start", "--head", *head_args, f"--num-cpus={head_cpus}", *common],
         head_dir / "start.log",

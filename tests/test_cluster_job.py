@@ -43,7 +43,7 @@ from tests.processes import (
 from tests.run_outputs import assert_model_classifies, mlflow_runs, study_states
 from tests.waits import poll_until, showing_log, wait_for
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.nodes]
 
 
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
@@ -128,6 +128,7 @@ def two_nodes(tmp_path_factory: pytest.TempPathFactory, s3: dict[str, str]) -> I
     head_dir, node_dir = tmp_path_factory.mktemp("head"), tmp_path_factory.mktemp("node2")
     unshared = tmp_path_factory.mktemp("unshared")
     head = [RAY, "start", "--head", "--block", f"--port={gcs}", "--num-cpus=1"]
+    head.append(f"--ray-client-server-port={free_port()}")  # not 10001: another head has it
     head += [
         "--dashboard-host=127.0.0.1",
         f"--dashboard-port={dash}",
