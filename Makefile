@@ -38,12 +38,13 @@ browser:
 
 # Tests that need the demo data, the demo model or the browser fail (instead of skipping) when
 # it is missing. The tests run in TEST_WORKERS pytest-xdist processes, a module per process at a
-# time (its Ray cluster fixture is the module's); those that start `ray start` nodes run after
-# them, alone. On 2 cores 2 workers kept both cores busy (1.86 of 2, one process: 1.28).
+# time (its Ray cluster fixture is the module's), then those marked `alone` (`ray start` nodes, a
+# 2-worker DDP group) one by one. On 2 cores 2 workers kept both cores busy (1.86 of 2, one
+# process: 1.28).
 TEST_WORKERS ?= 2
 test: lint demo-data browser
-	RAY_PIPELINE_REQUIRE_DEMO=1 $(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile -m "not nodes" --durations=15
-	RAY_PIPELINE_REQUIRE_DEMO=1 $(BIN)/pytest -m nodes --durations=5
+	RAY_PIPELINE_REQUIRE_DEMO=1 $(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile -m "not alone" --durations=15
+	RAY_PIPELINE_REQUIRE_DEMO=1 $(BIN)/pytest -m alone --durations=6
 
 # The whole pipeline on the embedded demo (~11 min on 2 CPU cores), then the report.
 demo: install demo-data

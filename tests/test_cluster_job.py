@@ -7,8 +7,9 @@ never sees, as on another machine. The smoke pipeline is submitted with `ray job
 - with ``storage.uri`` on an S3-compatible server (moto, on 127.0.0.1), an MLflow server
   (artifacts on that S3) and the study in Optuna's journal storage (docs/cluster.md), it is
   stopped with `ray job stop` mid-HPO and resubmitted: the search resumes from the bucket, no
-  finished fold trains again, final training runs DDP across both nodes from checkpoints in
-  the bucket, and the dashboard API and the metrics endpoints show the run.
+  finished fold trains again, final training runs DDP on two workers from checkpoints in the
+  bucket, and the dashboard API and the metrics endpoints show the run. The head has no CPUs:
+  every trial, benchmark actor and DDP worker runs on the worker node.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from tests.processes import (
 from tests.run_outputs import assert_model_classifies, mlflow_runs, study_states
 from tests.waits import poll_until, showing_log, wait_for
 
-pytestmark = [pytest.mark.slow, pytest.mark.nodes]
+pytestmark = [pytest.mark.slow, pytest.mark.alone]
 
 
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
@@ -104,6 +105,12 @@ class TwoNodes:
         with urllib.request.urlopen(request, timeout=30) as response:
             return json.loads(response.read())
 
+    def worker_node(self) -> str:
+        """The worker node's id."""
+        listing = self.api("/api/v0/nodes?limit=10&detail=true")["data"]["result"]["result"]
+        (worker,) = [n["node_id"] for n in listing if not n["is_head_node"]]
+        return str(worker)
+
     def status(self, submission: str) -> str:
         return str(self.api(f"/api/jobs/{submission}")["status"])
 
@@ -122,12 +129,12 @@ def two_nodes(tmp_path_factory: pytest.TempPathFactory, s3: dict[str, str]) -> I
     env = {**ray_node_env(token), **s3}
     gcs, dash, m1, m2 = (free_port() for _ in range(4))
     # Each node has its own temp dir: nothing is left in /tmp/ray for a later ray.init() to
-    # find, and two nodes on one machine do not delete each other's runtime_env files. One CPU
-    # per node: the smoke search's two concurrent trials land on both nodes, and final training
-    # runs on two DDP workers, one on each.
+    # find, and two nodes on one machine do not delete each other's runtime_env files. The head
+    # has no CPUs: all that trains runs on the worker node, the one that cannot see the
+    # driver's outputs (with a CPU on the head, Tune placed every trial there in one run).
     head_dir, node_dir = tmp_path_factory.mktemp("head"), tmp_path_factory.mktemp("node2")
     unshared = tmp_path_factory.mktemp("unshared")
-    head = [RAY, "start", "--head", "--block", f"--port={gcs}", "--num-cpus=1"]
+    head = [RAY, "start", "--head", "--block", f"--port={gcs}", "--num-cpus=0"]
     head.append(f"--ray-client-server-port={free_port()}")  # not 10001: another head has it
     head += [
         "--dashboard-host=127.0.0.1",
@@ -138,7 +145,7 @@ def two_nodes(tmp_path_factory: pytest.TempPathFactory, s3: dict[str, str]) -> I
     # same pid) `ray start`.
     mount = 'mount -t tmpfs tmpfs "$0" && exec "$@"'
     worker = ["unshare", "--mount", "--propagation", "private", "sh", "-c", mount, str(unshared)]
-    worker += [RAY, "start", "--block", f"--address=127.0.0.1:{gcs}", "--num-cpus=1"]
+    worker += [RAY, "start", "--block", f"--address=127.0.0.1:{gcs}", "--num-cpus=2"]
     worker += [f"--metrics-export-port={m2}"]
     nodes = TwoNodes(env, f"http://127.0.0.1:{dash}", token, (m1, m2), unshared, s3)
     started: list[subprocess.Popen[bytes]] = []
@@ -250,6 +257,7 @@ def test_a_job_on_object_storage_stopped_mid_hpo_resumes_from_the_bucket(
         smoke = [*SMOKE_JOB, f"outputs_root={outputs}", f"storage.uri={STORAGE}"]
         smoke += [f"tracking.tracking_uri={mlflow}", "hpo.training.epochs=6"]
         smoke += ["hpo.checkpoint.storage_backend=journal", "final_training.epochs=2"]
+        smoke.append("final_training.resources.workers=2")  # DDP (by default: 1 x 2 threads)
         clock = time.monotonic()
 
         # Submit; stop with `ray job stop` once a trial has finished and another is running.
@@ -287,14 +295,14 @@ def test_a_job_on_object_storage_stopped_mid_hpo_resumes_from_the_bucket(
         assert "prefer hpo.checkpoint.storage_backend=journal" not in logs
 
         # Every trial complete (a trial the study had started but Tune had not launched when
-        # the driver went is marked FAIL and replaced), on both nodes.
+        # the driver went is marked FAIL and replaced), every fold on the worker node.
         assert not (variant / "study.db").exists()
         states = [state for _, state in study_states(study)]
         assert states.count("COMPLETE") == TRIALS and set(states) <= {"COMPLETE", "FAIL"}
         hpo = read_json(variant / "hpo.json", HpoResult)
         assert [t.state for t in hpo.trials].count("COMPLETE") == TRIALS
         nodes = {f.node for t in hpo.trials for f in t.folds}
-        assert len(nodes) == 2, nodes
+        assert nodes == {two_nodes.worker_node()}, nodes
         # Each fold trained once: one fold run per fold of every trial finished before the
         # stop (a trial Tune restores with all its folds done reports them again).
         runs = mlflow_runs(mlflow, "smoke")

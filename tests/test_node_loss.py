@@ -29,7 +29,7 @@ from tests.processes import (
 from tests.run_outputs import embedded_store, mlflow_runs
 from tests.waits import wait_for
 
-pytestmark = [pytest.mark.slow, pytest.mark.nodes]
+pytestmark = [pytest.mark.slow, pytest.mark.alone]
 
 
 @pytest.fixture

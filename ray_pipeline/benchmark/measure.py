@@ -17,7 +17,7 @@ from ray_pipeline.benchmark.results import BenchmarkJob, BenchmarkResult, Latenc
 from ray_pipeline.data.encode import Row
 from ray_pipeline.models import TASK_MODEL_CLASSES
 from ray_pipeline.precision import Resolved, dtype_of, resolve
-from ray_pipeline.storage import local_copy
+from ray_pipeline.storage import local_copy, size_of
 from ray_pipeline.training import evaluate
 
 if TYPE_CHECKING:
@@ -119,10 +119,6 @@ def summarise(batch_size: int, timings_ms: Sequence[float]) -> LatencyStats:
     )
 
 
-def size_on_disk_mb(path: Path) -> float:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 1e6
-
-
 def measure(job: BenchmarkJob, actor_id: str = "in-process") -> BenchmarkResult:
     """Load ``job.checkpoint`` (from ``job.source``) and measure it with ``job.settings``."""
     import torch
@@ -135,7 +131,7 @@ def measure(job: BenchmarkJob, actor_id: str = "in-process") -> BenchmarkResult:
     precision = resolve(job.precision, device, "benchmark.benchmarking.precision")
     with local_copy(job.source or str(job.checkpoint)) as local:
         model = load_checkpoint(local, job.task, device, precision)
-        size_mb = size_on_disk_mb(local)
+        size_mb = size_of(local) / 1e6
     pad_id = int(model.config.pad_token_id or 0)
     latency = []
     for size in settings.batch_sizes:
