@@ -139,7 +139,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """A selected test that asks for a Ray cluster must be marked ``slow``. Modules with a
     slow test run first, so that under pytest-xdist the quick ones fill in at the end."""
     slow_modules = {item.path for item in items if item.get_closest_marker("slow") is not None}
-    items.sort(key=lambda item: item.path not in slow_modules)  # stable: the order within
+    items.sort(key=lambda item: item.path not in slow_modules)  # stable: order kept within
     unmarked = [
         item.nodeid
         for item in items
