@@ -10,6 +10,7 @@ from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any
 
 from ray_pipeline.data.encode import IGNORE_INDEX, Row, collate
+from ray_pipeline.dropout_masks import numpy_dropout_masks
 from ray_pipeline.metrics import compute_metrics
 from ray_pipeline.schema import Task, TrainingParams
 
@@ -139,7 +140,8 @@ def train_epoch(
 ) -> float:
     """Train over the batches once (in ``amp``'s precision; default fp32) with ``params``'
     loss, accumulation and clipping settings; return the mean loss of the batches.
-    ``on_step(n)`` is called after the epoch's n-th optimizer step (progress lines).
+    ``on_step(n)`` is called after the epoch's n-th optimizer step (progress lines). On CPUs
+    where torch draws dropout masks on one thread, NumPy draws them (``dropout_masks``).
 
     One optimizer step per ``gradient_accumulation_steps`` batches, each batch's loss divided
     by the batches in its group (the last group of an epoch may be shorter), so a group trains
@@ -153,20 +155,21 @@ def train_epoch(
     params = params or TrainingParams()
     model.train()
     total, count, steps = 0.0, 0, 0
-    while group := list(itertools.islice(batch_iter, params.gradient_accumulation_steps)):
-        for position, batch in enumerate(group):
-            with _gradient_sync(model, position == len(group) - 1):
-                with amp.autocast():
-                    loss = training_loss(model, batch, params.label_smoothing)
-                amp.backward(loss / len(group))
-            total += float(loss.detach())
-            count += 1
-        amp.step(optimizer, params.max_grad_norm)
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        steps += 1
-        if on_step is not None:
-            on_step(steps)
+    with numpy_dropout_masks(amp.device_type):
+        while group := list(itertools.islice(batch_iter, params.gradient_accumulation_steps)):
+            for position, batch in enumerate(group):
+                with _gradient_sync(model, position == len(group) - 1):
+                    with amp.autocast():
+                        loss = training_loss(model, batch, params.label_smoothing)
+                    amp.backward(loss / len(group))
+                total += float(loss.detach())
+                count += 1
+            amp.step(optimizer, params.max_grad_norm)
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            steps += 1
+            if on_step is not None:
+                on_step(steps)
     return total / max(count, 1)
 
 

@@ -190,11 +190,12 @@ def _assert_final_curves_and_errors(outputs: Path, metrics: FinalMetrics, lineag
 def test_smoke_hpo_ranks_reuses_grows_and_feeds_the_later_stages(
     ray_cluster: None, smoke_experiment: MakeExp, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # The smoke search, seed 42, is deterministic on CPU: trial 0 scores macro-F1 0.8932; the
-    # grown study's trials 1 and 2 score 0.8875 and 0.8999, so the best moves to a trial that
-    # is neither the first nor the last. Seed 3 (the force_new variant): its trial 0's better
-    # fold is fold 1.
-    path = str(smoke_experiment(hpo={"num_samples": 1}))
+    # The smoke search with seed 8 is deterministic on one machine: trial 0 scores macro-F1
+    # 0.336 (near the majority class); the grown study's trials 1 and 2 score 0.138 and 0.880,
+    # so the best moves to a new trial, past a worse one. (Seed 42 tied trials 1 and 2 at
+    # 0.90596 once CPU dropout masks came from NumPy: ray_pipeline/dropout_masks.py.) Seed 3
+    # (the force_new variant): its trial 0's better fold is fold 1.
+    path = str(smoke_experiment(hpo={"num_samples": 1, "seed": 8}))
     config = load_config(Path(path))
     outputs = tmp_path / "outputs"
     backbone_dir = outputs / "t" / "hpo" / "tiny-bert"

@@ -46,14 +46,20 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 
 def _trial_between_folds_on(node: str, tune_dir: Path) -> FoldState | None:
-    """A checkpoint of an unfinished trial whose first fold trained on ``node``."""
+    """The checkpointed state of an unfinished trial whose first fold trained on ``node``: a
+    trial none of whose checkpoints holds more than one fold (an earlier checkpoint of a trial
+    that has since finished must not count: that trial has nothing left to lose)."""
+    states: dict[Path, list[FoldState]] = {}
     for path in tune_dir.glob("round_1/trial_*/checkpoint_*/fold_state.json"):
         try:
             state = FoldState.model_validate_json(path.read_text())
         except (OSError, ValueError):
             continue
-        if state.folds and state.folds[0].node == node and len(state.folds) < 2:
-            return state
+        states.setdefault(path.parent.parent, []).append(state)
+    for trial in states.values():
+        done = max(trial, key=lambda s: len(s.folds))  # the checkpoint furthest along
+        if len(done.folds) == 1 and done.folds[0].node == node:
+            return done
     return None
 
 
