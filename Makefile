@@ -46,7 +46,7 @@ test: lint demo-data browser
 	RAY_PIPELINE_REQUIRE_DEMO=1 $(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile -m "not alone" --durations=15
 	RAY_PIPELINE_REQUIRE_DEMO=1 $(BIN)/pytest -m alone --durations=6
 
-# The whole pipeline on the embedded demo (~11 min on 2 CPU cores), then the report.
+# The whole pipeline on the embedded demo (6-12 min on 2 CPU cores), then the report.
 demo: install demo-data
 	$(BIN)/ray-pipeline run --config config/experiment/demo.yaml
 	$(BIN)/ray-pipeline report --config config/experiment/demo.yaml
