@@ -9,7 +9,7 @@ from ray_pipeline.data.splits import load_splits
 from ray_pipeline.hpo.results import FoldResult, HpoResult, TrialRecord
 from ray_pipeline.identity import stable_hash, study_key, trial_key_hash
 from ray_pipeline.models import build_model, load_tokenizer
-from ray_pipeline.schema import PipelineConfig
+from ray_pipeline.schema import PipelineConfig, TrainingParams
 from ray_pipeline.variants import Variant, create_variant, set_status, stage_place
 
 
@@ -25,6 +25,36 @@ def fold_result(fold: int, score: float, metric: str = "macro_f1") -> FoldResult
         seconds=1.0,
         train_step_seconds=0.5,
         workers=1,
+    )
+
+
+def trial_record(
+    number: int,
+    objective: float,
+    *,
+    variant: str = "hpo_x",
+    std: float = 0.0,
+    latency_ms: float | None = None,
+    checkpoint: str | None = None,
+) -> TrialRecord:
+    """A complete trial ``number`` of ``variant`` (``hpo_<backbone>``) that scored ``objective``
+    (macro_f1) with no fold records: for the pure logic over trials (Pareto fronts, selection)."""
+    return TrialRecord(
+        variant=variant,
+        backbone=variant.split("_")[1],
+        number=number,
+        state="COMPLETE",
+        params={},
+        training=TrainingParams(),
+        seed=0,
+        metric="macro_f1",
+        objective_mean=objective,
+        objective_std=std,
+        folds=[],
+        study_key_hash=f"s-{variant}",
+        trial_key_hash=f"t-{variant}-{number}",
+        latency_ms=latency_ms,
+        checkpoint=checkpoint,
     )
 
 

@@ -31,8 +31,8 @@ from ray_pipeline.final.results import (
     Lineage,
     SourceTrial,
 )
+from ray_pipeline.hpo.keep import pareto_front
 from ray_pipeline.hpo.results import EpochPoint, FoldResult, HpoResult, TrialRecord
-from ray_pipeline.hpo.stage import pareto_front
 from ray_pipeline.hpo.study import load_study, study_storage
 from ray_pipeline.identity import benchmark_settings_hash, trial_key_hash
 from ray_pipeline.loading import load_config

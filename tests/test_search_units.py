@@ -13,14 +13,16 @@ import pytest
 
 from ray_pipeline.cli import main
 from ray_pipeline.data.splits import load_splits
+from ray_pipeline.hpo.keep import pareto_front
 from ray_pipeline.hpo.results import TrialRecord
 from ray_pipeline.hpo.search_space import DefineSpace, fit_point, make_sampler
-from ray_pipeline.hpo.stage import pareto_front, search_data
+from ray_pipeline.hpo.stage import search_data
 from ray_pipeline.hpo.tuning import Budget
 from ray_pipeline.identity import study_key
 from ray_pipeline.loading import load_config
-from ray_pipeline.schema import HpoConfig, SamplerConfig, TrainingParams
-from ray_pipeline.schema.hpo import grid_values
+from ray_pipeline.schema import HpoConfig, SamplerConfig
+from ray_pipeline.schema.search import grid_values
+from tests.builders import trial_record
 from tests.conftest import MakeExp
 
 SPACE: dict[str, Any] = {
@@ -287,22 +289,7 @@ def test_points_the_search_would_ignore_or_choke_on_are_refused() -> None:
 
 
 def _trial(number: int, objective: float, latency: float) -> TrialRecord:
-    return TrialRecord(
-        variant="hpo_x",
-        backbone="x",
-        number=number,
-        state="COMPLETE",
-        params={},
-        training=TrainingParams(),
-        seed=0,
-        metric="macro_f1",
-        objective_mean=objective,
-        objective_std=0.0,
-        folds=[],
-        study_key_hash="s",
-        trial_key_hash=f"t{number}",
-        latency_ms=latency,
-    )
+    return trial_record(number, objective, latency_ms=latency)
 
 
 def test_the_pareto_front_keeps_the_trials_nothing_beats_on_both_objectives() -> None:

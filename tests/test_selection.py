@@ -6,30 +6,13 @@ import pytest
 
 from ray_pipeline.cli import main
 from ray_pipeline.errors import ConfigError
-from ray_pipeline.hpo.results import TrialRecord
-from ray_pipeline.schema import TrainingParams
 from ray_pipeline.selection import Candidate, SelectionRules, cache_key, explain, select_best
-from tests.builders import fold_result
+from tests.builders import fold_result, trial_record
 from tests.conftest import MakeExp
 
 
 def _candidate(variant: str, objective: float, latency: float, parameters: int = 1000) -> Candidate:
-    trial = TrialRecord(
-        variant=variant,
-        backbone=variant.split("_")[1],
-        number=0,
-        state="COMPLETE",
-        params={},
-        training=TrainingParams(),
-        seed=0,
-        metric="macro_f1",
-        objective_mean=objective,
-        objective_std=0.01,
-        folds=[],
-        study_key_hash=f"s-{variant}",
-        trial_key_hash=f"t-{variant}",
-        checkpoint=f"/x/{variant}/best",
-    )
+    trial = trial_record(0, objective, variant=variant, std=0.01, checkpoint=f"/x/{variant}/best")
     return Candidate(
         trial=trial,
         objective=objective,

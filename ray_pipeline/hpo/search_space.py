@@ -7,7 +7,7 @@ import warnings
 from typing import TYPE_CHECKING, Any
 
 from ray_pipeline.schema import CategoricalParam, FloatParam, IntParam, ParamSpec, SamplerConfig
-from ray_pipeline.schema.hpo import condition_holds, grid_values, in_space, top_of
+from ray_pipeline.schema.search import condition_holds, grid_values, in_space, top_of
 
 if TYPE_CHECKING:
     import optuna

@@ -18,6 +18,7 @@ from ray_pipeline.artifacts import write_json
 from ray_pipeline.data.splits import check_foldable, load_splits
 from ray_pipeline.errors import PipelineError
 from ray_pipeline.hpo.jobs import StudyJob
+from ray_pipeline.hpo.keep import keep_best, pareto_front
 from ray_pipeline.hpo.results import (
     CHECKPOINT_KEY,
     ENQUEUED_FROM,
@@ -35,11 +36,11 @@ from ray_pipeline.hpo.study import (
     study_storage,
 )
 from ray_pipeline.identity import study_key, trial_key_hash
-from ray_pipeline.paths import CHECKPOINT_MODEL, OutputsLayout, in_round_order
+from ray_pipeline.paths import OutputsLayout, in_round_order
 from ray_pipeline.resources import TrialPlan, cluster_nodes, plan_trials
 from ray_pipeline.run_mode import get_run_mode
 from ray_pipeline.schema import BackboneConfig, DataConfig, PipelineConfig
-from ray_pipeline.storage import WorkerStorage, children, copy, delete, is_dir, is_file, join
+from ray_pipeline.storage import WorkerStorage, children, join
 from ray_pipeline.tracking import RunRef
 from ray_pipeline.variants import (
     Decision,
@@ -149,7 +150,7 @@ def _run_backbone(config: PipelineConfig, backbone: BackboneConfig, plan: TrialP
         result = _collect(config, backbone, variant, study, outcomes, previous, stop_reason)
         if _done(result):  # unfinished trials still need their checkpoints
             where = WorkerStorage.of(config)
-            result = _keep_best(result, variant, hpo.checkpoint.save_only_best, where)
+            result = keep_best(result, variant, hpo.checkpoint.save_only_best, where)
         write_json(files.hpo_result, result)
     except BaseException as exc:
         set_status(variant, "failed")
@@ -406,82 +407,6 @@ def _collect(
         pareto=front,
         train_examples=len(load_splits(search_data(config)).train),
     )
-
-
-def pareto_front(trials: list[TrialRecord], direction: str) -> list[int]:
-    """The numbers of the ``trials`` (complete, with an objective and a latency) that no other
-    is at least as good as on both objectives and better on one."""
-    sign = 1.0 if direction == "maximize" else -1.0
-    points = {
-        t.number: (sign * t.objective_mean, t.latency_ms)
-        for t in trials
-        if t.objective_mean is not None and t.latency_ms is not None
-    }
-
-    def dominated(a: tuple[float, float]) -> bool:
-        return any(b[0] >= a[0] and b[1] <= a[1] and b != a for b in points.values())
-
-    return sorted(n for n, point in points.items() if not dominated(point))
-
-
-def _keep_best(
-    result: HpoResult, variant: Variant, only_best: bool, where: WorkerStorage
-) -> HpoResult:
-    """Copy the best trial's best-fold model (in its last checkpoint, a place) to
-    ``<variant>/best`` on the driver's disk, and each other Pareto trial's to
-    ``<variant>/pareto/trial_<n>`` (for the benchmark, which shares them with its actors).
-    With ``only_best``, drop every other checkpoint."""
-    files = variant.files
-    best = result.best
-    targets = {number: files.pareto_model(number) for number in result.pareto}
-    if best is not None:
-        targets[best.number] = files.best
-    kept_dirs = {str(p) for p in targets.values()}
-    by_number = {t.number: t for t in result.trials}
-    # Pareto trials first: one that was the best has its model in best/, which the best
-    # replaces.
-    for number in sorted(targets, key=lambda n: best is not None and n == best.number):
-        _copy_model(by_number[number].checkpoint, targets[number])
-    if only_best:
-        for trial in result.trials:
-            if trial.checkpoint is not None and trial.checkpoint not in kept_dirs:
-                delete(trial.checkpoint)
-        for train in {str(files.train_dir), where.place(files.train_dir)}:
-            delete(train)  # the kept models: best/, pareto/
-        pareto_dir = files.pareto_model(0).parent
-        for name in children(pareto_dir, "trial_"):
-            if str(pareto_dir / name) not in kept_dirs:  # off the front since
-                delete(join(pareto_dir, name))
-
-    def kept(trial: TrialRecord) -> str | None:
-        target = targets.get(trial.number)
-        if target is not None and target.is_dir():
-            return str(target)
-        return None if only_best else trial.checkpoint
-
-    trials = [t.model_copy(update={"checkpoint": kept(t)}) for t in result.trials]
-    best_record = next((t for t in trials if best is not None and t.number == best.number), None)
-    return result.model_copy(
-        update={
-            "trials": trials,
-            "best": best_record,
-            "best_checkpoint": str(files.best) if files.best.is_dir() else None,
-        }
-    )
-
-
-def _copy_model(checkpoint: str | None, target: Path) -> None:
-    """Put the model of a trial's ``checkpoint`` (a trial checkpoint's ``model/``, or a model
-    directory kept earlier: ``best/``, ``pareto/trial_<n>``; a place) at ``target``,
-    atomically."""
-    if checkpoint is None or checkpoint == str(target):
-        return
-    source = join(checkpoint, CHECKPOINT_MODEL)
-    if not is_dir(source):
-        source = checkpoint
-    if not is_file(join(source, "config.json")):
-        return
-    copy(source, str(target))
 
 
 def _print_summary(result: HpoResult, status: str) -> None:

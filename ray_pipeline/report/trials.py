@@ -4,8 +4,8 @@ HPO variant its trials, fold spread, learning curves and Optuna's plots."""
 from __future__ import annotations
 
 from ray_pipeline.benchmark.scope import assess
+from ray_pipeline.hpo.keep import pareto_front
 from ray_pipeline.hpo.results import HpoResult, TrialRecord
-from ray_pipeline.hpo.stage import pareto_front
 from ray_pipeline.hpo.study import study_storage
 from ray_pipeline.report import figures
 from ray_pipeline.report.figures import LatencyPoint

@@ -30,18 +30,15 @@ from ray_pipeline.schema.data import (
     Task,
 )
 from ray_pipeline.schema.hpo import (
-    CategoricalParam,
-    FloatParam,
     HpoConfig,
-    IntParam,
     LatencyObjective,
     ObjectiveConfig,
-    ParamSpec,
     SamplerConfig,
     SchedulerConfig,
     StudyCheckpoint,
     TrainingParams,
 )
+from ray_pipeline.schema.search import CategoricalParam, FloatParam, IntParam, ParamSpec
 from ray_pipeline.schema.stages import (
     REMOVED_KEYS,
     BenchmarkConfig,

@@ -1,0 +1,122 @@
+"""Search-space entries (``hpo.search_space``): a float or int range or a list of choices,
+optionally conditional on another parameter; the values each can take, as Optuna samples them.
+What a whole space and its sampler must satisfy is ``schema.hpo.check_search``."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, model_validator
+
+from ray_pipeline.schema.base import PositiveInt, Section
+
+
+class Conditional(Section):
+    when: dict[str, list[str | int | float | bool]] | None = None
+    """Sample this parameter only when another (an unconditional categorical one) has one of
+    the listed values, e.g. ``{lr_schedule: [cosine]}``; otherwise the trial keeps the
+    ``hpo.training`` value."""
+
+
+class FloatParam(Conditional):
+    type: Literal["float"]
+    """Parameter kind: float, int or categorical."""
+    low: float
+    """Lower bound (inclusive)."""
+    high: float
+    """Upper bound (inclusive)."""
+    log: bool = False
+    """Sample on a log scale (needs low > 0)."""
+    step: float | None = None
+    """Discretisation step (not with log)."""
+
+    @model_validator(mode="after")
+    def _range(self) -> FloatParam:
+        _check_range(self.low, self.high, self.log, self.step)
+        return self
+
+
+class IntParam(Conditional):
+    type: Literal["int"]
+    """Parameter kind: float, int or categorical."""
+    low: int
+    """Lower bound (inclusive)."""
+    high: int
+    """Upper bound (inclusive)."""
+    log: bool = False
+    """Sample on a log scale (needs low > 0)."""
+    step: PositiveInt = 1
+    """Step between values."""
+
+    @model_validator(mode="after")
+    def _range(self) -> IntParam:
+        _check_range(self.low, self.high, self.log, None if self.step == 1 else self.step)
+        return self
+
+
+class CategoricalParam(Conditional):
+    type: Literal["categorical"]
+    """Parameter kind: float, int or categorical."""
+    choices: list[str | int | float | bool] = Field(min_length=1)
+    """The values to choose from."""
+
+
+def _check_range(low: float, high: float, log: bool, step: float | None) -> None:
+    if low > high:
+        raise ValueError(f"low <= high must hold, but got low={low} and high={high}")
+    if log and low <= 0:
+        raise ValueError(f"a log-scale range needs low > 0, but got low={low}")
+    if log and step is not None:
+        raise ValueError("step and log cannot be used together; drop one of them")
+
+
+ParamSpec = Annotated[FloatParam | IntParam | CategoricalParam, Field(discriminator="type")]
+
+
+def grid_values(spec: ParamSpec) -> list[Any] | None:
+    """Every value a grid search tries for ``spec``, or None when it has no finite grid (a
+    float range without ``step``)."""
+    if isinstance(spec, CategoricalParam):
+        return list(spec.choices)
+    if isinstance(spec, IntParam):
+        return list(range(spec.low, spec.high + 1, spec.step))
+    if spec.step is None:
+        return None
+    return [spec.low + i * spec.step for i in range(_steps(spec.low, spec.high, spec.step) + 1)]
+
+
+def _steps(low: float, high: float, step: float) -> int:
+    """Whole steps from ``low`` that stay within ``high`` (as Optuna narrows a stepped range)."""
+    return math.floor((high - low) / step + 1e-9)
+
+
+def top_of(spec: FloatParam | IntParam) -> float:
+    """The largest value the parameter takes: ``high``, or its last step below it."""
+    if isinstance(spec, FloatParam) and spec.step is None:
+        return spec.high
+    step = spec.step or 1
+    return spec.low + _steps(spec.low, spec.high, step) * step
+
+
+def in_space(spec: ParamSpec, value: Any) -> bool:
+    """Whether ``value`` is one the parameter can take: one of its choices, or a number within
+    its bounds and on its step grid."""
+    if isinstance(spec, CategoricalParam):
+        return value in spec.choices
+    if not isinstance(value, int | float) or not spec.low <= value <= top_of(spec):
+        return False
+    if isinstance(spec, IntParam) and value != int(value):
+        return False
+    step = spec.step if isinstance(spec, FloatParam) else (spec.step if spec.step > 1 else None)
+    if step is None:
+        return True
+    offset = (value - spec.low) / step
+    return abs(offset - round(offset)) < 1e-6
+
+
+def condition_holds(spec: ParamSpec, point: Mapping[str, Any]) -> bool:
+    """Whether a parameter is sampled given the other values of ``point``: it has no ``when``,
+    or each parameter ``when`` names has one of the listed values there."""
+    return all(point.get(parent) in values for parent, values in (spec.when or {}).items())
