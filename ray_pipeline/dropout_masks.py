@@ -10,9 +10,12 @@ about 3x faster (one float32 per element, then a vectorised compare), which took
 530 ms (and the one-thread step from 967 to 921 ms).
 
 ``numpy_dropout_masks`` puts such a kernel in place of ``bernoulli_(p)`` for the CPU while
-training runs and takes it out afterwards. Its generator is seeded from torch's, so a seeded
+training runs and takes it out afterwards (an x86 CPU's vendor is read from ``/proc/cpuinfo``:
+where it cannot be, torch's kernel stays). Its generator is seeded from torch's, so a seeded
 run draws the same masks every time (not the same masks as torch's own kernel: a refit or a
 trial trained with it matches one trained without it within noise, not bit for bit).
+Activation checkpointing (``torch.utils.checkpoint``, not used here) restores only torch's
+generator before recomputing a forward pass: under this kernel it would draw other masks.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import platform
+import threading
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,8 +32,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
-_active: list[object] = []
-"""The library holding the kernel while it is in place (at most one: contexts do not nest)."""
+_active: list[int] = []
+"""The thread whose block holds the kernel in place (at most one: blocks do not nest)."""
+_lock = threading.Lock()
 
 
 @functools.cache
@@ -58,12 +63,32 @@ def _cpu_vendor() -> str:
 
 @contextlib.contextmanager
 def numpy_dropout_masks(device_type: str) -> Iterator[None]:
-    """Within the block, CPU ``bernoulli_(p)`` (dropout's masks) draws from a NumPy PCG64
-    seeded from torch's generator; nothing changes on GPUs, where torch serialises nothing, on
-    Intel CPUs with MKL, or when a block is already open."""
-    if device_type != "cpu" or _active or not torch_draws_serially():
+    """Within the block, CPU ``bernoulli_(p)`` (dropout's masks) in this thread draws from a
+    NumPy PCG64 seeded from torch's generator (other threads get uniform draws from torch's);
+    nothing changes on GPUs, where torch serialises nothing, on Intel CPUs with MKL, or when a
+    block is already open (in any thread)."""
+    if device_type != "cpu" or not torch_draws_serially():
         yield
         return
+    with _lock:
+        if _active:
+            owner = None
+        else:
+            owner = threading.get_ident()
+            _active.append(owner)
+    if owner is None:
+        yield
+        return
+    try:
+        with _kernel_in_place(owner):
+            yield
+    finally:
+        with _lock:
+            _active.clear()
+
+
+@contextlib.contextmanager
+def _kernel_in_place(owner: int) -> Iterator[None]:
     import numpy as np
     import torch
 
@@ -72,20 +97,21 @@ def numpy_dropout_masks(device_type: str) -> Iterator[None]:
     filled = (torch.float32, torch.float64)
 
     def bernoulli_(self: torch.Tensor, p: float = 0.5, *, generator: Any = None) -> torch.Tensor:
-        if generator is None and self.is_contiguous() and self.dtype in filled:
+        if not 0 <= p <= 1:
+            raise RuntimeError(f"bernoulli_ expects p to be in [0, 1], but got p={p}")
+        mine = threading.get_ident() == owner  # another thread's draws leave this stream alone
+        if mine and generator is None and self.is_contiguous() and self.dtype in filled:
             flat = self.detach().numpy().reshape(-1)  # the tensor's memory, written in place
             numpy_generator.random(out=flat, dtype=flat.dtype)
             return self.lt_(p)  # 1 where the uniform draw is below p: probability p
-        # Another dtype or layout, or the caller's own generator: uniform draws from torch.
+        # Another thread, dtype or layout, or the caller's own generator: torch's uniform draws.
         return self.copy_(torch.rand(self.shape, generator=generator) < p)
 
     library = torch.library.Library("aten", "IMPL")  # type: ignore[no-untyped-call]
-    with warnings.catch_warnings():  # "Overriding a previously registered kernel": meant
-        warnings.simplefilter("ignore", UserWarning)
+    with warnings.catch_warnings():  # torch warns that it overrides its kernel: meant
+        warnings.filterwarnings("ignore", "(?s).*Overriding a previously registered kernel")
         library.impl("bernoulli_.float", bernoulli_, "CPU")  # type: ignore[no-untyped-call]
-    _active.append(library)
     try:
         yield
     finally:
-        _active.clear()
         library._destroy()  # type: ignore[no-untyped-call]  # torch's own kernel is back

@@ -5,6 +5,7 @@ afterwards, the CPUs it applies to, and the training loop using it. The kernel i
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -104,13 +105,52 @@ def _train_once() -> tuple[float, torch.Tensor]:
     return loss, torch.cat([p.detach().flatten() for p in model.parameters()])
 
 
-def test_the_training_loop_draws_its_masks_from_the_kernel(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(dropout_masks, "torch_draws_serially", lambda: True)
-    with_kernel = [_train_once(), _train_once()]
-    monkeypatch.setattr(dropout_masks, "torch_draws_serially", lambda: False)
-    with_torchs = _train_once()
-    assert with_kernel[0][0] == with_kernel[1][0]  # seeded: the same masks, the same run
-    assert torch.equal(with_kernel[0][1], with_kernel[1][1])
-    assert with_kernel[0][0] != with_torchs[0]  # other masks: the kernel was in use
+def test_the_training_loop_draws_its_masks_from_the_kernel(serial_cpu: None) -> None:
+    runs = [_train_once(), _train_once()]
+    assert runs[0][0] == runs[1][0]  # seeded: the same masks, the same run
+    assert torch.equal(runs[0][1], runs[1][1])
+
+
+def test_the_kernel_is_in_place_for_every_forward_pass_of_an_epoch(serial_cpu: None) -> None:
+    seen: list[bool] = []
+
+    def record(*_: object) -> None:
+        seen.append(dropout_masks._active == [threading.get_ident()])
+
+    params = TrainingParams(dropout=DROP)
+    model = _model(params)
+    model.register_forward_pre_hook(record)
+    optimizer, scheduler = make_optimizer(model, params, 4)
+    train_epoch(model, batches(_rows(32), 8, 0), optimizer, scheduler)
+    assert len(seen) == 4 and all(seen), seen
+    assert not dropout_masks._active  # and out of place after it
+
+
+def _masks_with(other_thread_draws: bool) -> torch.Tensor:
+    torch.manual_seed(5)
+    with numpy_dropout_masks("cpu"):
+        first = torch.nn.functional.dropout(torch.ones(1000), DROP, training=True)
+        if other_thread_draws:
+            other = threading.Thread(target=lambda: torch.empty(100_000).bernoulli_(0.5))
+            other.start()
+            other.join()
+        second = torch.nn.functional.dropout(torch.ones(1000), DROP, training=True)
+    return torch.cat([first, second])
+
+
+def test_another_threads_draws_leave_the_training_threads_masks_alone(serial_cpu: None) -> None:
+    assert torch.equal(_masks_with(other_thread_draws=True), _masks_with(other_thread_draws=False))
+
+
+def test_an_error_inside_the_block_puts_torchs_kernel_back(serial_cpu: None) -> None:
+    torch.manual_seed(3)
+    before = torch.empty(1000).bernoulli_(0.5)
+    with pytest.raises(ValueError, match="boom"), numpy_dropout_masks("cpu"):
+        raise ValueError("boom")
+    torch.manual_seed(3)
+    assert torch.equal(torch.empty(1000).bernoulli_(0.5), before) and not dropout_masks._active
+
+
+def test_a_probability_outside_0_1_is_refused_as_torch_refuses_it(serial_cpu: None) -> None:
+    with numpy_dropout_masks("cpu"), pytest.raises(RuntimeError, match=r"p to be in \[0, 1\]"):
+        torch.empty(10).bernoulli_(1.5)
