@@ -24,6 +24,7 @@ from typing import Literal
 from ray_pipeline import tracking
 from ray_pipeline.artifacts import Record, read_json, write_json
 from ray_pipeline.benchmark.scope import variants_in_scope
+from ray_pipeline.direction import Direction
 from ray_pipeline.errors import ConfigError
 from ray_pipeline.hpo.results import TrialRecord
 from ray_pipeline.identity import file_digest, stable_hash
@@ -36,7 +37,7 @@ class SelectionRules(Record):
     """The rules in force (the selection config with the objective resolved)."""
 
     metric: str
-    direction: Literal["maximize", "minimize"]
+    direction: Direction
     max_latency_ms: float | None
     latency_batch_size: int
     latency_weight: float
@@ -113,8 +114,10 @@ def _verdict(
 ) -> str:
     if score < win_score:
         if r.latency_weight == 0:
-            worse = "lower" if r.direction == "maximize" else "higher"
-            return f"{worse} {r.metric}: {c.objective:.4f} vs the winner's {win.objective:.4f}"
+            return (
+                f"{r.direction.worse_word} {r.metric}: {c.objective:.4f} vs the winner's "
+                f"{win.objective:.4f}"
+            )
         return (
             f"lower trade-off score {score:.4f} vs the winner's {win_score:.4f} "
             f"({r.metric} {c.objective:.4f}, p95 {c.latency_ms:.2f} ms)"
@@ -146,8 +149,7 @@ def select_best(candidates: Sequence[Candidate], rules: SelectionRules) -> list[
             f"fastest, {fastest.trial.label}, takes {fastest.latency_ms:.2f} "
             "ms. Raise the limit, or benchmark a smaller model",
         )
-    sign = 1.0 if rules.direction == "maximize" else -1.0
-    oriented = [sign * c.objective for c in feasible]
+    oriented = [rules.direction.oriented(c.objective) for c in feasible]
     if rules.latency_weight > 0:
         lat = _normalised([c.latency_ms for c in feasible])
         obj = _normalised(oriented)
@@ -214,11 +216,12 @@ def explain(ranked: Sequence[Scored], rules: SelectionRules) -> str:
         )
     if rules.rule == "one_standard_error":
         feasible_ones = [s.candidate for s in ranked if s.feasible]
-        sign = 1.0 if rules.direction == "maximize" else -1.0
-        top, error = _one_standard_error(feasible_ones, [sign * c.objective for c in feasible_ones])
+        oriented = [rules.direction.oriented(c.objective) for c in feasible_ones]
+        top, error = _one_standard_error(feasible_ones, oriented)
         text += (
             f"; rule one_standard_error: {rules.metric} within {error:.4f} (one standard error) "
-            f"of the best, {sign * top:.4f}, counts as tied, and the fastest of those wins"
+            f"of the best, {rules.direction.oriented(top):.4f}, counts as tied, and the fastest "
+            "of those wins"
         )
     losers = "; ".join(f"{_name(s.candidate, ranked)}: {s.verdict}" for s in ranked[1:])
     return text + (f". Others: {losers}." if losers else ".")

@@ -95,7 +95,7 @@ def add_hpo_variant(
             checkpoint=str(best_dir) if number == trial else None,
         )
 
-    sign = 1.0 if config.hpo.objective.direction == "maximize" else -1.0
+    sign = config.hpo.objective.direction.sign
     trials = [
         record(n, objective if n == trial else objective - sign * 0.01 * (n + 1))
         for n in range(max(trial + 1, 3))

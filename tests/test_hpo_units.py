@@ -7,6 +7,7 @@ from pathlib import Path
 import optuna
 import pytest
 
+from ray_pipeline.direction import Direction
 from ray_pipeline.errors import ConfigError
 from ray_pipeline.hpo.search_space import to_distributions
 from ray_pipeline.hpo.study import count_finished, fail_running, load_study, study_storage
@@ -90,10 +91,10 @@ def test_study_storage_and_stale_trials(tmp_path: Path, backend: str) -> None:
     variant = VariantFiles(tmp_path / "hpo_b")
     variant.path.mkdir()
     checkpoint = StudyCheckpoint.model_validate({"storage_backend": backend})
-    study = load_study(study_storage(variant, "hpo_b", checkpoint), "hpo_b", "maximize")
+    study = load_study(study_storage(variant, "hpo_b", checkpoint), "hpo_b", Direction.MAXIMIZE)
     study.tell(study.ask(), 0.5)
     study.ask()  # left RUNNING, as by a killed driver
-    again = load_study(study_storage(variant, "hpo_b", checkpoint), "hpo_b", "maximize")
+    again = load_study(study_storage(variant, "hpo_b", checkpoint), "hpo_b", Direction.MAXIMIZE)
     assert count_finished(again) == 1
     assert fail_running(again) == [1]
     assert [t.state.name for t in again.get_trials()] == ["COMPLETE", "FAIL"]

@@ -13,6 +13,7 @@ import pytest
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
+from ray_pipeline.direction import Direction
 from ray_pipeline.errors import PipelineError
 from ray_pipeline.hpo.search_space import DefineSpace
 from ray_pipeline.hpo.tuning import OPTUNA_SEARCH_INTERNALS, TRIAL_NUMBER, Budget, StudySearch
@@ -23,7 +24,9 @@ def _search(storage: optuna.storages.BaseStorage, **extra: Any) -> StudySearch:
     space: dict[str, ParamSpec] = {
         "learning_rate": FloatParam(type="float", low=1e-5, high=1e-3, log=True)
     }
-    extra.setdefault("budget", Budget(time_budget_s=None, patience=None, maximize=True))
+    extra.setdefault(
+        "budget", Budget(time_budget_s=None, patience=None, direction=Direction.MAXIMIZE)
+    )
     return StudySearch(
         space=DefineSpace(space),
         metric="objective",
@@ -78,7 +81,9 @@ def test_a_ray_without_the_internals_is_refused_at_construction(
 
 def test_a_spent_budget_finishes_the_search_but_not_a_trial_it_already_started() -> None:
     storage = optuna.storages.InMemoryStorage()
-    search = _search(storage, budget=Budget(time_budget_s=None, patience=1, maximize=True))
+    search = _search(
+        storage, budget=Budget(time_budget_s=None, patience=1, direction=Direction.MAXIMIZE)
+    )
     first = search.suggest("t0")
     assert isinstance(first, dict) and search.stop_reason is None
     search.on_trial_complete("t0", {"objective": 0.6, "folds_done": 3})  # the best so far

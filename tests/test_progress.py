@@ -3,11 +3,10 @@ duration format every stage's ETA uses."""
 
 from __future__ import annotations
 
-from typing import Literal
-
 import pytest
 
 from ray_pipeline.console import STATUS_EVERY_S, duration
+from ray_pipeline.direction import Direction
 from ray_pipeline.hpo.progress import SearchProgress, describe_params
 
 
@@ -25,7 +24,7 @@ def _progress(
     total: int = 4,
     done_before: int = 0,
     parallel: int = 2,
-    direction: Literal["maximize", "minimize"] = "maximize",
+    direction: str = "maximize",
 ) -> SearchProgress:
     return SearchProgress(
         label="hpo minilm",
@@ -34,7 +33,7 @@ def _progress(
         k_folds=3,
         epochs=2,
         metric="macro_f1",
-        direction=direction,
+        direction=Direction(direction),
         parallel=parallel,
         clock=clock,
     )
@@ -108,9 +107,7 @@ def test_eta_counts_finished_trials_and_earlier_rounds() -> None:
 @pytest.mark.parametrize(
     ("direction", "winner"), [("maximize", 1), ("minimize", 0)], ids=["maximize", "minimize"]
 )
-def test_best_follows_the_direction(
-    direction: Literal["maximize", "minimize"], winner: int
-) -> None:
+def test_best_follows_the_direction(direction: str, winner: int) -> None:
     clock = Clock()
     progress = _progress(clock, direction=direction)
     values = {0: 0.61, 1: 0.74, 2: 0.68}

@@ -13,6 +13,7 @@ import pytest
 
 from ray_pipeline.cli import main
 from ray_pipeline.data.splits import load_splits
+from ray_pipeline.direction import Direction
 from ray_pipeline.hpo.keep import pareto_front
 from ray_pipeline.hpo.results import TrialRecord
 from ray_pipeline.hpo.search_space import DefineSpace, fit_point, make_sampler
@@ -160,11 +161,11 @@ def test_patience_counts_finished_trials_since_the_last_improvement() -> None:
         return study
 
     before = dt.datetime(2000, 1, 1)  # every trial finished in this run
-    budget = Budget(time_budget_s=None, patience=2, maximize=True)
+    budget = Budget(time_budget_s=None, patience=2, direction=Direction.MAXIMIZE)
     assert budget.spent(study_of([0.5, 0.7, 0.6]), before) is None  # one trial since the best
     assert budget.spent(study_of([0.5, 0.7, 0.6, None]), before) is not None  # pruned count
     assert budget.spent(study_of([0.5, 0.7, 0.6, 0.8]), before) is None  # improved again
-    minimize = Budget(time_budget_s=None, patience=2, maximize=False)
+    minimize = Budget(time_budget_s=None, patience=2, direction=Direction.MINIMIZE)
     assert minimize.spent(study_of([0.5, 0.7, 0.6], "minimize"), before) is not None
     assert minimize.spent(study_of([0.5, 0.7, 0.4], "minimize"), before) is None
     # A later run: the earlier run's streak does not count, its best still sets the bar.
@@ -179,7 +180,7 @@ def test_patience_counts_finished_trials_since_the_last_improvement() -> None:
             )
         )
     assert budget.spent(earlier, later - dt.timedelta(seconds=1)) is not None
-    clock = Budget(time_budget_s=60, patience=None, maximize=True)
+    clock = Budget(time_budget_s=60, patience=None, direction=Direction.MAXIMIZE)
     now = dt.datetime.now()
     assert clock.spent(study_of([]), now - dt.timedelta(seconds=58)) is None
     reason = clock.spent(study_of([]), now - dt.timedelta(seconds=61))
@@ -300,10 +301,10 @@ def test_the_pareto_front_keeps_the_trials_nothing_beats_on_both_objectives() ->
         _trial(3, 0.70, 1.0),  # the fastest
         _trial(4, 0.90, 12.0),  # as accurate as 0 but slower
     ]
-    assert pareto_front(trials, "maximize") == [0, 1, 3]
+    assert pareto_front(trials, Direction.MAXIMIZE) == [0, 1, 3]
     # Minimising the metric (a loss) turns the first axis around.
-    assert pareto_front(trials, "minimize") == [3]
-    assert pareto_front([_trial(0, 0.5, 1.0), _trial(1, 0.5, 1.0)], "maximize") == [0, 1]
+    assert pareto_front(trials, Direction.MINIMIZE) == [3]
+    assert pareto_front([_trial(0, 0.5, 1.0), _trial(1, 0.5, 1.0)], Direction.MAXIMIZE) == [0, 1]
 
 
 def test_latency_as_an_objective_refuses_a_single_objective_sampler() -> None:

@@ -39,7 +39,7 @@ def _rules(**changes: object) -> SelectionRules:
         latency_batch_size=1,
         latency_weight=0.0,
     )
-    return base.model_copy(update=changes)
+    return SelectionRules.model_validate({**base.model_dump(), **changes})
 
 
 def test_objective_alone_picks_the_most_accurate() -> None:

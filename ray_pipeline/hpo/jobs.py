@@ -6,10 +6,11 @@ starts, ``trial_runs.start``). Both cross Ray boundaries as plain dicts (``model
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from ray_pipeline.direction import Direction
 from ray_pipeline.schema import (
     BackboneConfig,
     DataConfig,
@@ -37,7 +38,7 @@ class StudyJob(BaseModel):
     k_folds: int
     seed: int
     metric: str
-    direction: Literal["maximize", "minimize"]
+    direction: Direction
     report_every_epoch: bool
     every_epoch: bool | None
     """Epoch checkpoints inside a fold (None: when the fold has more than one epoch)."""

@@ -6,18 +6,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ray_pipeline.direction import Direction
 from ray_pipeline.hpo.results import HpoResult, TrialRecord
 from ray_pipeline.paths import CHECKPOINT_MODEL
 from ray_pipeline.storage import WorkerStorage, children, copy, delete, is_dir, is_file, join
 from ray_pipeline.variants import Variant
 
 
-def pareto_front(trials: list[TrialRecord], direction: str) -> list[int]:
+def pareto_front(trials: list[TrialRecord], direction: Direction) -> list[int]:
     """The numbers of the ``trials`` (complete, with an objective and a latency) that no other
     is at least as good as on both objectives and better on one."""
-    sign = 1.0 if direction == "maximize" else -1.0
     points = {
-        t.number: (sign * t.objective_mean, t.latency_ms)
+        t.number: (direction.oriented(t.objective_mean), t.latency_ms)
         for t in trials
         if t.objective_mean is not None and t.latency_ms is not None
     }

@@ -16,9 +16,10 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from ray_pipeline.console import STATUS_EVERY_S, duration
+from ray_pipeline.direction import Direction
 
 
 @dataclass
@@ -45,7 +46,7 @@ class SearchProgress:
     epochs: int
     """Epochs per fold (``hpo.training.epochs``; a trial that searches it says its own)."""
     metric: str
-    direction: Literal["maximize", "minimize"]
+    direction: Direction
     parallel: int
     """Trials that run at once (``max_concurrent_trials``)."""
     best: tuple[float, int] | None = None
@@ -98,8 +99,7 @@ class SearchProgress:
             self.finished += 1
 
     def _better(self, value: float, number: int) -> None:
-        higher = self.direction == "maximize"
-        if self.best is None or (value != self.best[0] and (value > self.best[0]) == higher):
+        if self.best is None or self.direction.better(value, self.best[0]):
             self.best = (value, number)
 
     def eta_seconds(self) -> float | None:

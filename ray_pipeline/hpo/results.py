@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from ray_pipeline.artifacts import Record, read_json
+from ray_pipeline.direction import Direction
 from ray_pipeline.paths import VariantFiles
 from ray_pipeline.schema import TrainingParams
 
@@ -21,7 +22,6 @@ CHECKPOINT_KEY = "checkpoint"
 """In a trial's outcome (its last Tune metrics): the path of the trial's last checkpoint."""
 
 TrialState = Literal["COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING"]
-Direction = Literal["maximize", "minimize"]
 
 
 class EpochPoint(Record):

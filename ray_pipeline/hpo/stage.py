@@ -218,10 +218,8 @@ def _enqueue_starts(
                 and t.objective_mean is not None
                 and not math.isnan(t.objective_mean)
             ]
-            complete.sort(
-                key=lambda t: t.objective_mean or 0.0, reverse=source.direction == "maximize"
-            )
-            for trial in complete[: hpo.warm_start]:
+            ranked = source.direction.ranked(complete, key=lambda t: t.objective_mean or 0.0)
+            for trial in ranked[: hpo.warm_start]:
                 point, notes = fit_point(hpo.search_space, trial.params)
                 origin = trial.label
                 print(
@@ -387,8 +385,7 @@ def _collect(
             )
         )
     complete = [t for t in trials if t.state == "COMPLETE" and t.objective_mean is not None]
-    pick = max if config.hpo.objective.direction == "maximize" else min
-    best = pick(complete, key=lambda t: t.objective_mean or 0.0) if complete else None
+    best = config.hpo.objective.direction.best(complete, key=lambda t: t.objective_mean or 0.0)
     front = pareto_front(complete, config.hpo.objective.direction)
     if config.hpo.objective.latency is None:
         front = []

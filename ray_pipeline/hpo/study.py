@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
+from ray_pipeline.direction import Direction
 from ray_pipeline.paths import VariantFiles
 from ray_pipeline.schema import StudyCheckpoint
 
@@ -31,15 +32,17 @@ def study_storage(files: VariantFiles, variant: str, checkpoint: StudyCheckpoint
 def load_study(
     storage: BaseStorage,
     name: str,
-    direction: Literal["maximize", "minimize"],
+    direction: Direction,
     latency: bool = False,
 ) -> optuna.Study:
     """Create or open the study ``name``: one objective, or with ``latency`` two (the metric,
     then latency, minimised)."""
     import optuna
+    from optuna.study import StudyDirection
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    directions = [direction, "minimize"] if latency else [direction]
+    first = StudyDirection[direction.name]
+    directions = [first, StudyDirection.MINIMIZE] if latency else [first]
     return optuna.create_study(
         storage=storage, study_name=name, directions=directions, load_if_exists=True
     )
@@ -69,6 +72,11 @@ def best_so_far(study: optuna.Study) -> tuple[float, int] | None:
     ]
     if not complete or len(study.directions) != 1:
         return None
-    sign = 1.0 if study.directions[0].name == "MAXIMIZE" else -1.0
-    best = max(complete, key=lambda t: (sign * t.values[0], -t.number))
+    best = study_direction(study).best(complete, key=lambda t: float(t.values[0]))
+    assert best is not None
     return float(best.values[0]), best.number
+
+
+def study_direction(study: optuna.Study) -> Direction:
+    """The direction of the study's first objective."""
+    return Direction(study.directions[0].name.lower())

@@ -26,6 +26,7 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from ray_pipeline import console, faults, monitoring
+from ray_pipeline.direction import Direction
 from ray_pipeline.errors import PipelineError
 from ray_pipeline.hpo import trial_runs
 from ray_pipeline.hpo.jobs import StudyJob, TrialJob
@@ -33,6 +34,7 @@ from ray_pipeline.hpo.progress import SearchProgress, progress_callback
 from ray_pipeline.hpo.results import CHECKPOINT_KEY
 from ray_pipeline.hpo.schedulers import make_scheduler
 from ray_pipeline.hpo.search_space import DefineSpace, make_sampler
+from ray_pipeline.hpo.study import study_direction
 from ray_pipeline.hpo.tune_state import repair_recorded_checkpoints
 from ray_pipeline.hpo.worker import LATENCY, run_folds, summary, train_folds
 from ray_pipeline.paths import trial_name
@@ -75,7 +77,7 @@ class Budget:
 
     time_budget_s: float | None
     patience: int | None
-    maximize: bool
+    direction: Direction
 
     def spent(self, study: Any, started: datetime.datetime) -> str | None:
         """Why no new trial may start in a search whose first trial started at ``started``
@@ -94,9 +96,7 @@ class Budget:
         best, since = None, 0
         for trial in sorted(finished, key=lambda t: t.datetime_complete):
             value = trial.values[0] if trial.state.name == "COMPLETE" else None
-            improved = value is not None and (
-                best is None or (value > best if self.maximize else value < best)
-            )
+            improved = value is not None and (best is None or self.direction.better(value, best))
             best = value if improved else best
             if trial.datetime_complete >= started:  # an earlier run's trials set the bar only
                 since = 0 if improved else since + 1
@@ -183,10 +183,10 @@ class StudySearch(OptunaSearch):
         study = self._ot_study
         if study is None:
             return
-        values = [t.values[0] for t in study.best_trials if t.values]
+        values = [float(t.values[0]) for t in study.best_trials if t.values]
         if values:
-            pick = max if study.directions[0].name == "MAXIMIZE" else min
-            monitoring.best_objective(self._study_name, float(pick(values)))
+            best = study_direction(study).best_value(values)
+            monitoring.best_objective(self._study_name, best)
 
 
 @dataclass(frozen=True)
@@ -326,10 +326,10 @@ def run_round(
     lines."""
     from ray import tune
 
-    mode = "max" if job.direction == "maximize" else "min"
+    mode = job.direction.mode
     # Seed per round: a top-up round must not replay the first round's suggestions.
     seed = job.seed + len(storage.get_all_trials(storage.get_study_id_from_name(study_name)))
-    budget = Budget(hpo.time_budget_s, hpo.patience, mode == "max")
+    budget = Budget(hpo.time_budget_s, hpo.patience, job.direction)
     # With latency as a second objective Optuna gets both values (and no intermediate ones).
     metric: str | list[str] = [OBJECTIVE, LATENCY] if hpo.objective.latency else OBJECTIVE
     modes: str | list[str] = [mode, "min"] if hpo.objective.latency else mode

@@ -141,10 +141,6 @@ class FoldRun:
         self.amp.load_state_dict(saved.get("scaler"))
 
 
-def _better(job: TrialJob, a: float, b: float) -> bool:
-    return a > b if job.study.direction == "maximize" else a < b
-
-
 def summary(state: FoldState) -> dict[str, float]:
     """The trial's objective: mean and spread over its finished folds only (NaN until one
     has finished; on ranks other than 0, which do not evaluate, NaN throughout)."""
@@ -321,7 +317,7 @@ def _train_fold(
         **_placement(),
     )
     best = state.best_fold
-    if best is None or _better(job, result.objective, state.folds[best].objective):
+    if best is None or job.study.direction.better(result.objective, state.folds[best].objective):
         best = number
         if session.rank == 0:
             shutil.rmtree(best_model, ignore_errors=True)

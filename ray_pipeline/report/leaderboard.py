@@ -75,10 +75,14 @@ def leaderboard(config: PipelineConfig) -> list[LeaderRow]:
                 selection="-" if rank is None else "winner" if rank == 1 else f"rank {rank}",
             )
         )
-    sign = -1.0 if config.hpo.objective.direction == "maximize" else 1.0
+    direction = config.hpo.objective.direction
     return sorted(
         rows,
-        key=lambda r: (r.objective_mean is None, sign * (r.objective_mean or 0.0), r.variant),
+        key=lambda r: (
+            r.objective_mean is None,
+            -direction.oriented(r.objective_mean or 0.0),
+            r.variant,
+        ),
     )
 
 

@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from ray_pipeline.direction import Direction
 from ray_pipeline.naming import check_safe_name
 from ray_pipeline.paths import DEFAULT_STUDY_PATH
 from ray_pipeline.schema.base import PositiveInt, RunSection, Section
@@ -87,7 +88,7 @@ class LatencyObjective(Section):
 class ObjectiveConfig(Section):
     metric: str = "macro_f1"
     """Metric the search optimises (checked against the task's metrics)."""
-    direction: Literal["maximize", "minimize"] = "maximize"
+    direction: Direction = Direction.MAXIMIZE
     """Whether larger or smaller values are better."""
     latency: LatencyObjective | None = None
     """A second objective, minimised: p95 latency (ms) at batch 1 of the trial's fold-0 model,
