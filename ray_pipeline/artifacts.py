@@ -15,9 +15,12 @@ M = TypeVar("M", bound=BaseModel)
 
 
 class Record(BaseModel):
-    """Base of every artifact record: unknown keys refused, immutable once made."""
+    """Base of every artifact record: unknown keys refused, immutable once made. NaN and
+    infinities round-trip through JSON (as ``NaN``, ``Infinity``; pydantic's default writes
+    ``null``, which the record then refuses): a fold scored on a DDP rank that does not
+    evaluate, or a metric that is undefined, is NaN."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, ser_json_inf_nan="constants")
 
 
 def write_text_atomic(path: Path, text: str) -> None:

@@ -13,17 +13,11 @@ from pathlib import Path
 import yaml
 
 from ray_pipeline import console, pipeline
-from ray_pipeline.cluster import check_storage
 from ray_pipeline.data.demo import fetch_demo_data
 from ray_pipeline.data.inspect import format_report, inspect_data
-from ray_pipeline.data.splits import local_files_present
 from ray_pipeline.errors import EXIT_INTERRUPTED, EXIT_OK, PipelineError
-from ray_pipeline.hpo.stage import check_search_data
 from ray_pipeline.loading import default_config_path, load_config
-from ray_pipeline.models import check_dropout
-from ray_pipeline.precision import check_config as check_precision
 from ray_pipeline.status import collect_status, format_status
-from ray_pipeline.storage import WorkerStorage
 
 _STAGE_COMMANDS = {"hpo": "hpo", "benchmark": "benchmark", "select": "select", "train": "final"}
 
@@ -100,11 +94,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     config_path: Path = args.config or default_config_path()
     config = load_config(config_path, args.overrides)
     if args.command == "validate":
-        check_precision(config)
-        check_dropout(config)
-        if local_files_present(config.data):  # the demo's are fetched by `make demo` later
-            check_search_data(config)
-        check_storage(WorkerStorage.of(config))
+        pipeline.check_inputs(config, offline=True)  # what `run` checks before Ray starts
         names = ", ".join(b.name for b in config.model.backbones)
         print(f"valid: {config_path} (experiment {config.experiment.name}; backbones {names})")
         if args.show:

@@ -11,9 +11,12 @@ about 3x faster (one float32 per element, then a vectorised compare), which took
 
 ``numpy_dropout_masks`` puts such a kernel in place of ``bernoulli_(p)`` for the CPU while
 training runs and takes it out afterwards (an x86 CPU's vendor is read from ``/proc/cpuinfo``:
-where it cannot be, torch's kernel stays). Its generator is seeded from torch's, so a seeded
-run draws the same masks every time (not the same masks as torch's own kernel: a refit or a
-trial trained with it matches one trained without it within noise, not bit for bit).
+where it cannot be, torch's kernel stays; how: ``internals.cpu_kernel``). The training loop
+uses it only with ``cpu_dropout_masks: numpy`` (off by default: it overrides a torch kernel in
+the whole process, and seeded results then depend on the CPU's vendor). Its generator is
+seeded from torch's, so a seeded run draws the same masks every time (not the same masks as
+torch's own kernel: a refit or a trial trained with it matches one trained without it within
+noise, not bit for bit).
 Activation checkpointing (``torch.utils.checkpoint``, not used here) restores only torch's
 generator before recomputing a forward pass: under this kernel it would draw other masks.
 """
@@ -24,10 +27,11 @@ import contextlib
 import functools
 import platform
 import threading
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from ray_pipeline.internals import cpu_kernel
 
 if TYPE_CHECKING:
     import torch
@@ -107,11 +111,5 @@ def _kernel_in_place(owner: int) -> Iterator[None]:
         # Another thread, dtype or layout, or the caller's own generator: torch's uniform draws.
         return self.copy_(torch.rand(self.shape, generator=generator) < p)
 
-    library = torch.library.Library("aten", "IMPL")  # type: ignore[no-untyped-call]
-    with warnings.catch_warnings():  # torch warns that it overrides its kernel: meant
-        warnings.filterwarnings("ignore", "(?s).*Overriding a previously registered kernel")
-        library.impl("bernoulli_.float", bernoulli_, "CPU")  # type: ignore[no-untyped-call]
-    try:
+    with cpu_kernel("bernoulli_.float", bernoulli_):  # or torch's own, where it cannot be
         yield
-    finally:
-        library._destroy()  # type: ignore[no-untyped-call]  # torch's own kernel is back

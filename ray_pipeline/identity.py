@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ray_pipeline.schema import (
+    RESOLVED_SAMPLER_OPTIONS,
     BackboneConfig,
     BenchmarkSettings,
     PipelineConfig,
@@ -72,6 +73,8 @@ KEYED_WHEN_SET = (
     "classifier_dropout",
     "gradient_accumulation_steps",
     "max_grad_norm",
+    "eval_batch_size",
+    "cpu_dropout_masks",
 )
 """Training settings added after studies were first keyed: in a key only when they differ from
 their default, so a variant keyed before they existed keeps its key and stays reusable."""
@@ -111,11 +114,18 @@ def study_key(config: PipelineConfig, backbone: BackboneConfig) -> dict[str, Any
 
 
 def sampler_identity(sampler: SamplerConfig) -> Any:
-    """The sampler in a study key: its name alone while its options are Optuna's defaults (so
-    studies keyed before the options existed keep their key), else every setting."""
-    if sampler == SamplerConfig(type=sampler.type):
+    """The sampler in a study key: its name alone while its options are their defaults (so
+    studies keyed before the options existed keep their key), else every setting, an option at
+    the value the schema resolves a null to keyed as null (as keys held it before the schema
+    resolved it)."""
+    defaults = SamplerConfig(type=sampler.type)
+    if sampler == defaults:
         return sampler.type
-    return sampler.model_dump(mode="json")
+    keyed = sampler.model_dump(mode="json")
+    for name in RESOLVED_SAMPLER_OPTIONS:
+        if keyed[name] == getattr(defaults, name):
+            keyed[name] = None
+    return keyed
 
 
 def trial_key_hash(study_hash: str, params: dict[str, Any]) -> str:

@@ -1,4 +1,5 @@
-"""Task metrics: scikit-learn for classification, seqeval (entity level) for NER.
+"""Task metrics: scikit-learn for classification, seqeval (entity level) for NER, and the
+records of per-class scores and of a confusion matrix (final training's ``metrics.json``).
 
 The names each task reports are ``schema.TASK_METRICS``; objectives are checked against them
 when the config is validated.
@@ -9,7 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 
-from ray_pipeline.final.results import ClassScores, Confusion
+from ray_pipeline.artifacts import Record
 from ray_pipeline.schema import TASK_METRICS, Task
 
 
@@ -74,6 +75,24 @@ def majority_rate(train_counts: Counter[str], test_counts: Counter[str]) -> tupl
     always predicts it. A trained model should beat it."""
     label = min(train_counts, key=lambda k: (-train_counts[k], k))
     return label, test_counts[label] / max(sum(test_counts.values()), 1)
+
+
+class ClassScores(Record):
+    """Precision, recall and F1 of one class (classification) or entity type (NER)."""
+
+    precision: float
+    recall: float
+    f1: float
+    support: int
+    """Examples (entities for NER) of this class."""
+
+
+class Confusion(Record):
+    """The confusion matrix of a classifier: ``counts[i][j]`` examples of ``labels[i]``
+    predicted as ``labels[j]``."""
+
+    labels: list[str]
+    counts: list[list[int]]
 
 
 def class_scores(

@@ -1,5 +1,6 @@
 """The outputs layout: every path and file name the pipeline writes (a contract that tests and
-tools read), and the demo data cache. No other module spells a name in this tree.
+tools read), and the demo data cache. No other module (but ``layout_names.py``) spells a
+name in this tree.
 
 <outputs_root>/<experiment>/
   config.resolved.yaml
@@ -19,6 +20,9 @@ With ``storage.uri`` set, what workers write (``tune/``, ``train/``, ``best/``, 
 Inside a checkpoint (a trial's or final training's): ``model/`` (a ``save_pretrained``
 directory), ``training_state.pt`` (model, optimiser and scheduler state inside a fold or run)
 and the loop's state, ``fold_state.json`` (HPO) or ``final_state.json`` (final training).
+
+The fixed names (those inside a checkpoint, Tune's, the study file's default) are constants in
+``layout_names.py``, which imports nothing of the project: the schema takes a default from it.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ray_pipeline.layout_names import ROUND_PREFIX, TUNE_SNAPSHOT
 from ray_pipeline.naming import VariantStage, check_safe_name
 
 if TYPE_CHECKING:
@@ -35,26 +40,6 @@ if TYPE_CHECKING:
 
 DATA_CACHE_ENV = "RAY_PIPELINE_DATA_CACHE"
 DATA_CACHE_TOKEN = "{data_cache}"
-DEFAULT_STUDY_PATH = "{study_name}/study.db"
-"""``hpo.checkpoint.storage_path``'s default, relative to the backbone's HPO directory."""
-
-# Inside a checkpoint directory.
-CHECKPOINT_MODEL = "model"
-TRAINING_STATE = "training_state.pt"
-FOLD_STATE = "fold_state.json"
-FINAL_STATE = "final_state.json"
-MODEL_CARD = "README.md"
-"""The model card inside an exported ``model/`` (the Hugging Face convention)."""
-
-# Ray Tune's own names inside a round directory (``tune/round_<r>/``).
-TUNE_SNAPSHOT = ("experiment_state-", ".json")
-"""Tune's experiment snapshots: ``experiment_state-<time>.json``."""
-ROUND_PREFIX = "round_"
-"""A variant's Tune rounds: ``tune/round_<r>``, one per run that added trials."""
-FINAL_EPOCH_PREFIX = "epoch_"
-"""Final training's epoch checkpoints: ``checkpoints/epoch_<epochs done, 4 digits>``."""
-TUNE_CHECKPOINT_PREFIX = "checkpoint_"
-"""A Tune trial's checkpoints: ``trial_<n>/checkpoint_<index, 6 digits>``."""
 
 
 def data_cache_dir() -> Path:

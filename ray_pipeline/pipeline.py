@@ -3,8 +3,9 @@
     hpo -> benchmark -> select -> final
 
 A stage is a ``check`` (every input problem, before anything is written: exit 2) and a
-``run`` that takes what ``check`` prepared. All requested stages are checked first; then the
-resolved config is written and the stages run in order.
+``run`` that takes what ``check`` prepared. First the checks that need no cluster
+(``check_inputs``, which ``validate`` runs too), then the cluster's, then every requested
+stage's; then the resolved config is written and the stages run in order.
 """
 
 from __future__ import annotations
@@ -12,12 +13,15 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import yaml
 
+from ray_pipeline import tracking
 from ray_pipeline.artifacts import write_text_atomic
+from ray_pipeline.cluster import check_storage
 from ray_pipeline.console import quiet_libraries
+from ray_pipeline.data.splits import local_files_present
 from ray_pipeline.errors import ConfigError
 from ray_pipeline.loading import load_config
 from ray_pipeline.models import check_dropout
@@ -26,43 +30,59 @@ from ray_pipeline.precision import check_config as check_precision
 from ray_pipeline.schema import PipelineConfig
 from ray_pipeline.storage import WorkerStorage
 
+if TYPE_CHECKING:
+    from ray_pipeline.benchmark.results import BenchmarkResult
+    from ray_pipeline.benchmark.stage import BenchmarkInputs
+    from ray_pipeline.final.results import FinalMetrics
+    from ray_pipeline.hpo.results import HpoResult
+    from ray_pipeline.resources import TrialPlan
+    from ray_pipeline.selection import SelectionResult
+
+P = TypeVar("P")
+R = TypeVar("R")
+
 
 @dataclass(frozen=True)
-class Stage:
-    """A stage's two halves."""
+class Stage(Generic[P, R]):
+    """A stage's two halves: ``check`` prepares a ``P`` that ``run`` takes, returning ``R``."""
 
-    check: Callable[[PipelineConfig, Sequence[str]], Any]
+    check: Callable[[PipelineConfig, Sequence[str]], P]
     """Given the config and every stage of this run."""
-    run: Callable[[PipelineConfig, Any], Any]
+    run: Callable[[PipelineConfig, P], R]
     needs_ray: bool = True
 
+    def checked(self, config: PipelineConfig, stages: Sequence[str]) -> Callable[[], R]:
+        """Check now; the call returned runs the stage on what the check prepared."""
+        prepared = self.check(config, stages)
+        return lambda: self.run(config, prepared)
 
-def _hpo() -> Stage:
+
+def _hpo() -> Stage[TrialPlan, list[HpoResult]]:
     from ray_pipeline.hpo.stage import check_hpo, run_hpo
 
     return Stage(lambda config, _: check_hpo(config), run_hpo)
 
 
-def _benchmark() -> Stage:
+def _benchmark() -> Stage[BenchmarkInputs, list[BenchmarkResult]]:
     from ray_pipeline.benchmark.stage import check_benchmark, run_benchmark
 
     return Stage(lambda config, _: check_benchmark(config), run_benchmark)
 
 
-def _select() -> Stage:
+def _select() -> Stage[None, SelectionResult]:
     from ray_pipeline.selection import check_select, run_select
 
     return Stage(check_select, run_select, needs_ray=False)
 
 
-def _final() -> Stage:
+def _final() -> Stage[TrialPlan, FinalMetrics]:
     from ray_pipeline.final.stage import check_final, run_final
 
     return Stage(check_final, run_final)
 
 
 STAGE_ORDER: tuple[str, ...] = ("hpo", "benchmark", "select", "final")
-STAGES: dict[str, Callable[[], Stage]] = {
+STAGES: dict[str, Callable[[], Stage[Any, Any]]] = {
     "hpo": _hpo,
     "benchmark": _benchmark,
     "select": _select,
@@ -81,6 +101,41 @@ def parse_stages(text: str) -> tuple[str, ...]:
     return tuple(s for s in STAGE_ORDER if s in names)
 
 
+def check_inputs(
+    config: PipelineConfig, stages: Sequence[str] = STAGE_ORDER, *, offline: bool = False
+) -> None:
+    """The checks that need no cluster, for ``run`` and ``validate`` alike (exit 2, nothing
+    written): precision, dropout, the search's data (with the HPO stage), worker storage (a
+    probe file written, read back and removed) and the tracking server. ``offline``
+    (``validate``): data is read only where it is local files already present (the demo's are
+    fetched by ``make demo`` later; a Hub dataset is downloaded by the run)."""
+    check_precision(config)
+    check_dropout(config)
+    if "hpo" in stages and (not offline or local_files_present(config.data)):
+        from ray_pipeline.hpo.stage import check_search_data
+
+        check_search_data(config)
+    if set(stages) & {"hpo", "benchmark", "final"}:  # the stages whose workers write there
+        check_storage(WorkerStorage.of(config))
+    tracking.check_tracking(config)
+
+
+def check_cluster(config: PipelineConfig) -> None:
+    """The checks that need Ray (started here): every node sees the worker storage and can
+    reach the tracking store."""
+    from ray_pipeline.cluster import check_shared_storage, ensure_ray
+
+    ensure_ray(config.resources.address)
+    nodes = check_shared_storage(WorkerStorage.of(config))
+    tracking.check_tracking_for_nodes(config, nodes)
+    shared = config.storage.uri is None  # else the study stays on the driver's own disk
+    if nodes > 1 and shared and config.hpo.checkpoint.storage_backend == "sqlite":
+        print(
+            "warning: Optuna's SQLite study sits on shared storage, where file locking is "
+            "unreliable; prefer hpo.checkpoint.storage_backend=journal (docs/cluster.md)"
+        )
+
+
 def write_resolved_config(config: PipelineConfig) -> Path:
     """``<outputs>/<experiment>/config.resolved.yaml``: what this run actually used."""
     path = OutputsLayout.of(config).resolved_config
@@ -96,31 +151,17 @@ def run(
     """Run ``stages`` (in pipeline order) of an experiment given as a config or a file path."""
     cfg = config if isinstance(config, PipelineConfig) else load_config(config, tuple(overrides))
     quiet_libraries()
-    check_precision(cfg)
-    check_dropout(cfg)
     ordered = parse_stages(",".join(stages))
-    built = {name: STAGES[name]() for name in ordered}
-    if any(stage.needs_ray for stage in built.values()):
-        from ray_pipeline.cluster import check_shared_storage, ensure_ray
-
-        ensure_ray(cfg.resources.address)
-        nodes = check_shared_storage(WorkerStorage.of(cfg))
-        from ray_pipeline.tracking import check_tracking_for_nodes
-
-        check_tracking_for_nodes(cfg, nodes)
-        shared = cfg.storage.uri is None  # else the study stays on the driver's own disk
-        if nodes > 1 and shared and cfg.hpo.checkpoint.storage_backend == "sqlite":
-            print(
-                "warning: Optuna's SQLite study sits on shared storage, where file locking is "
-                "unreliable; prefer hpo.checkpoint.storage_backend=journal (docs/cluster.md)"
-            )
-    prepared = {name: stage.check(cfg, ordered) for name, stage in built.items()}
+    check_inputs(cfg, ordered)
+    built = [STAGES[name]() for name in ordered]
+    needs_ray = any(stage.needs_ray for stage in built)
+    if needs_ray:
+        check_cluster(cfg)
+    runs = [stage.checked(cfg, ordered) for stage in built]
     print(f"config: {write_resolved_config(cfg)}")
-    for name, stage in built.items():
-        stage.run(cfg, prepared[name])
-    if any(stage.needs_ray for stage in built.values()):
-        from ray_pipeline import tracking
-
+    for run_stage in runs:
+        run_stage()
+    if needs_ray:
         line = tracking.ui_line(cfg)
         if line is not None:
             print(line)

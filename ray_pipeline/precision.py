@@ -14,6 +14,7 @@ from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Literal
 
 from ray_pipeline.errors import ConfigError
+from ray_pipeline.internals import mkldnn_supports
 from ray_pipeline.schema.hpo import Precision
 
 if TYPE_CHECKING:
@@ -45,9 +46,9 @@ def supported(device_type: str) -> tuple[Resolved, ...]:
         bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
         return ("fp32", "fp16", "bf16") if bf16 else ("fp32", "fp16")
     found: list[Resolved] = ["fp32"]
-    if torch.ops.mkldnn._is_mkldnn_bf16_supported():
+    if mkldnn_supports("bf16"):
         found.append("bf16")
-    if torch.ops.mkldnn._is_mkldnn_fp16_supported():
+    if mkldnn_supports("fp16"):
         found.append("fp16")
     return tuple(found)
 

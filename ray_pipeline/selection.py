@@ -30,7 +30,7 @@ from ray_pipeline.hpo.results import TrialRecord
 from ray_pipeline.identity import file_digest, stable_hash
 from ray_pipeline.paths import OutputsLayout
 from ray_pipeline.run_mode import get_run_mode
-from ray_pipeline.schema import PipelineConfig
+from ray_pipeline.schema import PipelineConfig, resolved
 
 
 class SelectionRules(Record):
@@ -93,7 +93,7 @@ class SelectionResult(Record):
 
 def rules_of(config: PipelineConfig) -> SelectionRules:
     selection = config.selection
-    objective = selection.objective or config.hpo.objective
+    objective = resolved(selection.objective, "selection.objective")  # null: the HPO one
     return SelectionRules(
         metric=objective.metric,
         direction=objective.direction,
@@ -293,7 +293,6 @@ def cache_key(candidates: Sequence[Candidate], rules: SelectionRules) -> str:
 def check_select(config: PipelineConfig, stages: Sequence[str]) -> None:
     """Run alone, selection needs its candidates on disk now; after HPO or benchmark in the
     same run, they are checked when it runs."""
-    tracking.check_tracking(config)
     if "hpo" not in stages and "benchmark" not in stages:
         gather_candidates(config, rules_of(config))
 
@@ -320,13 +319,12 @@ def run_select(config: PipelineConfig, prepared: object = None) -> SelectionResu
         reasoning=explain(ranked, rules),
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
-    run = _open_run(config, result)
-    if run is not None:
-        result = result.model_copy(update={"mlflow_run_id": run.run_id})
-    write_json(path, result)
-    if run is not None:
-        tracking.log_artifact(run, str(path))
-        tracking.end(run)
+    with tracking.tracked(_open_run(config, result)) as run:
+        if run is not None:
+            result = result.model_copy(update={"mlflow_run_id": run.run_id})
+        write_json(path, result)
+        if run is not None:
+            tracking.log_artifact(run, str(path))
     print(f"select: {result.reasoning}")
     print(f"select: wrote {path}")
     return result
@@ -334,7 +332,8 @@ def run_select(config: PipelineConfig, prepared: object = None) -> SelectionResu
 
 def _open_run(config: PipelineConfig, result: SelectionResult) -> tracking.RunRef | None:
     win = result.winner
-    run = tracking.open_selection_run(config, result.cache_key, win.trial, win.benchmark_run_id)
+    winner = win.trial.origin()
+    run = tracking.open_selection_run(config, result.cache_key, winner, win.benchmark_run_id)
     if run is not None:
         metrics = {"objective": win.objective, "latency_ms": win.latency_ms}
         params = {**result.rules.model_dump(), "winner": f"{win.variant}/trial_{win.trial.number}"}

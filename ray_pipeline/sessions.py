@@ -9,14 +9,11 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ray_pipeline.internals import checkpoint_loggers
 from ray_pipeline.resources import match_threads
 
 if TYPE_CHECKING:
     import torch
-
-
-CHECKPOINT_LOGGERS = ("ray.train._internal.storage", "ray.train.v2._internal.execution.storage")
-"""Ray's loggers that print "Checkpoint successfully created" at INFO for every checkpoint."""
 
 
 def quiet_checkpoints() -> None:
@@ -24,7 +21,7 @@ def quiet_checkpoints() -> None:
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()
-    for name in CHECKPOINT_LOGGERS:
+    for name in checkpoint_loggers():  # Ray's internal modules: "Checkpoint successfully created"
         logging.getLogger(name).setLevel(logging.WARNING)
 
 

@@ -11,10 +11,13 @@ store ``sqlite:///<outputs>/<experiment>/mlflow.db``. Run hierarchy for HPO::
     final_<backbone>[_vN]                      one run per final variant (resumes continue it)
 
 Benchmark, selection and final runs carry lineage tags: the variant, trial number, trial and study
-hashes, and the HPO variant run's id.
+hashes (an ``Origin``, which the records make: ``TrialRecord.origin()``), and the HPO variant
+run's id.
 
 Runs are created with explicit parent ids from whichever Ray process holds the data, so the
-nesting holds across processes and nodes. Stage code never builds names or tags itself.
+nesting holds across processes and nodes. Stage code opens a run with an ``open_*`` function
+here (never building names or tags itself) inside ``with tracked(...)``, which ends it
+FINISHED, FAILED or KILLED on every path. This module imports no stage's records.
 """
 
 from __future__ import annotations
@@ -25,22 +28,21 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
 from ray_pipeline.errors import ConfigError
+from ray_pipeline.internals import MLFLOW_EXPERIMENT_KIND_TAG
 from ray_pipeline.paths import OutputsLayout
-from ray_pipeline.schema import PipelineConfig
+from ray_pipeline.schema import PipelineConfig, resolved
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities import Metric
-
-    from ray_pipeline.final.results import SourceTrial
-    from ray_pipeline.hpo.results import TrialRecord
 
 TAG = "ray_pipeline."
 PARENT_TAG = "mlflow.parentRunId"
@@ -59,6 +61,45 @@ class RunRef(BaseModel):
     tracking_uri: str
     experiment_id: str
     run_id: str
+
+
+class Origin(BaseModel):
+    """Where a run's subject came from: an HPO variant and, for a trial or what was made of
+    one, its trial. Its fields are the run's lineage tags."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    backbone: str
+    variant: str
+    study_key_hash: str
+    trial: int | None = None
+    trial_key_hash: str | None = None
+
+    def tags(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True)
+
+
+R = TypeVar("R", bound=RunRef | None)
+
+
+@contextmanager
+def tracked(run: R, *, children: bool = False, unless_ended: bool = False) -> Iterator[R]:
+    """Use ``run`` (None: tracking off) in the block, then end it: FINISHED, KILLED when the
+    block was interrupted (``KeyboardInterrupt``), FAILED on any other error. With
+    ``children``, its runs still open end with it on an error (a trial cut off); with
+    ``unless_ended``, an error leaves a run that something else already ended as it is (the
+    stage ends an interrupted trial's run KILLED)."""
+    try:
+        yield run
+    except BaseException as exc:
+        if run is not None:
+            status: EndStatus = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+            if children:
+                end_open_runs(run, status)
+            end(run, status, only_if_running=unless_ended)
+        raise
+    if run is not None:
+        end(run)
 
 
 def tracking_uri(config: PipelineConfig) -> str | None:
@@ -128,7 +169,7 @@ def _client(uri: str) -> MlflowClient:
     return MlflowClient(uri)
 
 
-EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+EXPERIMENT_KIND = {MLFLOW_EXPERIMENT_KIND_TAG: "custom_model_development"}
 """The UI's ExperimentKind "custom model development" (shown in the experiment's header). It
 does not choose the page the UI opens on: see ``ui_line``."""
 
@@ -187,7 +228,7 @@ def _experiment(config: PipelineConfig) -> tuple[str, str] | None:
     server = (urllib.parse.urlsplit(uri).scheme or uri) in SERVER_SCHEMES  # bare "databricks"
     artifacts = OutputsLayout.of(config).mlflow_artifacts
     location = None if server else artifacts.resolve().as_uri()
-    name = config.tracking.experiment_name or config.experiment.name
+    name = resolved(config.tracking.experiment_name, "tracking.experiment_name")
     return uri, experiment_id(uri, name, location)
 
 
@@ -232,18 +273,32 @@ def open_variant_run(
     )
 
 
-def _lineage(config: PipelineConfig, trial: TrialRecord) -> dict[str, Any]:
-    """The tags that tie a later stage's run to the HPO trial it used."""
-    return {
-        "backbone": trial.backbone,
-        "trial": trial.number,
-        "trial_key_hash": trial.trial_key_hash,
-        "study_key_hash": trial.study_key_hash,
-        "hpo_run_id": find_run_id(config, "variant", stage="hpo", variant=trial.variant),
-    }
+def _lineage(config: PipelineConfig, origin: Origin) -> dict[str, Any]:
+    """The tags that tie a later stage's run to the HPO trial it used and the variant's run
+    (not the variant's name: the ``variant`` tag is the run's own)."""
+    tags = {k: v for k, v in origin.tags().items() if k != "variant"}
+    return {**tags, "hpo_run_id": hpo_run_id(config, origin.variant)}
 
 
-def open_benchmark_run(config: PipelineConfig, trial: TrialRecord) -> RunRef | None:
+def hpo_run_id(config: PipelineConfig, variant: str) -> str | None:
+    """The id of an HPO variant's run, or None (tracking off, or no such run)."""
+    return find_run_id(config, "variant", stage="hpo", variant=variant)
+
+
+def open_trial_run(parent: RunRef, origin: Origin) -> RunRef:
+    """The run of trial ``origin.trial``, under its variant's run (a retry finds it again)."""
+    return open_child(
+        parent, "trial", run_name(origin.variant, origin.trial), stage="hpo", **origin.tags()
+    )
+
+
+def open_fold_run(trial_run: RunRef, origin: Origin, fold: int) -> RunRef:
+    """The run of one fold of trial ``origin.trial``, under the trial's run."""
+    name = run_name(origin.variant, origin.trial, fold)
+    return open_child(trial_run, "fold", name, stage="hpo", fold=fold, **origin.tags())
+
+
+def open_benchmark_run(config: PipelineConfig, trial: Origin) -> RunRef | None:
     """The run of one variant's benchmark (a re-benchmark of the same trial reuses it)."""
     return open_stage_run(
         config,
@@ -256,7 +311,7 @@ def open_benchmark_run(config: PipelineConfig, trial: TrialRecord) -> RunRef | N
 
 
 def open_selection_run(
-    config: PipelineConfig, cache_key: str, winner: TrialRecord, benchmark_run_id: str | None
+    config: PipelineConfig, cache_key: str, winner: Origin, benchmark_run_id: str | None
 ) -> RunRef | None:
     """The run of one selection (its cache key identifies it), tagged with the winner."""
     return open_stage_run(
@@ -272,20 +327,23 @@ def open_selection_run(
 
 
 def open_final_run(
-    config: PipelineConfig, variant: str, source: SourceTrial, final_key_hash: str
+    config: PipelineConfig,
+    variant: str,
+    source: Origin,
+    final_key_hash: str,
+    chosen: Mapping[str, Any],
 ) -> RunRef | None:
-    """The final variant's run (a resumed refit continues it), tagged with its source trial."""
+    """The final variant's run (a resumed refit continues it), tagged with its source trial
+    and how it was ``chosen`` (``SourceTrial.choice()``)."""
     return open_stage_run(
         config,
         "variant",
         run_name(variant),
         {"stage": "final", "variant": variant},
         final_key_hash=final_key_hash,
-        source_variant=source.trial.variant,
-        chosen_by=source.chosen_by,
-        selection_run_id=source.selection_run_id,
-        benchmark_run_id=source.benchmark_run_id,
-        **_lineage(config, source.trial),
+        source_variant=source.variant,
+        **chosen,
+        **_lineage(config, source),
     )
 
 

@@ -140,8 +140,9 @@ def train_epoch(
 ) -> float:
     """Train over the batches once (in ``amp``'s precision; default fp32) with ``params``'
     loss, accumulation and clipping settings; return the mean loss of the batches.
-    ``on_step(n)`` is called after the epoch's n-th optimizer step (progress lines). On CPUs
-    where torch draws dropout masks on one thread, NumPy draws them (``dropout_masks``).
+    ``on_step(n)`` is called after the epoch's n-th optimizer step (progress lines). With
+    ``cpu_dropout_masks: numpy``, NumPy draws dropout's masks on CPUs where torch draws them on
+    one thread (``dropout_masks``).
 
     One optimizer step per ``gradient_accumulation_steps`` batches, each batch's loss divided
     by the batches in its group (the last group of an epoch may be shorter), so a group trains
@@ -155,7 +156,8 @@ def train_epoch(
     params = params or TrainingParams()
     model.train()
     total, count, steps = 0.0, 0, 0
-    with numpy_dropout_masks(amp.device_type):
+    numpy_masks = params.cpu_dropout_masks == "numpy"
+    with numpy_dropout_masks(amp.device_type) if numpy_masks else nullcontext():
         while group := list(itertools.islice(batch_iter, params.gradient_accumulation_steps)):
             for position, batch in enumerate(group):
                 with _gradient_sync(model, position == len(group) - 1):

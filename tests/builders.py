@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from ray_pipeline.artifacts import write_json
 from ray_pipeline.data.splits import load_splits
-from ray_pipeline.hpo.results import FoldResult, HpoResult, TrialRecord
+from ray_pipeline.hpo.results import FoldResult, FoldState, HpoResult, TrialRecord, TrialReport
 from ray_pipeline.identity import stable_hash, study_key, trial_key_hash
 from ray_pipeline.models import build_model, load_tokenizer
 from ray_pipeline.schema import PipelineConfig, TrainingParams
@@ -114,3 +114,19 @@ def add_hpo_variant(
     )
     write_json(variant.files.hpo_result, result)
     return set_status(variant, "complete")
+
+
+def trial_report(
+    folds: list[float], *, step: int | None = None, score: float | None = None
+) -> TrialReport:
+    """A trial's report after its folds scored ``folds`` (fold 0 first), at ``step`` (default:
+    one epoch per fold) with the running ``score`` (default: the folds' mean)."""
+    state = FoldState(folds=[fold_result(k, v) for k, v in enumerate(folds)])
+    report = TrialReport.of(
+        state,
+        step=len(folds) if step is None else step,
+        fold=max(len(folds) - 1, 0),
+        epoch=0,
+        train_loss=0.1,
+    )
+    return report if score is None else report.model_copy(update={"score": score})

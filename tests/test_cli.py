@@ -7,8 +7,10 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 from ray_pipeline.cli import build_parser, main
 from ray_pipeline.identity import study_key
@@ -16,6 +18,7 @@ from ray_pipeline.loading import load_config
 from ray_pipeline.paths import OutputsLayout
 from ray_pipeline.variants import resolve_variant, set_status
 from tests.conftest import DEMO, MakeExp
+from tests.processes import free_port
 
 
 def test_validate_demo(capsys: pytest.CaptureFixture[str]) -> None:
@@ -36,6 +39,59 @@ def test_validate_show_prints_resolved_config(
     assert "seed: 7" in out and "train_file: /" in out
 
 
+def _shown(capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
+    """The configuration ``validate --show`` printed (after its ``valid:`` line)."""
+    valid, shown = capsys.readouterr().out.split("\n", 1)
+    assert valid.startswith("valid:")
+    doc: dict[str, Any] = yaml.safe_load(shown)
+    return doc
+
+
+def test_validate_show_prints_the_values_the_schema_resolved(
+    smoke_experiment: MakeExp, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The nulls that mean "the default" or "as another section" show the value the run uses."""
+    path = str(smoke_experiment(experiment={"name": "shown"}))
+    assert main(["validate", "--config", path, "--show", "hpo.run.mode=force_new"]) == 0
+    shown = _shown(capsys)
+    assert shown["hpo"]["sampler"]["type"] == "tpe"
+    assert shown["hpo"]["sampler"]["n_startup_trials"] == 10
+    assert shown["hpo"]["sampler"]["population_size"] is None  # tpe takes none
+    assert shown["selection"]["objective"] == shown["hpo"]["objective"]
+    assert shown["benchmark"]["run"]["mode"] == "force_new"
+    assert shown["tracking"]["experiment_name"] == "shown"
+    assert shown["hpo"]["training"]["eval_batch_size"] == 32
+    # Benchmarks have nothing to resume: an inherited resume_if_incomplete reuses them.
+    assert main(["validate", "--config", path, "--show", "hpo.run.mode=resume_if_incomplete"]) == 0
+    assert _shown(capsys)["benchmark"]["run"]["mode"] == "reuse_if_exists"
+    assert main(["validate", "--config", path, "--show", "hpo.sampler=cmaes"]) == 0
+    assert _shown(capsys)["hpo"]["sampler"]["n_startup_trials"] == 0
+    assert main(["validate", "--config", path, "--show", "hpo.sampler=nsga2"]) == 0
+    sampler = _shown(capsys)["hpo"]["sampler"]
+    assert (sampler["n_startup_trials"], sampler["population_size"]) == (None, 50)
+
+
+def test_validate_show_keeps_explicit_values(
+    smoke_experiment: MakeExp, capsys: pytest.CaptureFixture[str]
+) -> None:
+    explicit = [
+        "hpo.sampler={type: gp, n_startup_trials: 4}",
+        "selection.objective={metric: accuracy, direction: maximize}",
+        "benchmark.run.mode=force_new",
+        "tracking.experiment_name=mine",
+        "hpo.training.eval_batch_size=8",
+    ]
+    assert main(["validate", "--config", str(smoke_experiment()), "--show", *explicit]) == 0
+    shown = _shown(capsys)
+    assert shown["hpo"]["sampler"]["n_startup_trials"] == 4
+    assert shown["selection"]["objective"]["metric"] == "accuracy"
+    assert shown["hpo"]["objective"]["metric"] == "macro_f1"
+    assert shown["benchmark"]["run"]["mode"] == "force_new"
+    assert shown["hpo"]["run"]["mode"] == "reuse_if_exists"
+    assert shown["tracking"]["experiment_name"] == "mine"
+    assert shown["hpo"]["training"]["eval_batch_size"] == 8
+
+
 def test_three_problems_exit_2_and_write_nothing(
     smoke_experiment: MakeExp, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -46,6 +102,30 @@ def test_three_problems_exit_2_and_write_nothing(
         err = capsys.readouterr().err
         for where in ("hpo.num_sample", "hpo.k_folds", "hpo.run.mode"):
             assert where in err, (command, err)
+    assert not (tmp_path / "outputs").exists()
+
+
+@pytest.mark.parametrize("command", [["validate"], ["hpo"], ["run", "--stages", "select"]])
+@pytest.mark.parametrize("problem", ["tracking", "folds"])
+def test_run_and_validate_check_the_same_inputs_before_ray(
+    command: list[str],
+    problem: str,
+    smoke_experiment: MakeExp,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``pipeline.check_inputs``: one list, for ``validate`` and for ``run`` before Ray starts."""
+    monkeypatch.setattr("ray_pipeline.cluster.ensure_ray", lambda *_: pytest.fail("Ray started"))
+    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    override, message = {
+        "tracking": (f"tracking.tracking_uri={uri}", f"MLflow server {uri} is not reachable"),
+        "folds": ("hpo.k_folds=500", "hpo.k_folds: 500 folds need at least 500"),
+    }[problem]
+    if problem == "folds" and "select" in command:
+        return  # selection alone does not read the search's data
+    assert main([*command, "--config", str(smoke_experiment()), override]) == 2
+    assert message in capsys.readouterr().err
     assert not (tmp_path / "outputs").exists()
 
 

@@ -8,7 +8,9 @@ import pytest
 from pydantic import BaseModel
 
 from ray_pipeline import schema
+from ray_pipeline.identity import study_key
 from ray_pipeline.loading import default_config_path, load_config, nested_models, read_yaml
+from ray_pipeline.pipeline import write_resolved_config
 from tests.conftest import CONFIG_DIR, DEMO
 
 # Which schema section each stand-alone stage file holds.
@@ -49,6 +51,25 @@ def test_every_config_file_validates(path: Path) -> None:
     section = schema.SECTIONS[key].model_validate(read_yaml(path))
     # It survives being written out and read back, as in config.resolved.yaml.
     assert type(section).model_validate(section.model_dump(mode="json")) == section
+
+
+@pytest.mark.parametrize(
+    "path", sorted((CONFIG_DIR / "experiment").glob("*.yaml")), ids=lambda p: p.name
+)
+def test_resolved_config_is_the_same_experiment(path: Path, tmp_path: Path) -> None:
+    """``config.resolved.yaml`` holds every value the run uses (no null that stands for another
+    value) and, read back as a config, is the same experiment with the same study keys."""
+    config = load_config(path, [f"outputs_root={tmp_path}"])
+    written = write_resolved_config(config)
+    doc = read_yaml(written)
+    assert doc["selection"]["objective"]["metric"] == config.hpo.objective.metric
+    assert doc["benchmark"]["run"]["mode"] is not None
+    assert doc["tracking"]["experiment_name"] == config.experiment.name
+    assert doc["hpo"]["training"]["eval_batch_size"] == 32
+    again = load_config(written)
+    assert again == config
+    for backbone in config.model.backbones:
+        assert study_key(again, backbone) == study_key(config, backbone)
 
 
 def test_stage_files_have_a_run_section() -> None:

@@ -1,7 +1,8 @@
 """Dropout masks from NumPy while training on CPUs where torch draws them one at a time
 (``ray_pipeline.dropout_masks``): the masks' distribution and seeding, torch's own kernel back
-afterwards, the CPUs it applies to, and the training loop using it. The kernel is forced on
-(``torch_draws_serially``) so that these tests mean the same on Intel and AMD machines."""
+afterwards, the CPUs it applies to, and the training loop using it with ``cpu_dropout_masks:
+numpy`` (only then). The kernel is forced on (``torch_draws_serially``) so that these tests
+mean the same on Intel and AMD machines."""
 
 from __future__ import annotations
 
@@ -97,11 +98,11 @@ def test_the_kernel_replaces_torchs_only_where_torch_draws_serially(
 def _train_once() -> tuple[float, torch.Tensor]:
     """One epoch of the tiny BERT with dropout 0.1, from the same seed: its mean loss and
     trained weights."""
-    params = TrainingParams(dropout=DROP, classifier_dropout=0.0)
+    params = TrainingParams(dropout=DROP, classifier_dropout=0.0, cpu_dropout_masks="numpy")
     model = _model(params)
     optimizer, scheduler = make_optimizer(model, params, 4)
     torch.manual_seed(0)
-    loss = train_epoch(model, batches(_rows(32), 8, 0), optimizer, scheduler)
+    loss = train_epoch(model, batches(_rows(32), 8, 0), optimizer, scheduler, None, params)
     return loss, torch.cat([p.detach().flatten() for p in model.parameters()])
 
 
@@ -111,19 +112,30 @@ def test_the_training_loop_draws_its_masks_from_the_kernel(serial_cpu: None) -> 
     assert torch.equal(runs[0][1], runs[1][1])
 
 
-def test_the_kernel_is_in_place_for_every_forward_pass_of_an_epoch(serial_cpu: None) -> None:
+def _kernel_in_place_per_forward_pass(params: TrainingParams) -> list[bool]:
     seen: list[bool] = []
 
     def record(*_: object) -> None:
         seen.append(dropout_masks._active == [threading.get_ident()])
 
-    params = TrainingParams(dropout=DROP)
     model = _model(params)
     model.register_forward_pre_hook(record)
     optimizer, scheduler = make_optimizer(model, params, 4)
-    train_epoch(model, batches(_rows(32), 8, 0), optimizer, scheduler)
+    train_epoch(model, batches(_rows(32), 8, 0), optimizer, scheduler, None, params)
+    return seen
+
+
+def test_the_kernel_is_in_place_for_every_forward_pass_of_an_epoch(serial_cpu: None) -> None:
+    seen = _kernel_in_place_per_forward_pass(
+        TrainingParams(dropout=DROP, cpu_dropout_masks="numpy")
+    )
     assert len(seen) == 4 and all(seen), seen
     assert not dropout_masks._active  # and out of place after it
+
+
+def test_the_training_loop_keeps_torchs_kernel_by_default(serial_cpu: None) -> None:
+    seen = _kernel_in_place_per_forward_pass(TrainingParams(dropout=DROP))
+    assert seen == [False] * 4
 
 
 def _masks_with(other_thread_draws: bool) -> torch.Tensor:

@@ -12,7 +12,8 @@ import pytest
 from ray_pipeline.artifacts import read_json
 from ray_pipeline.hpo.results import FoldState, HpoResult
 from ray_pipeline.hpo.tune_state import checkpoint_index, checkpoints_after, recorded_checkpoints
-from ray_pipeline.paths import TUNE_CHECKPOINT_PREFIX, trial_name
+from ray_pipeline.layout_names import TUNE_CHECKPOINT_PREFIX
+from ray_pipeline.paths import trial_name
 from tests.checkpoints import checkpoint_state, fold_histories, resumed_at
 from tests.conftest import MakeExp
 from tests.processes import cli_process, kill_started

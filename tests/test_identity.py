@@ -11,12 +11,16 @@ import pytest
 
 from ray_pipeline.identity import (
     changed_keys,
+    final_key,
+    sampler_identity,
     stable_hash,
     study_key,
+    training_identity,
     trial_key_hash,
 )
 from ray_pipeline.loading import load_config
-from tests.conftest import MakeExp
+from ray_pipeline.schema import PipelineConfig, SamplerConfig
+from tests.conftest import SMOKE, MakeExp
 
 _HASH_SCRIPT = """
 import sys
@@ -118,10 +122,69 @@ def test_settings_added_later_leave_older_keys_unchanged_at_their_defaults(
     config = load_config(path)
     key = study_key(config, config.model.backbones[0])
     added = {"lr_schedule", "label_smoothing", "dropout", "classifier_dropout"}
-    added |= {"gradient_accumulation_steps", "max_grad_norm"}
+    added |= {"gradient_accumulation_steps", "max_grad_norm", "cpu_dropout_masks"}
     assert not added & set(key["hpo"]["training"])
     assert "when" not in key["hpo"]["search_space"]["learning_rate"]
     assert key["hpo"]["sampler"] == "tpe"
     smoothed = load_config(path, ["hpo.training.label_smoothing=0.1"])
     changed = changed_keys(key, study_key(smoothed, smoothed.model.backbones[0]))
     assert changed == ["hpo.training.label_smoothing (added: 0.1)"]
+
+
+def test_numpy_dropout_masks_are_keyed_and_torchs_are_not(smoke_experiment: MakeExp) -> None:
+    """The opt-in ``cpu_dropout_masks: numpy`` changes the numbers, so it changes the study and
+    final keys; its default leaves every key as it was before the setting existed."""
+    path = smoke_experiment()
+    config, numpy = load_config(path), load_config(path, ["hpo.training.cpu_dropout_masks=numpy"])
+    backbone = config.model.backbones[0]
+    assert "cpu_dropout_masks" not in training_identity(config.hpo.training)
+    changed = changed_keys(study_key(config, backbone), study_key(numpy, backbone))
+    assert changed == ['hpo.training.cpu_dropout_masks (added: "numpy")']
+    finals = [final_key(c, "0" * 64, c.hpo.training) for c in (config, numpy)]
+    assert finals[0] != finals[1]
+
+
+SMOKE_KEYS = {
+    "": "3f3c285fa93a28ea",
+    "hpo.sampler=random": "ecfcb0ea2de13ffd",
+    "hpo.sampler=cmaes": "16c17b29238bf2f7",
+    "hpo.sampler=gp": "9c1dd7f4acdd4be4",
+    "hpo.sampler=nsga2": "cfc3948913fcfc5f",
+    "hpo.sampler={type: tpe, multivariate: true}": "3a2af7d21e309fb9",
+    "hpo.sampler={type: nsga2, population_size: 20}": "65e7bbc1ae28628e",
+}
+"""Study key hashes (their first 16 hex digits) of the shipped smoke experiment, recorded before
+the schema resolved the sampler's options, the benchmark's mode, selection's objective, the
+MLflow experiment's name and the evaluation batch size. A change orphans every variant keyed
+before: reuse_if_exists would refuse them."""
+
+
+@pytest.mark.parametrize("override", list(SMOKE_KEYS))
+def test_resolved_defaults_keep_the_keys_of_configs_that_never_set_them(override: str) -> None:
+    config = load_config(SMOKE, [override] if override else [])
+    backbone = config.model.backbones[0]
+    assert stable_hash(study_key(config, backbone))[:16] == SMOKE_KEYS[override]
+    # config.resolved.yaml read back (every default now written out) is the same study.
+    again = PipelineConfig.model_validate(config.model_dump(mode="json"))
+    assert again == config
+    assert study_key(again, backbone) == study_key(config, backbone)
+
+
+def test_resolved_defaults_keep_the_final_key() -> None:
+    config = load_config(SMOKE)
+    key = final_key(config, "0" * 64, config.hpo.training)
+    assert stable_hash(key)[:16] == "5e88bfb02fcb9384"
+    assert config.hpo.training.eval_batch_size == 32
+    assert "eval_batch_size" not in training_identity(config.hpo.training)
+    larger = config.hpo.training.model_copy(update={"eval_batch_size": 64})
+    assert training_identity(larger)["eval_batch_size"] == 64
+
+
+def test_sampler_options_are_keyed_as_before_they_were_resolved() -> None:
+    """At the value the schema resolves a null to, an option is keyed as null: the name alone
+    while every option is at its default, else the settings with that option null."""
+    for kind in ("tpe", "gp", "cmaes", "nsga2", "random"):
+        assert sampler_identity(SamplerConfig(type=kind)) == kind
+    multivariate = sampler_identity(SamplerConfig(type="tpe", multivariate=True))
+    assert multivariate["n_startup_trials"] is None and multivariate["multivariate"] is True
+    assert sampler_identity(SamplerConfig(type="gp", n_startup_trials=5))["n_startup_trials"] == 5

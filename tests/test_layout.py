@@ -1,6 +1,7 @@
-"""The outputs layout has one owner, ``ray_pipeline/paths.py``: no other module constructs an
-``OutputsLayout`` or spells a file name of the outputs tree (string literals are checked), and
-the tree a stage leaves is the one the layout describes."""
+"""The outputs layout has one owner, ``ray_pipeline/paths.py`` with the leaf module of its fixed
+names, ``ray_pipeline/layout_names.py``: no other module constructs an ``OutputsLayout`` or
+spells a file name of the outputs tree (string literals are checked), and the tree a stage
+leaves is the one the layout describes."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from tests.conftest import MakeExp
 
 PACKAGE = Path(__file__).resolve().parent.parent / "ray_pipeline"
 LAYOUT = PACKAGE / "paths.py"
+OWNERS = (LAYOUT, PACKAGE / "layout_names.py")
+"""The modules that may spell a name of the outputs tree: the layout and its fixed names."""
 FILE_NAME = re.compile(r"[\w.{}-]*\.(json|jsonl|db|journal|pt|yaml|yml|html|png|csv|txt|md)\b")
 """A file name, or a bare suffix (``".journal"``) that would make one."""
 NOT_OUTPUTS = {
@@ -27,7 +30,7 @@ NOT_OUTPUTS = {
     ".csv": "an input data file's format, by suffix (data/splits.py)",
     ".jsonl": "an input data file's format, by suffix (data/splits.py)",
 }
-"""File names spelled outside the layout module that are not in the outputs tree."""
+"""File names spelled outside the layout's modules that are not in the outputs tree."""
 
 
 def _literals(path: Path) -> list[tuple[int, str]]:
@@ -47,19 +50,22 @@ def _file_names(literals: list[tuple[int, str]]) -> set[str]:
     return {m.group(0) for _, text in literals for m in FILE_NAME.finditer(text)}
 
 
-def test_no_outputs_file_name_is_spelled_outside_the_layout_module() -> None:
-    owned = {name for name in _file_names(_literals(LAYOUT)) if "{" not in name}
+def test_no_outputs_file_name_is_spelled_outside_the_layout_modules() -> None:
+    owned = {name for owner in OWNERS for name in _file_names(_literals(owner)) if "{" not in name}
     assert {"hpo.json", "benchmark.json", "selection.json", "fold_state.json"} <= owned
     found = []
     for module in sorted(PACKAGE.rglob("*.py")):
-        if module == LAYOUT:
+        if module in OWNERS:
             continue
         for line, text in _literals(module):
             for match in FILE_NAME.finditer(text):
                 name = match.group(0)
                 if name not in NOT_OUTPUTS or name in owned:
                     found.append(f"{module.relative_to(PACKAGE)}:{line}: {name!r}")
-    assert not found, "ask ray_pipeline.paths for these paths instead:\n" + "\n".join(found)
+    assert not found, (
+        "ask ray_pipeline.paths (or ray_pipeline.layout_names) for these paths instead:\n"
+        + "\n".join(found)
+    )
 
 
 def test_outputs_layout_is_constructed_only_by_the_layout_module() -> None:

@@ -8,6 +8,7 @@ import pytest
 from ray_pipeline.console import STATUS_EVERY_S, duration
 from ray_pipeline.direction import Direction
 from ray_pipeline.hpo.progress import SearchProgress, describe_params
+from tests.builders import trial_report
 
 
 class Clock:
@@ -97,7 +98,7 @@ def test_eta_counts_finished_trials_and_earlier_rounds() -> None:
     progress.started(3)
     clock.now += 60
     progress.reported(3, 6)
-    progress.ended(3, {"folds_done": 3, "objective": 0.7, "objective_std": 0.01})
+    progress.ended(3, trial_report([0.69, 0.7, 0.71]))
     progress.started(4)
     # One trial left (6 epochs) at 10 s an epoch; only one can run.
     assert progress.eta_seconds() == pytest.approx(60)
@@ -115,12 +116,11 @@ def test_best_follows_the_direction(direction: str, winner: int) -> None:
     for number, value in values.items():
         progress.started(number)
         progress.reported(number, 6)
-        lines.append(
-            progress.ended(number, {"folds_done": 3, "objective": value, "objective_std": 0.02})
-        )
-    assert progress.best == (values[winner], winner)
+        lines.append(progress.ended(number, trial_report([value - 0.02, value, value + 0.02])))
+    assert progress.best is not None
+    assert progress.best[1] == winner and progress.best[0] == pytest.approx(values[winner])
     assert lines[1].startswith("hpo minilm: trial 1 done in ")
-    assert "macro_f1 0.7400 ± 0.0200" in lines[1]
+    assert "macro_f1 0.7400 ± 0.0163" in lines[1]  # the folds' population spread
     assert lines[2].endswith(f"best {values[winner]:.4f} (trial {winner})")
 
 
@@ -130,7 +130,7 @@ def test_a_trial_the_scheduler_stopped_says_so() -> None:
     progress.started(2)
     clock.now += 100
     progress.reported(2, 2)
-    line = progress.ended(2, {"folds_done": 0, "objective": float("nan")})
+    line = progress.ended(2, trial_report([], step=2))
     assert line == "hpo minilm: trial 2 stopped after 2 of 6 epochs (0 of 3 folds) in 2 min"
     assert progress.best is None
 

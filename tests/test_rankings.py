@@ -9,8 +9,8 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from ray_pipeline.hpo.results import FoldState
-from ray_pipeline.hpo.stage import _collect
+from ray_pipeline.hpo.results import FoldState, TrialOutcome, TrialReport
+from ray_pipeline.hpo.stage import _collect, _job
 from ray_pipeline.identity import study_key
 from ray_pipeline.loading import load_config
 from ray_pipeline.variants import create_variant, stage_place
@@ -57,10 +57,14 @@ def test_the_best_trial_is_the_extreme_complete_trial(
         )
         folds = [fold_result(k, score) for k, score in enumerate(scores)]
         best_fold = max(range(len(scores)), key=scores.__getitem__)
-        state_json = FoldState(folds=folds, best_fold=best_fold).model_dump_json()
-        outcomes[number] = {"fold_state": state_json}
+        fold_state = FoldState(folds=folds, best_fold=best_fold)
+        report = TrialReport.of(
+            fold_state, step=len(folds), fold=len(folds) - 1, epoch=0, train_loss=0.1
+        )
+        outcomes[number] = TrialOutcome(report)
 
-    result = _collect(config, backbone, variant, study, outcomes, {})
+    job = _job(config, backbone, variant.name, variant.record.study_key_hash, None)
+    result = _collect(config, job, variant, study, outcomes, {})
 
     means = {t.number: t.objective_mean for t in result.trials if t.state == "COMPLETE"}
     assert len(set(means.values())) == len(means) == 4  # no ties

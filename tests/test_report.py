@@ -21,24 +21,19 @@ import pytest
 import yaml
 
 from ray_pipeline.artifacts import read_json, write_json
-from ray_pipeline.benchmark.results import BenchmarkResult, LatencyStats
+from ray_pipeline.benchmark.results import BenchmarkResult
 from ray_pipeline.data.splits import load_splits
-from ray_pipeline.final.results import (
-    ClassScores,
-    Confusion,
-    EpochRecord,
-    FinalMetrics,
-    Lineage,
-    SourceTrial,
-)
+from ray_pipeline.final.results import EpochRecord, FinalMetrics, Lineage, SourceTrial
 from ray_pipeline.hpo.keep import pareto_front
 from ray_pipeline.hpo.results import EpochPoint, FoldResult, HpoResult, TrialRecord
 from ray_pipeline.hpo.study import load_study, study_storage
 from ray_pipeline.identity import benchmark_settings_hash, trial_key_hash
 from ray_pipeline.loading import load_config
+from ray_pipeline.metrics import ClassScores, Confusion
 from ray_pipeline.report import write_report
 from ray_pipeline.schema import PipelineConfig
 from ray_pipeline.selection import run_select
+from ray_pipeline.timing import LatencyStats
 from ray_pipeline.variants import Variant, create_variant, set_status, stage_place
 from tests.builders import add_hpo_variant, fold_result
 from tests.conftest import CONFIG_DIR

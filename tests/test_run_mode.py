@@ -8,12 +8,14 @@ from pathlib import Path
 import pytest
 
 import ray_pipeline
+from ray_pipeline.loading import load_config
 from ray_pipeline.run_mode import (
     RUN_MODES,
     benchmark_run_mode,
     get_run_mode,
 )
 from ray_pipeline.schema import BenchmarkConfig, FinalTrainingConfig, HpoConfig, SelectionConfig
+from tests.conftest import SMOKE
 
 SPACE = {"learning_rate": {"type": "float", "low": 1e-5, "high": 1e-4}}
 
@@ -42,6 +44,21 @@ def test_benchmark_null_inherits_hpo() -> None:
     assert benchmark_run_mode(bench, _hpo("resume_if_incomplete")) == "reuse_if_exists"
     own = BenchmarkConfig.model_validate({"run": {"mode": "force_new"}})
     assert benchmark_run_mode(own, _hpo("reuse_if_exists")) == "force_new"
+
+
+@pytest.mark.parametrize(
+    ("hpo", "benchmark"),
+    [
+        ("reuse_if_exists", "reuse_if_exists"),
+        ("force_new", "force_new"),
+        ("resume_if_incomplete", "reuse_if_exists"),
+    ],
+)
+def test_the_schema_resolves_a_null_benchmark_mode(hpo: str, benchmark: str) -> None:
+    config = load_config(SMOKE, [f"hpo.run.mode={hpo}"])
+    assert get_run_mode(config.benchmark) == benchmark  # not null: it would raise
+    own = load_config(SMOKE, [f"hpo.run.mode={hpo}", "benchmark.run.mode=force_new"])
+    assert get_run_mode(own.benchmark) == "force_new"
 
 
 def test_null_without_inheritance_is_an_error() -> None:

@@ -16,14 +16,14 @@ from ray_pipeline.data.splits import load_splits
 from ray_pipeline.direction import Direction
 from ray_pipeline.hpo.keep import pareto_front
 from ray_pipeline.hpo.results import TrialRecord
+from ray_pipeline.hpo.search import Budget
 from ray_pipeline.hpo.search_space import DefineSpace, fit_point, make_sampler
 from ray_pipeline.hpo.stage import search_data
-from ray_pipeline.hpo.tuning import Budget
 from ray_pipeline.identity import study_key
 from ray_pipeline.loading import load_config
 from ray_pipeline.schema import HpoConfig, SamplerConfig
 from ray_pipeline.schema.search import grid_values
-from tests.builders import trial_record
+from tests.builders import trial_record, trial_report
 from tests.conftest import MakeExp
 
 SPACE: dict[str, Any] = {
@@ -200,6 +200,33 @@ def test_sampler_options_at_their_defaults_keep_the_study_key(smoke_experiment: 
 
 
 @pytest.mark.parametrize(
+    ("kind", "startup", "population"),
+    [
+        ("tpe", 10, None),
+        ("gp", 10, None),
+        ("cmaes", 0, None),
+        ("nsga2", None, 50),
+        ("random", None, None),
+        ("qmc", None, None),
+    ],
+)
+def test_the_schema_resolves_the_options_each_sampler_takes(
+    kind: str, startup: int | None, population: int | None
+) -> None:
+    """The config holds what the sampler is built with; an explicit value wins."""
+    resolved = SamplerConfig.model_validate({"type": kind})
+    assert (resolved.n_startup_trials, resolved.population_size) == (startup, population)
+    if startup is not None:
+        explicit = SamplerConfig.model_validate({"type": kind, "n_startup_trials": 3})
+        assert explicit.n_startup_trials == 3
+    if population is not None:
+        explicit = SamplerConfig.model_validate({"type": kind, "population_size": 8})
+        assert explicit.population_size == 8
+    with pytest.raises(ValueError, match="tpe needs at least 1"):
+        SamplerConfig(type="tpe", n_startup_trials=0)
+
+
+@pytest.mark.parametrize(
     ("override", "message"),
     [
         ("hpo.sampler=cmaes", "cmaes samples float and int parameters only"),
@@ -337,7 +364,8 @@ def test_schedulers_stop_poor_trials_but_let_a_finished_one_end(kind: str) -> No
         scheduler.on_trial_add(None, trial)
 
     def report(name: str, step: int, score: float) -> str:
-        result = {"global_step": step, "score": score, "folds_done": step, "time_total_s": step}
+        folds = [score] * step  # one epoch per fold: a fold ends at every step
+        result = trial_report(folds, score=score).to_metrics() | {"time_total_s": step}
         return str(scheduler.on_trial_result(None, trials[name], result))
 
     assert report("a", 1, 0.9) == TrialScheduler.CONTINUE
@@ -350,5 +378,5 @@ def test_schedulers_stop_poor_trials_but_let_a_finished_one_end(kind: str) -> No
             time_attr="global_step", metric="score", mode="max", max_t=2, grace_period=1
         )
         plain.on_trial_add(None, trials["c"])
-        result = {"global_step": 2, "score": 0.95, "folds_done": 2}
+        result = trial_report([0.95, 0.95]).to_metrics()
         assert plain.on_trial_result(None, trials["c"], result) == TrialScheduler.STOP

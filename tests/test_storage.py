@@ -13,8 +13,8 @@ from ray_pipeline.cli import main
 from ray_pipeline.errors import ConfigError
 from ray_pipeline.final.results import FinalJob
 from ray_pipeline.final.worker import epoch_checkpoints, read_state, run_epochs
+from ray_pipeline.layout_names import FINAL_STATE
 from ray_pipeline.loading import load_config
-from ray_pipeline.paths import FINAL_STATE
 from ray_pipeline.schema import TrainingParams
 from ray_pipeline.tracking import check_tracking_for_nodes
 from tests.conftest import SMOKE, MakeExp

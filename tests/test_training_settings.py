@@ -22,9 +22,9 @@ from ray_pipeline.hpo.cache import fresh_model, prepared
 from ray_pipeline.hpo.jobs import StudyJob, TrialJob
 from ray_pipeline.hpo.worker import FoldRun
 from ray_pipeline.identity import study_key
+from ray_pipeline.layout_names import CHECKPOINT_MODEL, TRAINING_STATE
 from ray_pipeline.loading import load_config
 from ray_pipeline.models import build_model, check_dropout, dropout_overrides
-from ray_pipeline.paths import CHECKPOINT_MODEL, TRAINING_STATE
 from ray_pipeline.precision import Amp
 from ray_pipeline.schema import BackboneConfig, CategoricalParam, Task, TrainingParams
 from ray_pipeline.schema.hpo import LrSchedule

@@ -9,6 +9,7 @@ from ray_pipeline.data.encode import Row
 from ray_pipeline.hpo.results import TrialRecord
 from ray_pipeline.schema import BenchmarkSettings, Task
 from ray_pipeline.schema.hpo import Precision
+from ray_pipeline.timing import LatencyStats
 
 
 class BenchmarkJob(Record):
@@ -36,22 +37,6 @@ class BenchmarkJob(Record):
     """What to infer in: ``benchmarking.precision``, else the trial's training precision."""
     max_length: int = 128
     """Tokens per timed input: ``benchmarking.max_length``, else the trial's ``max_length``."""
-
-
-class LatencyStats(Record):
-    """Timings of one batch size."""
-
-    batch_size: int
-    iterations: int
-    mean_ms: float
-    p50_ms: float
-    p95_ms: float
-    """Per batch."""
-    mean_ms_per_example: float
-    p50_ms_per_example: float
-    p95_ms_per_example: float
-    throughput: float
-    """Examples per second (batch size / mean batch latency)."""
 
 
 class BenchmarkResult(Record):

@@ -26,7 +26,7 @@ from ray_pipeline.errors import ConfigError, PipelineError
 from ray_pipeline.hpo.results import TrialRecord
 from ray_pipeline.identity import benchmark_settings_hash
 from ray_pipeline.resources import Node, cluster_nodes, threads_for
-from ray_pipeline.run_mode import benchmark_run_mode
+from ray_pipeline.run_mode import get_run_mode
 from ray_pipeline.schema import BenchmarkSettings, PipelineConfig
 from ray_pipeline.storage import WorkerStorage, copy
 
@@ -71,7 +71,8 @@ def plan_actors(settings: BenchmarkSettings, nodes: list[Node]) -> ActorPlan:
 
 
 def check_benchmark(config: PipelineConfig) -> BenchmarkInputs:
-    """Input problems (test file, labels, resources, tracking), before anything is written."""
+    """Input problems (test file, labels, resources), before anything is written (tracking:
+    ``pipeline.check_inputs``)."""
     settings = config.benchmark.benchmarking
     splits = load_splits(config.data)
     test = None
@@ -79,7 +80,6 @@ def check_benchmark(config: PipelineConfig) -> BenchmarkInputs:
         test = read_labelled_file(
             config.data, settings.test_data, "benchmark.benchmarking.test_data", splits.labels
         )
-    tracking.check_tracking(config)
     timing = take(splits.train, max(settings.batch_sizes), config.data.seed)
     return BenchmarkInputs(plan_actors(settings, cluster_nodes()), timing, test)
 
@@ -140,7 +140,7 @@ def _key(trial: TrialRecord) -> tuple[str, int]:
 def run_benchmark(config: PipelineConfig, inputs: BenchmarkInputs) -> list[BenchmarkResult]:
     """Benchmark every variant in scope that needs it; return the benchmark of every variant
     in scope (measured now or kept)."""
-    mode = benchmark_run_mode(config.benchmark, config.hpo)
+    mode = get_run_mode(config.benchmark)  # the schema resolved a null to HPO's
     targets, notes = variants_in_scope(config)
     current = {_key(t.trial): t.current for t in targets}
     todo: list[tuple[BenchmarkTarget, str]] = []
@@ -239,20 +239,19 @@ def _status(total: int, done: int, actors: int, started: float, took: list[float
 def _record(
     config: PipelineConfig, target: BenchmarkTarget, result: BenchmarkResult
 ) -> BenchmarkResult:
-    """Log ``result`` to MLflow, then write it (with its run id) into the variant."""
-    run = tracking.open_benchmark_run(config, result.trial)
-    if run is not None:
-        result = result.model_copy(update={"mlflow_run_id": run.run_id})
-    target.benchmark_file.parent.mkdir(parents=True, exist_ok=True)
-    write_json(target.benchmark_file, result)
-    if run is not None:
-        tracking.log(
-            run,
-            metrics=_metrics(result),
-            params={"device": result.device, "precision": result.precision},
-        )
-        tracking.log_artifact(run, str(target.benchmark_file))
-        tracking.end(run)
+    """Write ``result`` (with its MLflow run's id) into the variant and log it to that run."""
+    with tracking.tracked(tracking.open_benchmark_run(config, result.trial.origin())) as run:
+        if run is not None:
+            result = result.model_copy(update={"mlflow_run_id": run.run_id})
+        target.benchmark_file.parent.mkdir(parents=True, exist_ok=True)
+        write_json(target.benchmark_file, result)
+        if run is not None:
+            tracking.log(
+                run,
+                metrics=_metrics(result),
+                params={"device": result.device, "precision": result.precision},
+            )
+            tracking.log_artifact(run, str(target.benchmark_file))
     return result
 
 

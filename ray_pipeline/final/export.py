@@ -20,7 +20,8 @@ from ray_pipeline import tracking
 from ray_pipeline.artifacts import write_json, write_text_atomic
 from ray_pipeline.final.results import FinalMetrics, Lineage
 from ray_pipeline.identity import data_fingerprint, stable_hash
-from ray_pipeline.paths import MODEL_CARD, OutputsLayout, VariantFiles, staging_for
+from ray_pipeline.layout_names import MODEL_CARD
+from ray_pipeline.paths import OutputsLayout, VariantFiles, staging_for
 from ray_pipeline.schema import PipelineConfig, TrainingParams
 from ray_pipeline.variants import Variant
 
@@ -67,9 +68,7 @@ def export(
         data_fingerprint=data_fingerprint(config),
         labels=labels,
         mlflow={
-            "hpo_run_id": tracking.find_run_id(
-                config, "variant", stage="hpo", variant=source.trial.variant
-            ),
+            "hpo_run_id": tracking.hpo_run_id(config, source.trial.variant),
             "benchmark_run_id": source.benchmark_run_id,
             "selection_run_id": source.selection_run_id,
             "final_run_id": run.run_id if run is not None else None,

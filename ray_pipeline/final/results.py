@@ -9,6 +9,7 @@ from pydantic import Field, model_validator
 
 from ray_pipeline.artifacts import Record
 from ray_pipeline.hpo.results import TrialRecord
+from ray_pipeline.metrics import ClassScores, Confusion
 from ray_pipeline.schema import BackboneConfig, DataConfig, Task, TrainingParams
 
 
@@ -22,6 +23,10 @@ class SourceTrial(Record):
     selection_cache_key: str | None = None
     selection_run_id: str | None = None
     benchmark_run_id: str | None = None
+
+    def choice(self) -> dict[str, Any]:
+        """How it was chosen, as the final run's tags: by whom and the runs that chose it."""
+        return self.model_dump(include={"chosen_by", "selection_run_id", "benchmark_run_id"})
 
 
 class Refit(Record):
@@ -74,24 +79,6 @@ class EpochRecord(Record):
     """The learning rate at the end of the epoch (None: not recorded)."""
     step_seconds: float | None = None
     """Mean seconds per optimiser step in this epoch (None: not recorded)."""
-
-
-class ClassScores(Record):
-    """Test precision, recall and F1 of one class (classification) or entity type (NER)."""
-
-    precision: float
-    recall: float
-    f1: float
-    support: int
-    """Test examples (entities for NER) of this class."""
-
-
-class Confusion(Record):
-    """Test confusion matrix of a classifier: ``counts[i][j]`` examples of ``labels[i]``
-    predicted as ``labels[j]``."""
-
-    labels: list[str]
-    counts: list[list[int]]
 
 
 class FinalState(Record):

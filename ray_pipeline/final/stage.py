@@ -23,9 +23,10 @@ from ray_pipeline.final.results import FinalJob, FinalMetrics, FinalState, Refit
 from ray_pipeline.final.worker import epoch_checkpoints, read_state, train_in_task, train_on_worker
 from ray_pipeline.hpo.results import HpoResult, TrialRecord, read_hpo
 from ray_pipeline.identity import backbone_identity, changed_keys, final_key, stable_hash
+from ray_pipeline.layout_names import CHECKPOINT_MODEL
 from ray_pipeline.metrics import BASELINE_METRIC, majority_rate
 from ray_pipeline.naming import variant_number
-from ray_pipeline.paths import CHECKPOINT_MODEL, OutputsLayout
+from ray_pipeline.paths import OutputsLayout
 from ray_pipeline.resources import (
     TrialPlan,
     cluster_nodes,
@@ -50,11 +51,10 @@ from ray_pipeline.variants import (
 
 
 def check_final(config: PipelineConfig, stages: Sequence[str]) -> TrialPlan:
-    """Input problems, before anything is written: data, tracking, resources, a source
-    variant that cannot exist, and (run without the stages that produce it) the source trial
-    and what run.mode would do with the final variant."""
+    """Input problems, before anything is written: data, resources, a source variant that
+    cannot exist, and (run without the stages that produce it) the source trial and what
+    run.mode would do with the final variant (tracking: ``pipeline.check_inputs``)."""
     load_splits(config.data)
-    tracking.check_tracking(config)
     plan = plan_final(config.final_training.resources, config.resources, cluster_nodes())
     _check_source_name(config)
     from_selection = config.final_training.source.variant is None
@@ -197,17 +197,15 @@ def run_final(config: PipelineConfig, plan: TrialPlan) -> FinalMetrics:
         metrics = read_json(variant.files.metrics, FinalMetrics)
         _print_summary(metrics, variant)
         return metrics
-    run = tracking.open_final_run(config, variant.name, source, stable_hash(key))
+    origin, chosen = source.trial.origin(), source.choice()
+    opened = tracking.open_final_run(config, variant.name, origin, stable_hash(key), chosen)
     try:
-        metrics = _train_and_export(config, plan, variant, source, backbone, training, run, key)
-    except BaseException as exc:
+        with tracking.tracked(opened) as run:
+            metrics = _train_and_export(config, plan, variant, source, backbone, training, run, key)
+    except BaseException:
         set_status(variant, "failed")
-        if run is not None:
-            tracking.end(run, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         raise
     set_status(variant, "complete")
-    if run is not None:
-        tracking.end(run)
     _print_summary(metrics, variant)
     return metrics
 

@@ -24,9 +24,14 @@ from ray_pipeline.console import STATUS_EVERY_S, duration
 from ray_pipeline.data.encode import encode
 from ray_pipeline.data.splits import load_splits
 from ray_pipeline.final.results import EpochRecord, FinalJob, FinalState
+from ray_pipeline.layout_names import (
+    CHECKPOINT_MODEL,
+    FINAL_EPOCH_PREFIX,
+    FINAL_STATE,
+    TRAINING_STATE,
+)
 from ray_pipeline.metrics import class_scores, compute_metrics, confusion
 from ray_pipeline.models import build_model, load_tokenizer
-from ray_pipeline.paths import CHECKPOINT_MODEL, FINAL_EPOCH_PREFIX, FINAL_STATE, TRAINING_STATE
 from ray_pipeline.precision import Amp, resolve
 from ray_pipeline.sessions import Session, TaskSession, TrainSession, quiet_checkpoints
 from ray_pipeline.storage import (
@@ -251,7 +256,7 @@ def _tested(
 ) -> FinalState:
     """``state`` with the test metrics of ``model`` on ``splits.test``, per class too."""
     rows = encode(tokenizer, splits.test, splits.label2id, job.training.max_length)
-    size = max(job.training.batch_size, 32)
+    size = job.training.eval_batch_size
     labels = splits.labels
     gold, predicted = labelled_predictions(model, rows, labels, job.task, size, pad_id, device)
     classifier = job.task == "sequence_classification"

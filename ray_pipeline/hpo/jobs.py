@@ -18,7 +18,7 @@ from ray_pipeline.schema import (
     Task,
     TrainingParams,
 )
-from ray_pipeline.tracking import RunRef
+from ray_pipeline.tracking import Origin, RunRef
 
 
 class StudyJob(BaseModel):
@@ -64,6 +64,16 @@ class TrialJob(BaseModel):
     def training(self) -> TrainingParams:
         """The settings this trial trains with."""
         return self.study.training.with_params(self.params)
+
+    def origin(self) -> Origin:
+        """This trial, as its MLflow runs are tagged."""
+        return Origin(
+            backbone=self.study.backbone.name,
+            variant=self.study.variant,
+            study_key_hash=self.study.study_key_hash,
+            trial=self.trial,
+            trial_key_hash=self.trial_key_hash,
+        )
 
     @property
     def epoch_checkpoints(self) -> bool:

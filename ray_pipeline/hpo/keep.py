@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ray_pipeline.direction import Direction
 from ray_pipeline.hpo.results import HpoResult, TrialRecord
-from ray_pipeline.paths import CHECKPOINT_MODEL
+from ray_pipeline.layout_names import CHECKPOINT_MODEL
 from ray_pipeline.storage import WorkerStorage, children, copy, delete, is_dir, is_file, join
 from ray_pipeline.variants import Variant
 

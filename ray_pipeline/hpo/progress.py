@@ -20,6 +20,7 @@ from typing import Any
 
 from ray_pipeline.console import STATUS_EVERY_S, duration
 from ray_pipeline.direction import Direction
+from ray_pipeline.hpo.results import TrialReport
 
 
 @dataclass
@@ -28,7 +29,7 @@ class _Trial:
     epochs: int
     """Epochs the trial trains over all its folds."""
     done: int = 0
-    """Epochs trained so far, over all folds (Tune's ``global_step``)."""
+    """Epochs trained so far, over all folds (the report's ``global_step``)."""
     seconds: float = 0.0
     """Wall time from its start to its last report."""
 
@@ -68,29 +69,27 @@ class SearchProgress:
             trial.done = max(trial.done, int(global_step))
             trial.seconds = self.clock() - trial.started
 
-    def ended(self, number: int, result: dict[str, Any]) -> str:
+    def ended(self, number: int, report: TrialReport | None) -> str:
         """The trial's line: its objective over its folds, or that it was stopped early."""
         trial = self.running.pop(number, None)
         self.finished += 1
         seconds = self.clock() - trial.started if trial is not None else math.nan
         if trial is not None and trial.done:
             self.spent.append((seconds, trial.done))
-        folds = int(result.get("folds_done", 0) or 0)
+        folds = report.folds_done if report is not None else 0
         took = duration(seconds)
-        value = result.get("objective")
-        if folds < self.k_folds or not isinstance(value, int | float) or math.isnan(value):
+        if report is None or folds < self.k_folds or not report.finished:
             trained = trial.done if trial is not None else 0
             total = trial.epochs if trial is not None else self.k_folds * self.epochs
             return (
                 f"{self.label}: trial {number} stopped after {trained} of {total} epochs "
                 f"({folds} of {self.k_folds} folds) in {took}"
             )
-        std = float(result.get("objective_std", 0.0) or 0.0)
-        self._better(float(value), number)
+        self._better(report.objective, number)
         best = f"; best {self.best[0]:.4f} (trial {self.best[1]})" if self.best else ""
         return (
-            f"{self.label}: trial {number} done in {took}: {self.metric} {value:.4f} "
-            f"± {std:.4f}{best}"
+            f"{self.label}: trial {number} done in {took}: {self.metric} {report.objective:.4f} "
+            f"± {report.objective_std:.4f}{best}"
         )
 
     def failed(self, number: int) -> None:
@@ -173,10 +172,13 @@ def progress_callback(progress: SearchProgress, number_key: str) -> Any:
         def on_trial_result(
             self, iteration: int, trials: Any, trial: Any, result: dict[str, Any], **info: Any
         ) -> None:
-            progress.reported(number(trial), int(result.get("global_step", 0) or 0))
+            report = TrialReport.from_metrics(result)
+            if report is not None:
+                progress.reported(number(trial), report.global_step)
 
         def on_trial_complete(self, iteration: int, trials: Any, trial: Any, **info: Any) -> None:
-            print(progress.ended(number(trial), dict(trial.last_result or {})), flush=True)
+            report = TrialReport.from_metrics(trial.last_result)
+            print(progress.ended(number(trial), report), flush=True)
 
         def on_trial_error(self, iteration: int, trials: Any, trial: Any, **info: Any) -> None:
             progress.failed(number(trial))

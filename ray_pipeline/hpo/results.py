@@ -1,25 +1,35 @@
-"""The records HPO writes: each fold's and trial's result, and ``hpo.json`` per variant.
+"""The records HPO writes: each fold's and trial's result, what a trial reports to Ray Tune,
+and ``hpo.json`` per variant.
 
-``TrialRecord`` is the one record of a trial that the later stages read: benchmark measures
-it, selection ranks it, final training refits it (with its ``training`` settings and ``seed``)
-and the report shows it. It is written once, by the HPO stage, into ``hpo.json``.
+``TrialReport`` is what a trial reports after every epoch: the only owner of the keys Tune,
+its schedulers, the searcher and the progress lines read (``to_metrics`` / ``from_metrics``).
+``FoldState`` is the fold loop's state; it computes a trial's objective (mean and spread over
+its finished folds). ``TrialRecord`` is the one record of a trial that the later stages read:
+benchmark measures it, selection ranks it, final training refits it (with its ``training``
+settings and ``seed``) and the report shows it. It is built once (``TrialRecord.of``), by the
+HPO stage, into ``hpo.json``.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import json
+import math
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
 from ray_pipeline.artifacts import Record, read_json
 from ray_pipeline.direction import Direction
+from ray_pipeline.hpo.jobs import StudyJob
 from ray_pipeline.paths import VariantFiles
 from ray_pipeline.schema import TrainingParams
+from ray_pipeline.tracking import Origin
 
 ENQUEUED_FROM = "enqueued_from"
 """Optuna user attribute of an enqueued trial: where its parameters came from."""
-CHECKPOINT_KEY = "checkpoint"
-"""In a trial's outcome (its last Tune metrics): the path of the trial's last checkpoint."""
 
 TrialState = Literal["COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING"]
 
@@ -65,6 +75,22 @@ class FoldResult(Record):
     history: list[EpochPoint] = Field(default_factory=list)
     """Each epoch's point, in order (empty: recorded before histories existed)."""
 
+    def summary(self) -> dict[str, float]:
+        """The fold's numbers as its MLflow run records them."""
+        latency = {} if self.latency_ms is None else {"latency_ms": self.latency_ms}
+        return {"objective": self.objective, "seconds": self.seconds, **self.metrics, **latency}
+
+    def curves(self, metric: str) -> dict[int, dict[str, float | None]]:
+        """The learning curves by epoch (1-based, as MLflow steps): train loss, learning rate,
+        step time and the validation ``metric``; the last train loss is the fold's."""
+        return {
+            p.epoch: {
+                **p.model_dump(include={"train_loss", "learning_rate", "step_seconds"}),
+                f"validation_{metric}": p.validation,
+            }
+            for p in self.history
+        }
+
 
 class FoldProgress(Record):
     """The fold in progress, as of its last epoch checkpoint."""
@@ -79,6 +105,15 @@ class FoldProgress(Record):
     """The epochs done so far (``FoldResult.history``)."""
 
 
+def mean_and_spread(values: Sequence[float]) -> tuple[float, float]:
+    """The mean and population standard deviation of ``values`` (not empty): a trial's
+    objective and its spread over folds (NaN for both when a value is NaN: a DDP rank that
+    does not evaluate)."""
+    if any(math.isnan(v) for v in values):
+        return math.nan, math.nan
+    return statistics.fmean(values), statistics.pstdev(values)
+
+
 class FoldState(Record):
     """The fold loop's state, saved with every checkpoint so a retried trial resumes after its
     last finished fold, or inside a fold after its last checkpointed epoch."""
@@ -89,6 +124,146 @@ class FoldState(Record):
     """The fold being trained (epoch checkpoints only)."""
     resumes: list[str] = Field(default_factory=list)
     """Where each retry of the trial picked up, e.g. ``fold 1 epoch 2``."""
+
+    @property
+    def objective(self) -> tuple[float, float] | None:
+        """The trial's objective and its spread over the finished folds only (None before the
+        first fold finished; NaN on DDP ranks other than 0, which do not evaluate)."""
+        return mean_and_spread([f.objective for f in self.folds]) if self.folds else None
+
+    @property
+    def latency_ms(self) -> float | None:
+        """The fold-0 model's p95 latency (``hpo.objective.latency``), once fold 0 finished."""
+        return self.folds[0].latency_ms if self.folds else None
+
+    def summary(self) -> dict[str, float]:
+        """The trial's result as its MLflow run records it: finished folds, and the objective
+        with its spread once a fold finished."""
+        out = {"folds_done": float(len(self.folds))}
+        if self.objective is not None:
+            out["objective"], out["objective_std"] = self.objective
+        return out
+
+
+class TrialReport(Record):
+    """What a trial reports to Ray Tune after every epoch (and at the end of every fold).
+
+    Trials are compared on ``score`` at equal ``global_step`` (the same fold and epoch), so
+    schedulers are fair across trials; the searcher tells Optuna ``objective`` (with
+    ``latency_ms`` as the second objective); the driver rebuilds the trial from
+    ``fold_state``. ``to_metrics`` / ``from_metrics`` are the only code that spells the keys.
+    """
+
+    global_step: int
+    """Epochs trained over all folds, this one included (``fold * epochs + epoch + 1``)."""
+    fold: int
+    epoch: int
+    """0-based, within the fold."""
+    train_loss: float
+    folds_done: int
+    objective: float
+    """Mean over the finished folds only (NaN until the first fold finished)."""
+    objective_std: float
+    """Their spread (0 until a fold finished)."""
+    score: float
+    """The running score schedulers compare: the finished folds' objectives and, inside a
+    fold, the fold's validation score after this epoch, averaged (NaN when neither exists)."""
+    fold_state: FoldState
+    latency_ms: float | None = None
+    """With ``hpo.objective.latency``: the second objective (NaN until fold 0 finished);
+    None without it."""
+    epoch_objective: float | None = None
+    """The fold's validation score after this epoch, when it was evaluated mid-fold."""
+    fold_metrics: dict[str, float] | None = None
+    """At the end of a fold: every metric of the fold just finished."""
+
+    STEP: ClassVar[str] = "global_step"
+    """The key of the time axis schedulers compare trials on."""
+    SCORE: ClassVar[str] = "score"
+    """The key of the score schedulers compare."""
+    OBJECTIVE: ClassVar[str] = "objective"
+    """The key of what Optuna is told (the first objective)."""
+    LATENCY: ClassVar[str] = "latency_ms"
+    """The key of the second objective (``hpo.objective.latency``)."""
+    _JSON: ClassVar[tuple[str, ...]] = ("fold_state", "fold_metrics")
+    """Structured values, reported as JSON text: Tune keeps a trial's results flat."""
+
+    @classmethod
+    def of(
+        cls,
+        state: FoldState,
+        *,
+        step: int,
+        fold: int,
+        epoch: int,
+        train_loss: float,
+        epoch_objective: float | None = None,
+        latency: bool = False,
+        fold_metrics: dict[str, float] | None = None,
+    ) -> TrialReport:
+        """The report of ``state`` after 0-based ``epoch`` of ``fold`` (``step`` epochs
+        trained); ``epoch_objective`` when the epoch was evaluated mid-fold, ``latency`` when
+        latency is the second objective."""
+        objective, spread = state.objective or (math.nan, 0.0)
+        running = [f.objective for f in state.folds]
+        if epoch_objective is not None:
+            running.append(epoch_objective)
+        timed = state.latency_ms
+        return cls(
+            global_step=step,
+            fold=fold,
+            epoch=epoch,
+            train_loss=train_loss,
+            folds_done=len(state.folds),
+            objective=objective,
+            objective_std=spread,
+            score=statistics.fmean(running) if running else math.nan,
+            fold_state=state,
+            latency_ms=(math.nan if timed is None else timed) if latency else None,
+            epoch_objective=epoch_objective,
+            fold_metrics=fold_metrics,
+        )
+
+    def to_metrics(self) -> dict[str, Any]:
+        """The report as Tune takes it: flat, structured values as JSON text."""
+        flat = self.model_dump(exclude=set(self._JSON), exclude_none=True)
+        flat["fold_state"] = self.fold_state.model_dump_json()
+        if self.fold_metrics is not None:
+            flat["fold_metrics"] = json.dumps(self.fold_metrics)
+        return flat
+
+    @classmethod
+    def from_metrics(cls, metrics: Mapping[str, Any] | None) -> TrialReport | None:
+        """The report inside a Tune result (Tune's own keys ignored); None when the result
+        holds none (a trial that failed before its first report)."""
+        if not metrics or "fold_state" not in metrics:
+            return None
+        values = {k: metrics[k] for k in cls.model_fields if k in metrics}
+        for key in cls._JSON:
+            if isinstance(values.get(key), str):
+                values[key] = json.loads(values[key])
+        return cls.model_validate(values)
+
+    @property
+    def finished(self) -> bool:
+        """Whether the trial has finished a fold (so has an objective to tell Optuna)."""
+        return self.folds_done > 0 and not math.isnan(self.objective)
+
+    def values(self) -> list[float]:
+        """What Optuna is told: the objective, then the latency when it is the second one."""
+        return [self.objective] + ([] if self.latency_ms is None else [self.latency_ms])
+
+
+@dataclass(frozen=True)
+class TrialOutcome:
+    """How a trial of a Tune round ended, as the driver reads it from the round's results."""
+
+    report: TrialReport | None
+    """Its last report (None: it failed before reporting)."""
+    checkpoint: str | None = None
+    """Its last checkpoint, a place (its ``model/`` is the best fold's)."""
+    error: str | None = None
+    """Why it failed for good, when it did."""
 
 
 class TrialRecord(Record):
@@ -130,10 +305,74 @@ class TrialRecord(Record):
     """Where its parameters came from when they were enqueued rather than sampled: an earlier
     variant's trial (``hpo.warm_start``) or ``hpo.enqueue[i]``."""
 
+    @classmethod
+    def of(
+        cls,
+        state: FoldState,
+        *,
+        number: int,
+        trial_state: TrialState,
+        params: dict[str, Any],
+        study: StudyJob,
+        trial_key_hash: str,
+        checkpoint: str | None,
+        failures: list[str],
+        epochs_trained: int | None,
+        enqueued_from: str | None,
+    ) -> TrialRecord:
+        """Trial ``number`` of ``study`` as its fold loop's ``state`` left it: the one place a
+        trial's record is made."""
+        objective, spread = state.objective or (None, None)
+        return cls(
+            variant=study.variant,
+            backbone=study.backbone.name,
+            number=number,
+            state=trial_state,
+            params=params,
+            training=study.training.with_params(params),
+            seed=study.seed,
+            metric=study.metric,
+            objective_mean=objective,
+            objective_std=spread,
+            folds=state.folds,
+            best_fold=state.best_fold,
+            study_key_hash=study.study_key_hash,
+            trial_key_hash=trial_key_hash,
+            checkpoint=checkpoint,
+            resumes=state.resumes,
+            failures=failures,
+            epochs_trained=epochs_trained,
+            latency_ms=state.latency_ms,
+            enqueued_from=enqueued_from,
+        )
+
+    @property
+    def fold_state(self) -> FoldState:
+        """The fold loop's state this record holds (finished folds only)."""
+        return FoldState(folds=self.folds, best_fold=self.best_fold, resumes=self.resumes)
+
     @property
     def label(self) -> str:
         """``<variant> trial <n>``, as messages name it."""
         return f"{self.variant} trial {self.number}"
+
+    def objective_of(self, metric: str) -> tuple[float, float] | None:
+        """The mean and spread over folds of ``metric`` (the trial's own objective, or another
+        metric its folds recorded); None when no fold recorded it."""
+        if metric == self.metric and self.objective_mean is not None:
+            return self.objective_mean, self.objective_std or 0.0
+        values = [f.metrics[metric] for f in self.folds if metric in f.metrics]
+        return mean_and_spread(values) if values else None
+
+    def origin(self) -> Origin:
+        """What ties a later stage's run to this trial (its lineage tags)."""
+        return Origin(
+            backbone=self.backbone,
+            variant=self.variant,
+            study_key_hash=self.study_key_hash,
+            trial=self.number,
+            trial_key_hash=self.trial_key_hash,
+        )
 
 
 class HpoResult(Record):

@@ -1,11 +1,12 @@
 """Ray Tune's early-stopping schedulers for ``hpo.scheduler`` (docs/hpo.md): trials are compared
-on their running ``score`` at equal epoch counts (``global_step``, over all folds)."""
+on their running ``score`` at equal epoch counts (``global_step``, over all folds): the keys of
+a ``TrialReport``."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from ray_pipeline.hpo.worker import SCORE
+from ray_pipeline.hpo.results import TrialReport
 from ray_pipeline.schema import SchedulerConfig
 
 
@@ -23,7 +24,8 @@ def _let_finished_trials_end(base: type) -> type:
 
         def on_trial_result(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> str:
             decision = str(super().on_trial_result(tune_controller, trial, result))
-            if int(result.get("folds_done", 0) or 0) >= self._k_folds:
+            report = TrialReport.from_metrics(result)
+            if report is not None and report.folds_done >= self._k_folds:
                 return str(TrialScheduler.CONTINUE)
             return decision
 
@@ -33,14 +35,21 @@ def _let_finished_trials_end(base: type) -> type:
 def _never_pause() -> type:
     """Ray Tune's MedianStoppingRule that continues a trial it cannot judge yet (too few other
     trials reached its epoch): Ray's own pauses it whenever another trial is pending, which
-    checkpoints, stops and later restores the trial (for a DDP trial, its whole worker group)."""
+    checkpoints, stops and later restores the trial (for a DDP trial, its whole worker group).
+    The hook it overrides is private: where Ray no longer has it, Ray's own rule (warned once)."""
     from ray.tune.schedulers import MedianStoppingRule, TrialScheduler
 
-    class NeverPause(_let_finished_trials_end(MedianStoppingRule)):  # type: ignore[misc]
-        def _on_insufficient_samples(self, tune_controller: Any, trial: Any, time: float) -> str:
-            return str(TrialScheduler.CONTINUE)
+    from ray_pipeline.internals import median_rule_hook
 
-    return NeverPause
+    base = _let_finished_trials_end(MedianStoppingRule)
+    hook = median_rule_hook()
+    if hook is None:
+        return base
+
+    def continue_anyway(self: Any, tune_controller: Any, trial: Any, time: float) -> str:
+        return str(TrialScheduler.CONTINUE)
+
+    return type("NeverPause", (base,), {hook: continue_anyway})
 
 
 def make_scheduler(config: SchedulerConfig, k_folds: int, epochs: int, mode: str) -> Any:
@@ -51,7 +60,7 @@ def make_scheduler(config: SchedulerConfig, k_folds: int, epochs: int, mode: str
 
     total = k_folds * epochs
     grace = min(config.grace_period, total)
-    metric, time_attr = SCORE, "global_step"
+    metric, time_attr = TrialReport.SCORE, TrialReport.STEP
     if config.type == "median":
         return _never_pause()(
             time_attr=time_attr,

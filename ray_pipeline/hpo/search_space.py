@@ -6,7 +6,14 @@ from __future__ import annotations
 import warnings
 from typing import TYPE_CHECKING, Any
 
-from ray_pipeline.schema import CategoricalParam, FloatParam, IntParam, ParamSpec, SamplerConfig
+from ray_pipeline.schema import (
+    CategoricalParam,
+    FloatParam,
+    IntParam,
+    ParamSpec,
+    SamplerConfig,
+    resolved,
+)
 from ray_pipeline.schema.search import condition_holds, grid_values, in_space, top_of
 
 if TYPE_CHECKING:
@@ -36,9 +43,9 @@ def to_distributions(space: dict[str, ParamSpec]) -> dict[str, BaseDistribution]
 
 
 class DefineSpace:
-    """The search space as Optuna's define-by-run function (what ``OptunaSearch`` calls with
-    each new trial): unconditional parameters first, in name order, then each conditional one
-    whose ``when`` holds. A plain class, so Tune can pickle it with the searcher."""
+    """The search space as Optuna's define-by-run function (what ``search.StudySearch`` calls
+    with each new trial): unconditional parameters first, in name order, then each conditional
+    one whose ``when`` holds. A plain class, so Tune can pickle it with the searcher."""
 
     def __init__(self, space: dict[str, ParamSpec]) -> None:
         self.space = dict(space)
@@ -73,31 +80,34 @@ def make_sampler(
     config: SamplerConfig, seed: int, space: dict[str, ParamSpec]
 ) -> optuna.samplers.BaseSampler:
     """The configured Optuna sampler (``hpo.sampler``), seeded. The schema has already refused
-    a space the sampler cannot handle (``schema.hpo.check_search``)."""
+    a space the sampler cannot handle (``schema.hpo.check_search``) and resolved the options
+    each sampler takes (``n_startup_trials``, ``population_size``)."""
     import optuna
     from optuna.exceptions import ExperimentalWarning
 
-    startup = config.n_startup_trials
+    def startup() -> int:  # of tpe, gp and cmaes, which take it
+        return resolved(config.n_startup_trials, "hpo.sampler.n_startup_trials")
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ExperimentalWarning)  # qmc, gp, tpe's group option
         match config.type:
             case "random":
                 return optuna.samplers.RandomSampler(seed=seed)
             case "cmaes":
-                return optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=startup or 0)
+                return optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=startup())
             case "gp":
-                return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup or 10)
+                return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup())
             case "qmc":
                 return optuna.samplers.QMCSampler(qmc_type="sobol", scramble=True, seed=seed)
             case "nsga2":
-                size = config.population_size or 50
+                size = resolved(config.population_size, "hpo.sampler.population_size")
                 return optuna.samplers.NSGAIISampler(seed=seed, population_size=size)
             case "grid":
                 grid = {name: grid_values(spec) for name, spec in space.items()}
                 return optuna.samplers.GridSampler(grid, seed=seed)  # type: ignore[arg-type]
         return optuna.samplers.TPESampler(
             seed=seed,
-            n_startup_trials=startup or 10,
+            n_startup_trials=startup(),
             multivariate=config.multivariate,
             group=config.group,
         )

@@ -8,8 +8,6 @@ are not re-run, unfinished ones continue after their last fold) and then tops up
 
 from __future__ import annotations
 
-import math
-import statistics
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +18,14 @@ from ray_pipeline.errors import PipelineError
 from ray_pipeline.hpo.jobs import StudyJob
 from ray_pipeline.hpo.keep import keep_best, pareto_front
 from ray_pipeline.hpo.results import (
-    CHECKPOINT_KEY,
     ENQUEUED_FROM,
     FoldState,
     HpoResult,
+    TrialOutcome,
     TrialRecord,
     read_hpo,
 )
-from ray_pipeline.hpo.search_space import fit_point
+from ray_pipeline.hpo.starts import enqueue_starts
 from ray_pipeline.hpo.study import (
     best_so_far,
     count_finished,
@@ -46,7 +44,6 @@ from ray_pipeline.variants import (
     Decision,
     Variant,
     VariantStatus,
-    backbone_variants,
     plan_variant,
     resolve_variant,
     set_status,
@@ -55,11 +52,10 @@ from ray_pipeline.variants import (
 
 
 def check_hpo(config: PipelineConfig) -> TrialPlan:
-    """Everything that can be wrong with the input, checked before anything is written: the
-    data, tracking, resources, and what run.mode would do with every backbone's variants (a
-    study changed under reuse fails now, not after the other backbones trained)."""
-    check_search_data(config)
-    tracking.check_tracking(config)
+    """What can be wrong with the input beyond ``pipeline.check_inputs`` (which checks the
+    search's data and tracking), checked before anything is written: resources, and what
+    run.mode would do with every backbone's variants (a study changed under reuse fails now,
+    not after the other backbones trained)."""
     for backbone in config.model.backbones:
         plan_variant(
             *stage_place(config, "hpo", backbone.name),
@@ -118,72 +114,82 @@ def _job(
 
 
 def _run_backbone(config: PipelineConfig, backbone: BackboneConfig, plan: TrialPlan) -> HpoResult:
-    layout = OutputsLayout.of(config)
-    key = study_key(config, backbone)
     decision = resolve_variant(
         *stage_place(config, "hpo", backbone.name),
         "hpo",
         backbone.name,
-        key,
+        study_key(config, backbone),
         get_run_mode(config.hpo),
         auto_resume=config.hpo.checkpoint.auto_resume,
     )
     variant, hpo = decision.variant, config.hpo
-    files = variant.files
     if decision.action == "create":
-        WorkerStorage.of(config).clear(files.path)
-    storage = study_storage(files, variant.name, hpo.checkpoint)
+        WorkerStorage.of(config).clear(variant.files.path)
+    storage = study_storage(variant.files, variant.name, hpo.checkpoint)
     study = load_study(
         storage, variant.name, hpo.objective.direction, hpo.objective.latency is not None
     )
     if not study.get_trials(deepcopy=False):
-        _enqueue_starts(config, backbone, variant, study)
-    previous = _previous(variant)
+        enqueue_starts(config, backbone, variant, study)
     parent = tracking.open_variant_run(
         config, "hpo", backbone.name, variant.name, variant.record.study_key_hash
     )
     if parent is not None and decision.action == "resume":
         tracking.end_open_runs(parent)  # runs a stopped process left RUNNING -> KILLED
+    job = _job(config, backbone, variant.name, variant.record.study_key_hash, parent)
     try:
-        job = _job(config, backbone, variant.name, variant.record.study_key_hash, parent)
-        outcomes, stop_reason = _run_rounds(config, job, decision, storage, study, plan)
-        result = _collect(config, backbone, variant, study, outcomes, previous, stop_reason)
-        if _done(result):  # unfinished trials still need their checkpoints
-            where = WorkerStorage.of(config)
-            result = keep_best(result, variant, hpo.checkpoint.save_only_best, where)
-        write_json(files.hpo_result, result)
-    except BaseException as exc:
+        with tracking.tracked(parent, children=True):
+            result = _search(config, job, decision, storage, study, plan)
+    except BaseException:
         set_status(variant, "failed")
-        if parent is not None:
-            status: tracking.EndStatus = (
-                "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
-            )
-            if status == "KILLED":  # trials still RUNNING in the study were cut off, not failed
-                cut_off = [t.number for t in study.get_trials() if t.state.name == "RUNNING"]
-                tracking.end_trial_runs(parent, cut_off, status)
-            tracking.end_open_runs(parent, status)
-            tracking.end(parent, status)
         raise
-    complete = _done(result)
+    status: VariantStatus = "complete" if result.finished >= hpo.num_samples else "stopped"
+    set_status(variant, status)
+    _print_summary(result, status)
+    return result
+
+
+def _search(
+    config: PipelineConfig,
+    job: StudyJob,
+    decision: Decision,
+    storage: Any,
+    study: Any,
+    plan: TrialPlan,
+) -> HpoResult:
+    """Run the variant's missing trials and write ``hpo.json``; the variant's run (when
+    tracking) gets the results. Raises PipelineError when trials are missing at the end."""
+    variant, hpo, label = decision.variant, config.hpo, f"hpo {job.backbone.name}"
+    previous = _previous(variant)
+    try:
+        outcomes, stop_reason = _run_rounds(config, job, decision, storage, study, plan)
+    except KeyboardInterrupt:
+        # Trials still RUNNING in the study were cut off, not failed: their runs end KILLED
+        # whatever their own process ended them as.
+        if job.parent_run is not None:
+            cut_off = [t.number for t in study.get_trials() if t.state.name == "RUNNING"]
+            tracking.end_trial_runs(job.parent_run, cut_off, "KILLED")
+        raise
+    result = _collect(config, job, variant, study, outcomes, previous, stop_reason)
+    if _done(result):  # unfinished trials still need their checkpoints
+        where = WorkerStorage.of(config)
+        result = keep_best(result, variant, hpo.checkpoint.save_only_best, where)
+    write_json(variant.files.hpo_result, result)
     if hpo.max_train_examples is not None:
         everything = len(load_splits(config.data).train)
         print(
-            f"hpo {backbone.name}: searched on {result.train_examples} of {everything} training "
+            f"{label}: searched on {result.train_examples} of {everything} training "
             "examples (hpo.max_train_examples); final training refits on all of them"
         )
-    if parent is not None:
-        ended: tracking.EndStatus = "FINISHED" if complete else "FAILED"
-        _track_variant(parent, result, layout.resolved_config, files.hpo_result, ended)
-    if not complete:
-        set_status(variant, "failed")
-        errors = [f"trial {n}: {o['error']}" for n, o in sorted(outcomes.items()) if "error" in o]
+    if job.parent_run is not None:
+        resolved = OutputsLayout.of(config).resolved_config
+        _track_variant(job.parent_run, result, resolved, variant.files.hpo_result)
+    if not _done(result):
+        errors = [f"trial {n}: {o.error}" for n, o in sorted(outcomes.items()) if o.error]
         raise PipelineError(
-            f"hpo {backbone.name}: only {result.finished} of {hpo.num_samples} trials finished in "
+            f"{label}: only {result.finished} of {hpo.num_samples} trials finished in "
             f"{variant.name}; " + ("; ".join(errors[:3]) or "see the Tune output above")
         )
-    final_status: VariantStatus = "complete" if result.finished >= hpo.num_samples else "stopped"
-    set_status(variant, final_status)
-    _print_summary(result, final_status)
     return result
 
 
@@ -194,44 +200,6 @@ def _done(result: HpoResult) -> bool:
     return result.finished >= result.num_samples or stopped
 
 
-def _enqueue_starts(
-    config: PipelineConfig, backbone: BackboneConfig, variant: Variant, study: Any
-) -> None:
-    """A new variant's first trials: the best ``hpo.warm_start`` parameter sets of the latest
-    earlier variant of this backbone (fitted to the current space), then ``hpo.enqueue``."""
-    hpo, label = config.hpo, f"hpo {backbone.name}"
-    starts: list[tuple[dict[str, Any], str]] = []
-    if hpo.warm_start:
-        earlier = [
-            found
-            for v in backbone_variants(config, "hpo", backbone.name)
-            if v.path != variant.path and (found := read_hpo(v.files)) is not None
-        ]
-        if not earlier:
-            print(f"{label}: warm_start: no earlier variant with results; starting cold")
-        else:
-            source = earlier[-1]
-            complete = [
-                t
-                for t in source.trials
-                if t.state == "COMPLETE"
-                and t.objective_mean is not None
-                and not math.isnan(t.objective_mean)
-            ]
-            ranked = source.direction.ranked(complete, key=lambda t: t.objective_mean or 0.0)
-            for trial in ranked[: hpo.warm_start]:
-                point, notes = fit_point(hpo.search_space, trial.params)
-                origin = trial.label
-                print(
-                    f"{label}: warm start from {origin}: {point}" + "".join(f"; {n}" for n in notes)
-                )
-                starts.append((point, origin))
-    for index, point in enumerate(hpo.enqueue):
-        starts.append((point, f"hpo.enqueue[{index}]"))
-    for point, origin in starts:
-        study.enqueue_trial(point, user_attrs={ENQUEUED_FROM: origin})
-
-
 def _run_rounds(
     config: PipelineConfig,
     job: StudyJob,
@@ -239,7 +207,7 @@ def _run_rounds(
     storage: Any,
     study: Any,
     plan: TrialPlan,
-) -> tuple[dict[int, dict[str, Any]], str | None]:
+) -> tuple[dict[int, TrialOutcome], str | None]:
     """Restore an interrupted round (when resuming), then run the trials still missing.
     Returns each trial's last reported metrics, by trial number, and why the search stopped
     launching trials before ``num_samples`` (a budget), if it did."""
@@ -247,7 +215,7 @@ def _run_rounds(
 
     variant, hpo, backbone = decision.variant, config.hpo, job.backbone
     files = variant.files
-    outcomes: dict[int, dict[str, Any]] = {}
+    outcomes: dict[int, TrialOutcome] = {}
     stop_reason = None
     where = WorkerStorage.of(config)
     tune_dir, train_dir = where.place(files.tune_dir), where.place(files.train_dir)
@@ -292,15 +260,9 @@ def _run_rounds(
     return outcomes, stop_reason
 
 
-def _track_variant(
-    parent: RunRef,
-    result: HpoResult,
-    config_file: Path,
-    hpo_file: Path,
-    status: tracking.EndStatus,
-) -> None:
-    """Close the variant's run with ``status`` (FAILED: trials are missing): the best trial
-    marked, results attached."""
+def _track_variant(parent: RunRef, result: HpoResult, config_file: Path, hpo_file: Path) -> None:
+    """The variant's results on its run: the best trial marked, the files attached, and the
+    trials a scheduler stopped mid-fold ended (KILLED); ``tracked`` ends the run itself."""
     tracking.end_open_runs(parent)  # trials a scheduler stopped mid-fold
     if result.best is not None and result.best.objective_mean is not None:
         tracking.log(
@@ -320,7 +282,6 @@ def _track_variant(
     for path in (config_file, hpo_file):
         if path.is_file():
             tracking.log_artifact(parent, str(path))
-    tracking.end(parent, status)
 
 
 def _previous(variant: Variant) -> dict[int, TrialRecord]:
@@ -330,14 +291,15 @@ def _previous(variant: Variant) -> dict[int, TrialRecord]:
 
 def _collect(
     config: PipelineConfig,
-    backbone: BackboneConfig,
+    job: StudyJob,
     variant: Variant,
     study: Any,
-    outcomes: dict[int, dict[str, Any]],
+    outcomes: dict[int, TrialOutcome],
     previous: dict[int, TrialRecord],
     stop_reason: str | None = None,
 ) -> HpoResult:
-    study_hash = variant.record.study_key_hash
+    """``hpo.json``: every trial of the study as this run's outcomes (else the last
+    ``hpo.json``) left it, and the best."""
     failures: dict[int, list[str]] = {}
     for failure in faults.read_failures(variant.files.failures):
         failures.setdefault(failure.trial if failure.trial is not None else -1, []).append(
@@ -347,40 +309,26 @@ def _collect(
     for frozen in study.get_trials(deepcopy=False):
         outcome = outcomes.get(frozen.number)
         old = previous.get(frozen.number)
+        report = outcome.report if outcome is not None else None
         checkpoint = old.checkpoint if old is not None else None
-        if outcome is not None and "fold_state" in outcome:
-            state = FoldState.model_validate_json(outcome["fold_state"])
-            checkpoint = outcome.get(CHECKPOINT_KEY, checkpoint)
-        elif old is not None:
-            state = FoldState(folds=old.folds, best_fold=old.best_fold, resumes=old.resumes)
-        else:
-            state = FoldState()
-        values = [f.objective for f in state.folds]
+        epochs = old.epochs_trained if old is not None else None
+        state = old.fold_state if old is not None else FoldState()
+        if report is not None:
+            assert outcome is not None
+            state, epochs = report.fold_state, report.global_step
+            checkpoint = outcome.checkpoint or checkpoint
         params = dict(frozen.params)
-        epochs = outcome.get("global_step") if outcome is not None else None
-        if epochs is None and old is not None:
-            epochs = old.epochs_trained
         trials.append(
-            TrialRecord(
-                variant=variant.name,
-                backbone=backbone.name,
+            TrialRecord.of(
+                state,
                 number=frozen.number,
-                state=frozen.state.name,
+                trial_state=frozen.state.name,
                 params=params,
-                training=config.hpo.training.with_params(params),
-                seed=config.hpo.seed,
-                metric=config.hpo.objective.metric,
-                objective_mean=statistics.fmean(values) if values else None,
-                objective_std=statistics.pstdev(values) if values else None,
-                folds=state.folds,
-                best_fold=state.best_fold,
-                study_key_hash=study_hash,
-                trial_key_hash=trial_key_hash(study_hash, params),
+                study=job,
+                trial_key_hash=trial_key_hash(job.study_key_hash, params),
                 checkpoint=checkpoint,
-                resumes=state.resumes,
                 failures=failures.get(frozen.number, []),
-                epochs_trained=None if epochs is None else int(epochs),
-                latency_ms=state.folds[0].latency_ms if state.folds else None,
+                epochs_trained=epochs,
                 enqueued_from=frozen.user_attrs.get(ENQUEUED_FROM),
             )
         )
@@ -391,8 +339,8 @@ def _collect(
         front = []
     return HpoResult(
         variant=variant.name,
-        backbone=backbone.name,
-        study_key_hash=study_hash,
+        backbone=job.backbone.name,
+        study_key_hash=job.study_key_hash,
         metric=config.hpo.objective.metric,
         direction=config.hpo.objective.direction,
         num_samples=config.hpo.num_samples,

@@ -34,9 +34,12 @@ def load_study(
     name: str,
     direction: Direction,
     latency: bool = False,
+    *,
+    sampler: optuna.samplers.BaseSampler | None = None,
+    pruner: optuna.pruners.BasePruner | None = None,
 ) -> optuna.Study:
     """Create or open the study ``name``: one objective, or with ``latency`` two (the metric,
-    then latency, minimised)."""
+    then latency, minimised); ``sampler`` and ``pruner`` as Optuna's defaults when None."""
     import optuna
     from optuna.study import StudyDirection
 
@@ -44,7 +47,12 @@ def load_study(
     first = StudyDirection[direction.name]
     directions = [first, StudyDirection.MINIMIZE] if latency else [first]
     return optuna.create_study(
-        storage=storage, study_name=name, directions=directions, load_if_exists=True
+        storage=storage,
+        study_name=name,
+        directions=directions,
+        load_if_exists=True,
+        sampler=sampler,
+        pruner=pruner,
     )
 
 

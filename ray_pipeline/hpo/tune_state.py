@@ -9,17 +9,18 @@ would be lost. The checkpoint that replaced it is on disk and complete (Tune reg
 checkpoints the trial has persisted), so it takes the recorded name; anything newer was
 written but never registered (perhaps only partly) and is removed.
 
-The snapshot's format is Tune's (``experiment_state-<time>.json``: per trial a JSON state and
-JSON run metadata holding the last result); pyproject pins the Ray versions it was read from.
+The snapshot's format is Tune's, undocumented: ``internals.tune_snapshot_trials`` reads it,
+and where it is not the format read from Ray 2.60 there is no repair (a warning says so).
 """
 
 from __future__ import annotations
 
-import json
 from os import PathLike
 
 from ray_pipeline import storage
-from ray_pipeline.paths import TUNE_CHECKPOINT_PREFIX, tune_snapshots
+from ray_pipeline.internals import tune_snapshot_trials
+from ray_pipeline.layout_names import TUNE_CHECKPOINT_PREFIX
+from ray_pipeline.paths import tune_snapshots
 
 FINISHED = ("TERMINATED", "ERROR")
 """Trial statuses Tune does not resume from a checkpoint."""
@@ -46,14 +47,13 @@ def recorded_checkpoints(round_dir: Place) -> dict[str, str]:
     snapshots = tune_snapshots(storage.children(round_dir))
     if not snapshots:
         return {}
-    state = json.loads(storage.read_text(storage.join(round_dir, snapshots[-1])))
-    recorded = {}
-    for trial_json, metadata_json in state.get("trial_data", []):
-        trial, metadata = json.loads(trial_json), json.loads(metadata_json)
-        name = (metadata.get("last_result") or {}).get("checkpoint_dir_name")
-        if trial.get("status") not in FINISHED and isinstance(name, str):
-            recorded[str(trial["relative_logdir"])] = name
-    return recorded
+    text = storage.read_text(storage.join(round_dir, snapshots[-1]))
+    trials = tune_snapshot_trials(text, snapshots[-1]) or []  # None: a format not read here
+    return {
+        t.directory: t.checkpoint
+        for t in trials
+        if t.status not in FINISHED and t.directory is not None and t.checkpoint is not None
+    }
 
 
 def repair_recorded_checkpoints(round_dir: Place) -> list[str]:

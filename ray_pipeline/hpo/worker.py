@@ -14,7 +14,6 @@ loses at most one epoch. Knows nothing of Tune or Optuna.
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 import tempfile
@@ -26,8 +25,8 @@ from ray_pipeline import monitoring
 from ray_pipeline.data.splits import fold_indices
 from ray_pipeline.hpo.cache import Prepared, fresh_model, prepared
 from ray_pipeline.hpo.jobs import TrialJob
-from ray_pipeline.hpo.results import EpochPoint, FoldProgress, FoldResult, FoldState
-from ray_pipeline.paths import CHECKPOINT_MODEL, FOLD_STATE, TRAINING_STATE
+from ray_pipeline.hpo.results import EpochPoint, FoldProgress, FoldResult, FoldState, TrialReport
+from ray_pipeline.layout_names import CHECKPOINT_MODEL, FOLD_STATE, TRAINING_STATE
 from ray_pipeline.precision import Amp, resolve
 from ray_pipeline.sessions import Session, TrainSession, quiet_checkpoints
 from ray_pipeline.training import (
@@ -99,7 +98,7 @@ class FoldRun:
             return None
         import torch
 
-        from ray_pipeline.benchmark.measure import fixed_length_batch, summarise, time_forward
+        from ray_pipeline.timing import fixed_length_batch, summarise, time_forward
 
         batch = fixed_length_batch(
             self.val_rows, 1, self.job.training.max_length, self.inputs.pad_id
@@ -112,7 +111,7 @@ class FoldRun:
         return summarise(1, timings).p95_ms
 
     def evaluate(self) -> dict[str, float]:
-        size = max(self.job.training.batch_size, 32)
+        size = self.job.training.eval_batch_size
         labels, pad = self.inputs.splits.labels, self.inputs.pad_id
         return evaluate(
             self.model, self.val_rows, labels, self.job.study.task, size, pad, self.device
@@ -141,59 +140,32 @@ class FoldRun:
         self.amp.load_state_dict(saved.get("scaler"))
 
 
-def summary(state: FoldState) -> dict[str, float]:
-    """The trial's objective: mean and spread over its finished folds only (NaN until one
-    has finished; on ranks other than 0, which do not evaluate, NaN throughout)."""
-    values = [f.objective for f in state.folds]
-    if not values:
-        return {"folds_done": 0, "objective": math.nan, "objective_std": 0.0}
-    mean = math.fsum(values) / len(values)
-    spread = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / len(values))
-    return {"folds_done": len(values), "objective": mean, "objective_std": spread}
-
-
-SCORE = "score"
-"""The running score that schedulers compare trials on, after every epoch."""
-LATENCY = "latency_ms"
-"""With ``hpo.objective.latency``: the fold-0 model's p95 latency, the second objective."""
-
-
-def _metrics(
+def _report_of(
     job: TrialJob,
     state: FoldState,
     fold: int,
     epoch: int,
     loss: float,
     epoch_objective: float | None = None,
-) -> dict[str, Any]:
-    """What Tune sees after every epoch. ``score``: the mean of the finished folds' objectives
-    and, inside a fold, the fold's validation score after this epoch; trials are compared on it
-    at equal ``global_step`` (the same fold and epoch), so it is fair across trials. The
-    trial's ``objective`` never includes an unfinished fold."""
-    values = [f.objective for f in state.folds]
-    if epoch_objective is not None:
-        values.append(epoch_objective)
-    metrics = {
-        "global_step": fold * job.training.epochs + epoch + 1,
-        "fold": fold,
-        "epoch": epoch,
-        "train_loss": loss,
-        **summary(state),
-        SCORE: math.fsum(values) / len(values) if values else math.nan,
-        "fold_state": state.model_dump_json(),
-    }
-    if job.study.latency is not None:
-        timed = state.folds[0].latency_ms if state.folds else None
-        metrics[LATENCY] = math.nan if timed is None else timed
-    if epoch_objective is not None:
-        metrics["epoch_objective"] = epoch_objective
-    return metrics
+    fold_metrics: dict[str, float] | None = None,
+) -> TrialReport:
+    """What Tune sees after 0-based ``epoch`` of ``fold`` (``TrialReport``): the trial's
+    objective never includes an unfinished fold."""
+    return TrialReport.of(
+        state,
+        step=fold * job.training.epochs + epoch + 1,
+        fold=fold,
+        epoch=epoch,
+        train_loss=loss,
+        epoch_objective=epoch_objective,
+        latency=job.study.latency is not None,
+        fold_metrics=fold_metrics,
+    )
 
 
 def _report(
     session: Session,
-    metrics: dict[str, Any],
-    state: FoldState,
+    report: TrialReport,
     best_model: Path,
     fold: FoldRun | None = None,
     *,
@@ -202,16 +174,16 @@ def _report(
     """Every worker reports (a barrier); rank 0 attaches the checkpoint: the state, the best
     model so far and, with ``fold``, the fold's training state."""
     if session.rank != 0 or not checkpoint:
-        session.report(metrics, None)
+        session.report(report.to_metrics(), None)
         return
     with tempfile.TemporaryDirectory(prefix="ray_pipeline_ckpt_") as directory:
         path = Path(directory)
-        (path / FOLD_STATE).write_text(state.model_dump_json())
+        (path / FOLD_STATE).write_text(report.fold_state.model_dump_json())
         if best_model.is_dir():
             shutil.copytree(best_model, path / CHECKPOINT_MODEL)
         if fold is not None:
             fold.save_training_state(path / TRAINING_STATE)
-        session.report(metrics, path)
+        session.report(report.to_metrics(), path)
 
 
 def _resume(
@@ -258,8 +230,8 @@ def run_folds(job: TrialJob, session: Session) -> FoldState:
             # Every fold is in the checkpoint (the trial finished just before its process was
             # stopped): report the result again instead of training anything.
             last = state.folds[-1]
-            metrics = _metrics(job, state, last.fold, job.training.epochs - 1, last.train_loss)
-            _report(session, metrics, state, best_model)
+            report = _report_of(job, state, last.fold, job.training.epochs - 1, last.train_loss)
+            _report(session, report, best_model)
             return state
         for number in range(len(state.folds), job.study.k_folds):
             run = fold if fold is not None else FoldRun(job, number, inputs, session)
@@ -295,9 +267,9 @@ def _train_fold(
         if last:
             break
         state = state.model_copy(update={"current": progress})
-        metrics = _metrics(job, state, number, epoch, loss, score)
+        report = _report_of(job, state, number, epoch, loss, score)
         saved = fold if job.epoch_checkpoints else None
-        _report(session, metrics, state, best_model, saved, checkpoint=saved is not None)
+        _report(session, report, best_model, saved, checkpoint=saved is not None)
     begin = time.perf_counter()
     scores = fold.evaluate() if session.rank == 0 else {}
     objective = scores.get(job.study.metric, math.nan)
@@ -327,8 +299,8 @@ def _train_fold(
     if session.rank == 0:
         _track_fold(job, result)
         monitoring.fold_seconds(job.study.variant, result.seconds)
-    metrics = _metrics(job, state, number, epochs - 1, result.train_loss)
-    _report(session, {**metrics, "fold_metrics": json.dumps(scores)}, state, best_model)
+    report = _report_of(job, state, number, epochs - 1, result.train_loss, fold_metrics=scores)
+    _report(session, report, best_model)
     return state
 
 
@@ -375,35 +347,10 @@ def _track_fold(job: TrialJob, result: FoldResult) -> None:
         return
     from ray_pipeline import tracking
 
-    run = tracking.open_child(
-        job.trial_run,
-        "fold",
-        tracking.run_name(job.study.variant, job.trial, result.fold),
-        stage="hpo",
-        backbone=job.study.backbone.name,
-        variant=job.study.variant,
-        study_key_hash=job.study.study_key_hash,
-        trial=job.trial,
-        trial_key_hash=job.trial_key_hash,
-        fold=result.fold,
-    )
-    numbers = {
-        "objective": result.objective,
-        "seconds": result.seconds,
-        **result.metrics,
-        **({LATENCY: result.latency_ms} if result.latency_ms is not None else {}),
-    }
-    tracking.log(run, metrics=numbers)
-    # The learning curves, step = epoch; train_loss's last point is the fold's train_loss.
-    curves = {
-        p.epoch: {
-            **p.model_dump(include={"train_loss", "learning_rate", "step_seconds"}),
-            f"validation_{job.study.metric}": p.validation,
-        }
-        for p in result.history
-    }
-    tracking.log_history(run, curves)
-    tracking.end(run)
+    opened = tracking.open_fold_run(job.trial_run, job.origin(), result.fold)
+    with tracking.tracked(opened) as run:
+        tracking.log(run, metrics=result.summary())
+        tracking.log_history(run, result.curves(job.study.metric))
     tracking.log(job.trial_run, metrics={"fold_objective": result.objective}, step=result.fold)
 
 

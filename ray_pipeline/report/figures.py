@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 import matplotlib
 from matplotlib.figure import Figure
 
-from ray_pipeline.final.results import Confusion
 from ray_pipeline.hpo.results import HpoResult
+from ray_pipeline.metrics import Confusion
 
 if TYPE_CHECKING:
     import optuna

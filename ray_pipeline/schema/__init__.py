@@ -12,6 +12,7 @@ from pathlib import Path
 
 from pydantic import Field, model_validator
 
+from ray_pipeline.run_mode import benchmark_run_mode
 from ray_pipeline.schema.base import (
     BenchmarkRunSection,
     ConfigPath,
@@ -20,6 +21,7 @@ from ray_pipeline.schema.base import (
     ReuseRunSection,
     RunSection,
     Section,
+    resolved,
 )
 from ray_pipeline.schema.data import (
     TASK_METRICS,
@@ -30,6 +32,7 @@ from ray_pipeline.schema.data import (
     Task,
 )
 from ray_pipeline.schema.hpo import (
+    RESOLVED_SAMPLER_OPTIONS,
     HpoConfig,
     LatencyObjective,
     ObjectiveConfig,
@@ -80,6 +83,26 @@ class PipelineConfig(Section):
     """Where workers write checkpoints and models (null uri: under outputs_root)."""
 
     @model_validator(mode="after")
+    def _inherit(self) -> PipelineConfig:
+        """Resolve the nulls that mean "as another section", so the config holds the values
+        the run uses (``config.resolved.yaml`` and ``validate --show`` print them)."""
+        mode = benchmark_run_mode(self.benchmark, self.hpo)  # null: HPO's
+        resolved: dict[str, Section] = {
+            "benchmark": self.benchmark.model_copy(update={"run": BenchmarkRunSection(mode=mode)})
+        }
+        if self.selection.objective is None:
+            # The search's metric and direction; its latency objective is the search's own
+            # (selection weighs latency by its own rules).
+            objective = self.hpo.objective.model_copy(update={"latency": None})
+            resolved["selection"] = self.selection.model_copy(update={"objective": objective})
+        if self.tracking.experiment_name is None:
+            name = self.experiment.name
+            resolved["tracking"] = self.tracking.model_copy(update={"experiment_name": name})
+        for field, section in resolved.items():
+            object.__setattr__(self, field, section)  # frozen: set while validating
+        return self
+
+    @model_validator(mode="after")
     def _objectives_fit_the_task(self) -> PipelineConfig:
         known = TASK_METRICS[self.data.task]
         for where, objective in (
@@ -114,6 +137,7 @@ SECTIONS: dict[str, type[Section]] = {
 
 __all__ = [
     "REMOVED_KEYS",
+    "RESOLVED_SAMPLER_OPTIONS",
     "SECTIONS",
     "TASK_METRICS",
     "BackboneConfig",
@@ -150,4 +174,5 @@ __all__ = [
     "Task",
     "TrackingConfig",
     "TrainingParams",
+    "resolved",
 ]

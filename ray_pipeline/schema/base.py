@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ray_pipeline.run_mode import RunMode
+from ray_pipeline.run_mode import ReuseMode, RunMode
 
 
 class PathMarker:
@@ -22,6 +22,17 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
+T = TypeVar("T")
+
+
+def resolved(value: T | None, key: str) -> T:
+    """A field whose null the schema resolves (``hpo.sampler.n_startup_trials``,
+    ``selection.objective``, ``tracking.experiment_name``, ...), typed as never null."""
+    if value is None:
+        raise ValueError(f"{key} is null: it is resolved only when a PipelineConfig is validated")
+    return value
+
+
 class RunSection(Section):
     mode: RunMode = "reuse_if_exists"
     """reuse_if_exists: reuse the latest variant (resume it if incomplete; create the first
@@ -30,13 +41,14 @@ class RunSection(Section):
 
 
 class ReuseRunSection(Section):
-    mode: Literal["reuse_if_exists", "force_new"] = "reuse_if_exists"
+    mode: ReuseMode = "reuse_if_exists"
     """reuse_if_exists: reuse the cached result when its inputs are unchanged.
     force_new: recompute."""
 
 
 class BenchmarkRunSection(Section):
-    mode: Literal["reuse_if_exists", "force_new"] | None = None
-    """null: inherit the HPO stage's mode. reuse_if_exists: keep each variant's benchmark
-    while it is current (its best trial, these settings); measure the rest. force_new:
-    benchmark again."""
+    mode: ReuseMode | None = None
+    """reuse_if_exists: keep each variant's benchmark while it is current (its best trial,
+    these settings); measure the rest. force_new: benchmark again. null: the HPO stage's mode,
+    resolved when the whole config is validated (HPO's resume_if_incomplete becomes
+    reuse_if_exists: a benchmark has nothing to resume)."""

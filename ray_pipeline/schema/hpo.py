@@ -10,8 +10,8 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from ray_pipeline.direction import Direction
+from ray_pipeline.layout_names import DEFAULT_STUDY_PATH
 from ray_pipeline.naming import check_safe_name
-from ray_pipeline.paths import DEFAULT_STUDY_PATH
 from ray_pipeline.schema.base import PositiveInt, RunSection, Section
 from ray_pipeline.schema.search import (
     CategoricalParam,
@@ -28,6 +28,9 @@ Precision = Literal["auto", "fp32", "bf16", "fp16"]
 LrSchedule = Literal["linear", "cosine", "constant_with_warmup"]
 """Learning-rate schedules after the warm-up (``transformers.get_scheduler`` names)."""
 
+DropoutMasks = Literal["torch", "numpy"]
+"""Who draws dropout's masks while training on a CPU: ``ray_pipeline.dropout_masks``."""
+
 
 class TrainingParams(Section):
     learning_rate: float = Field(default=5e-5, gt=0)
@@ -39,6 +42,10 @@ class TrainingParams(Section):
     batch_size: PositiveInt = 16
     """Examples per forward pass over all DDP workers (each worker takes batch_size / workers,
     rounded up; gradient_accumulation_steps of them make one optimizer step)."""
+    eval_batch_size: PositiveInt = 32
+    """Examples per forward pass when a fold is evaluated and a refit is tested (no gradients,
+    so it may be larger than batch_size; padding is masked, so it does not change the scores).
+    Not part of the study key while 32."""
     gradient_accumulation_steps: PositiveInt = 1
     """Batches whose gradients are summed into one optimizer step (each batch's loss divided by
     the batches in its group), so the effective batch is batch_size x this; the last, shorter
@@ -72,6 +79,15 @@ class TrainingParams(Section):
     """Batch examples of similar length together (less padding, same examples per epoch):
     shuffle, sort within chunks of up to 50 batches, shuffle the batches. Faster, but batches
     of one length can train worse in short runs (docs/configuration.md#precision-and-padding)."""
+    cpu_dropout_masks: DropoutMasks = "torch"
+    """Who draws dropout's masks while training on a CPU. torch: torch's own kernel. numpy: on
+    CPUs where torch draws them one element at a time on one thread (all but Intel's with MKL:
+    AMD, Apple silicon, ARM), NumPy's PCG64 seeded from torch's generator, through a
+    process-wide override of torch's CPU bernoulli_ kernel while an epoch trains. On an AMD
+    EPYC it saved ~72 ms of a ~580 ms two-thread MiniLM step (the demo's refit took 0.578x of
+    one thread's time with it, 0.611x without: docs/final-training.md). Seeded results then
+    depend on the CPU's vendor (NumPy's masks on AMD, torch's on Intel). No effect on GPUs.
+    Not part of the study key while torch."""
 
     def with_params(self, params: Mapping[str, Any]) -> TrainingParams:
         """These settings with a trial's hyperparameters applied (what the trial trains with)."""
@@ -118,8 +134,14 @@ class SchedulerConfig(Section):
 
 SamplerType = Literal["tpe", "random", "cmaes", "gp", "qmc", "nsga2", "grid"]
 
-STARTUP_SAMPLERS = ("tpe", "gp", "cmaes")
-"""Samplers that take ``n_startup_trials`` (random trials before the model takes over)."""
+STARTUP_DEFAULTS: dict[str, int] = {"tpe": 10, "gp": 10, "cmaes": 0}
+"""Samplers that take ``n_startup_trials`` (random trials before the model takes over) -> the
+value a null resolves to (Optuna's for tpe and gp; none for cmaes, which starts at once)."""
+POPULATION_DEFAULTS: dict[str, int] = {"nsga2": 50}
+"""Samplers that take ``population_size`` -> the value a null resolves to (Optuna's)."""
+RESOLVED_SAMPLER_OPTIONS = ("n_startup_trials", "population_size")
+"""Options whose null the schema resolves per sampler (study keys hold them as null at that
+value: ``identity.sampler_identity``)."""
 
 
 class SamplerConfig(Section):
@@ -127,20 +149,22 @@ class SamplerConfig(Section):
     """Optuna sampler: tpe, random, cmaes (CMA-ES; float/int only), gp (Gaussian process),
     qmc (Sobol quasi-random; float/int only), nsga2, or grid (every combination of
     categorical/int values). Seeded with ``hpo.seed``."""
-    n_startup_trials: PositiveInt | None = None
-    """tpe, gp and cmaes: random trials before the model takes over (null: Optuna's default,
-    10 for tpe and gp, none for cmaes)."""
+    n_startup_trials: int | None = Field(default=None, ge=0)
+    """tpe, gp and cmaes: random trials before the model takes over (at least 1 for tpe and
+    gp). null resolves to 10 for tpe and gp (Optuna's default), 0 for cmaes; other samplers
+    keep null."""
     multivariate: bool = False
     """tpe: model the parameters jointly instead of one by one."""
     group: bool = False
     """tpe: with multivariate, model conditional parameters in groups of those sampled together."""
     population_size: int | None = Field(default=None, ge=2)
-    """nsga2: individuals per generation (null: Optuna's 50)."""
+    """nsga2: individuals per generation. null resolves to 50 (Optuna's default) for nsga2;
+    other samplers keep null."""
 
     @model_validator(mode="after")
     def _options_fit(self) -> SamplerConfig:
         wrong = []
-        if self.n_startup_trials is not None and self.type not in STARTUP_SAMPLERS:
+        if self.n_startup_trials is not None and self.type not in STARTUP_DEFAULTS:
             wrong.append("n_startup_trials (tpe, gp, cmaes)")
         if (self.multivariate or self.group) and self.type != "tpe":
             wrong.append("multivariate/group (tpe)")
@@ -150,6 +174,18 @@ class SamplerConfig(Section):
             raise ValueError(f"{self.type} does not take {', '.join(wrong)}")
         if self.group and not self.multivariate:
             raise ValueError("group needs multivariate: true")
+        if self.n_startup_trials == 0 and self.type != "cmaes":
+            raise ValueError(f"n_startup_trials: {self.type} needs at least 1 (cmaes may take 0)")
+        return self
+
+    @model_validator(mode="after")
+    def _resolve_options(self) -> SamplerConfig:
+        # The config holds the value the sampler is built with (config.resolved.yaml shows it);
+        # frozen, so set in place while validating.
+        if self.n_startup_trials is None and self.type in STARTUP_DEFAULTS:
+            object.__setattr__(self, "n_startup_trials", STARTUP_DEFAULTS[self.type])
+        if self.population_size is None and self.type in POPULATION_DEFAULTS:
+            object.__setattr__(self, "population_size", POPULATION_DEFAULTS[self.type])
         return self
 
 

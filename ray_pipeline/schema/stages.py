@@ -46,7 +46,7 @@ class BenchmarkSettings(Section):
 
 class BenchmarkConfig(Section):
     run: BenchmarkRunSection = Field(default_factory=BenchmarkRunSection)
-    """How existing benchmarks are treated (null inherits the HPO mode)."""
+    """How existing benchmarks are treated (a null mode resolves to the HPO stage's)."""
     benchmarking: BenchmarkSettings = Field(default_factory=BenchmarkSettings)
     """What is measured (each result: ``<variant>/benchmark.json``)."""
 
@@ -68,7 +68,8 @@ class SelectionConfig(Section):
     run: ReuseRunSection = Field(default_factory=ReuseRunSection)
     """Reuse a cached selection when its inputs are unchanged, or recompute."""
     objective: ObjectiveConfig | None = None
-    """null: the HPO objective."""
+    """What the winner is chosen on. null resolves to the HPO objective's metric and direction
+    (its latency objective stays the search's: see max_latency_ms and latency_weight)."""
     max_latency_ms: float | None = Field(default=None, gt=0)
     """Hard limit on p95 latency per batch at ``latency_batch_size`` (null: none)."""
     latency_batch_size: PositiveInt = 1
@@ -152,7 +153,7 @@ class TrackingConfig(Section):
     sqlite:///<outputs_root>/<experiment>/mlflow.db. Artifacts of a store that is not a
     server go to <outputs_root>/<experiment>/mlartifacts."""
     experiment_name: str | None = None
-    """null: the experiment's name."""
+    """The MLflow experiment. null resolves to ``experiment.name``."""
 
 
 class StorageConfig(Section):

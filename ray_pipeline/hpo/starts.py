@@ -1,0 +1,50 @@
+"""A new variant's first trials: the best parameter sets of the backbone's latest earlier
+variant (``hpo.warm_start``), fitted to the current search space, then ``hpo.enqueue``."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from ray_pipeline.hpo.results import ENQUEUED_FROM, read_hpo
+from ray_pipeline.hpo.search_space import fit_point
+from ray_pipeline.schema import BackboneConfig, PipelineConfig
+from ray_pipeline.variants import Variant, backbone_variants
+
+
+def enqueue_starts(
+    config: PipelineConfig, backbone: BackboneConfig, variant: Variant, study: Any
+) -> None:
+    """A new variant's first trials: the best ``hpo.warm_start`` parameter sets of the latest
+    earlier variant of this backbone (fitted to the current space), then ``hpo.enqueue``."""
+    hpo, label = config.hpo, f"hpo {backbone.name}"
+    starts: list[tuple[dict[str, Any], str]] = []
+    if hpo.warm_start:
+        earlier = [
+            found
+            for v in backbone_variants(config, "hpo", backbone.name)
+            if v.path != variant.path and (found := read_hpo(v.files)) is not None
+        ]
+        if not earlier:
+            print(f"{label}: warm_start: no earlier variant with results; starting cold")
+        else:
+            source = earlier[-1]
+            complete = [
+                t
+                for t in source.trials
+                if t.state == "COMPLETE"
+                and t.objective_mean is not None
+                and not math.isnan(t.objective_mean)
+            ]
+            ranked = source.direction.ranked(complete, key=lambda t: t.objective_mean or 0.0)
+            for trial in ranked[: hpo.warm_start]:
+                point, notes = fit_point(hpo.search_space, trial.params)
+                origin = trial.label
+                print(
+                    f"{label}: warm start from {origin}: {point}" + "".join(f"; {n}" for n in notes)
+                )
+                starts.append((point, origin))
+    for index, point in enumerate(hpo.enqueue):
+        starts.append((point, f"hpo.enqueue[{index}]"))
+    for point, origin in starts:
+        study.enqueue_trial(point, user_attrs={ENQUEUED_FROM: origin})
