@@ -77,6 +77,15 @@ def read_failures(log: Path) -> list[Failure]:
     return [Failure.model_validate(json.loads(line)) for line in lines if line.strip()]
 
 
+def failures_by_trial(log: Path) -> dict[int, list[str]]:
+    """The failures recorded in ``log``, ``<source>: <cause>``, by trial number (-1: none)."""
+    out: dict[int, list[str]] = {}
+    for failure in read_failures(log):
+        trial = failure.trial if failure.trial is not None else -1
+        out.setdefault(trial, []).append(f"{failure.source}: {failure.cause}")
+    return out
+
+
 def train_failure_config(max_failures: int) -> Any:
     """Ray Train's FailureConfig: restart a lost worker group up to ``max_failures`` times.
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from ray_pipeline.errors import ConfigError
 from ray_pipeline.internals import mkldnn_supports
-from ray_pipeline.schema.hpo import Precision
+from ray_pipeline.schema.training import Precision
 
 if TYPE_CHECKING:
     import torch

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Literal
 
-from ray_pipeline import tracking
+from ray_pipeline import run_tree, tracking
 from ray_pipeline.artifacts import Record, read_json, write_json
 from ray_pipeline.benchmark.scope import variants_in_scope
 from ray_pipeline.direction import Direction
@@ -333,7 +333,7 @@ def run_select(config: PipelineConfig, prepared: object = None) -> SelectionResu
 def _open_run(config: PipelineConfig, result: SelectionResult) -> tracking.RunRef | None:
     win = result.winner
     winner = win.trial.origin()
-    run = tracking.open_selection_run(config, result.cache_key, winner, win.benchmark_run_id)
+    run = run_tree.open_selection_run(config, result.cache_key, winner, win.benchmark_run_id)
     if run is not None:
         metrics = {"objective": win.objective, "latency_ms": win.latency_ms}
         params = {**result.rules.model_dump(), "winner": f"{win.variant}/trial_{win.trial.number}"}

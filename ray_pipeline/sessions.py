@@ -1,7 +1,7 @@
 """Where a training loop runs: one process (a Tune trial, or final training's Ray task) or a
 worker of a Ray Train DDP group. The HPO fold loop and final training's epoch loop take a
-``Session`` and know nothing else of Ray. Each session trains with as many torch threads as
-CPUs Ray reserved for it (``resources.match_threads``)."""
+``Session`` (and ask ``placement``) and know nothing else of Ray. Each session trains with as
+many torch threads as CPUs Ray reserved for it (``resources.match_threads``)."""
 
 from __future__ import annotations
 
@@ -23,6 +23,15 @@ def quiet_checkpoints() -> None:
     transformers_logging.disable_progress_bar()
     for name in checkpoint_loggers():  # Ray's internal modules: "Checkpoint successfully created"
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def placement() -> dict[str, Any]:
+    """Where this worker runs, as a fold records it: its Ray node and the GPUs Ray gave it
+    (several trials may share one: fractional GPUs)."""
+    import ray
+
+    gpus = [str(g) for g in ray.get_gpu_ids()]
+    return {"node": str(ray.get_runtime_context().get_node_id()), "gpu_ids": gpus}
 
 
 class Session(Protocol):

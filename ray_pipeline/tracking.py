@@ -1,23 +1,11 @@
-"""MLflow tracking: the one module that imports ``mlflow``.
+"""MLflow tracking: the one module that imports ``mlflow``, and knows nothing of the stages.
 
 Where runs go: ``tracking.tracking_uri``, else ``$MLFLOW_TRACKING_URI``, else the embedded
-store ``sqlite:///<outputs>/<experiment>/mlflow.db``. Run hierarchy for HPO::
-
-    hpo_<backbone>[_vN]                        one parent run per variant (found again by tags)
-      hpo_<backbone>[_vN]_trial_<n>            one child per trial (created by its trial driver)
-        hpo_<backbone>[_vN]_trial_<n>_fold<k>  one grandchild per fold (created by rank 0)
-    benchmark_hpo_<backbone>[_vN]              one run per benchmarked variant (its best trial)
-    selection                                  one run per computed selection
-    final_<backbone>[_vN]                      one run per final variant (resumes continue it)
-
-Benchmark, selection and final runs carry lineage tags: the variant, trial number, trial and study
-hashes (an ``Origin``, which the records make: ``TrialRecord.origin()``), and the HPO variant
-run's id.
-
-Runs are created with explicit parent ids from whichever Ray process holds the data, so the
-nesting holds across processes and nodes. Stage code opens a run with an ``open_*`` function
-here (never building names or tags itself) inside ``with tracked(...)``, which ends it
-FINISHED, FAILED or KILLED on every path. This module imports no stage's records.
+store ``sqlite:///<outputs>/<experiment>/mlflow.db``. The generic operations on runs: open one
+found again by its tags (or create it), log, tag, attach, end; ``tracked`` ends a run FINISHED,
+FAILED or KILLED on every path of the block that uses it. Which run each stage opens, its name
+and its tags are ``run_tree.py``'s. Runs are created with explicit parent ids from whichever Ray
+process holds the data, so the nesting holds across processes and nodes.
 """
 
 from __future__ import annotations
@@ -61,22 +49,6 @@ class RunRef(BaseModel):
     tracking_uri: str
     experiment_id: str
     run_id: str
-
-
-class Origin(BaseModel):
-    """Where a run's subject came from: an HPO variant and, for a trial or what was made of
-    one, its trial. Its fields are the run's lineage tags."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    backbone: str
-    variant: str
-    study_key_hash: str
-    trial: int | None = None
-    trial_key_hash: str | None = None
-
-    def tags(self) -> dict[str, Any]:
-        return self.model_dump(exclude_none=True)
 
 
 R = TypeVar("R", bound=RunRef | None)
@@ -146,12 +118,6 @@ def check_tracking(config: PipelineConfig) -> None:
             f"MLflow server {uri} is not reachable ({reason}); start it, fix "
             "tracking.tracking_uri / MLFLOW_TRACKING_URI, or set tracking.enabled=false",
         ) from exc
-
-
-def run_name(variant: str, trial: int | None = None, fold: int | None = None) -> str:
-    """``hpo_b``, ``hpo_b_trial_3``, ``hpo_b_trial_3_fold1``: deterministic, no timestamps."""
-    name = variant if trial is None else f"{variant}_trial_{trial}"
-    return name if fold is None else f"{name}_fold{fold}"
 
 
 def run_tags(kind: RunKind, parent: str | None = None, **values: Any) -> dict[str, str]:
@@ -259,94 +225,6 @@ def open_stage_run(
     return open_run(uri, exp, name, {**key_tags, **run_tags(kind, **values)}, key_tags)
 
 
-def open_variant_run(
-    config: PipelineConfig, stage: str, backbone: str, variant: str, study_key_hash: str
-) -> RunRef | None:
-    """The variant's parent run (reused across reuse/resume runs), or None when tracking is off."""
-    return open_stage_run(
-        config,
-        "variant",
-        run_name(variant),
-        {"stage": stage, "variant": variant},
-        backbone=backbone,
-        study_key_hash=study_key_hash,
-    )
-
-
-def _lineage(config: PipelineConfig, origin: Origin) -> dict[str, Any]:
-    """The tags that tie a later stage's run to the HPO trial it used and the variant's run
-    (not the variant's name: the ``variant`` tag is the run's own)."""
-    tags = {k: v for k, v in origin.tags().items() if k != "variant"}
-    return {**tags, "hpo_run_id": hpo_run_id(config, origin.variant)}
-
-
-def hpo_run_id(config: PipelineConfig, variant: str) -> str | None:
-    """The id of an HPO variant's run, or None (tracking off, or no such run)."""
-    return find_run_id(config, "variant", stage="hpo", variant=variant)
-
-
-def open_trial_run(parent: RunRef, origin: Origin) -> RunRef:
-    """The run of trial ``origin.trial``, under its variant's run (a retry finds it again)."""
-    return open_child(
-        parent, "trial", run_name(origin.variant, origin.trial), stage="hpo", **origin.tags()
-    )
-
-
-def open_fold_run(trial_run: RunRef, origin: Origin, fold: int) -> RunRef:
-    """The run of one fold of trial ``origin.trial``, under the trial's run."""
-    name = run_name(origin.variant, origin.trial, fold)
-    return open_child(trial_run, "fold", name, stage="hpo", fold=fold, **origin.tags())
-
-
-def open_benchmark_run(config: PipelineConfig, trial: Origin) -> RunRef | None:
-    """The run of one variant's benchmark (a re-benchmark of the same trial reuses it)."""
-    return open_stage_run(
-        config,
-        "benchmark",
-        f"benchmark_{trial.variant}",
-        {"variant": trial.variant, "trial_key_hash": trial.trial_key_hash},
-        stage="benchmark",
-        **_lineage(config, trial),
-    )
-
-
-def open_selection_run(
-    config: PipelineConfig, cache_key: str, winner: Origin, benchmark_run_id: str | None
-) -> RunRef | None:
-    """The run of one selection (its cache key identifies it), tagged with the winner."""
-    return open_stage_run(
-        config,
-        "selection",
-        "selection",
-        {"cache_key": cache_key},
-        stage="select",
-        variant=winner.variant,
-        benchmark_run_id=benchmark_run_id,
-        **_lineage(config, winner),
-    )
-
-
-def open_final_run(
-    config: PipelineConfig,
-    variant: str,
-    source: Origin,
-    final_key_hash: str,
-    chosen: Mapping[str, Any],
-) -> RunRef | None:
-    """The final variant's run (a resumed refit continues it), tagged with its source trial
-    and how it was ``chosen`` (``SourceTrial.choice()``)."""
-    return open_stage_run(
-        config,
-        "variant",
-        run_name(variant),
-        {"stage": "final", "variant": variant},
-        final_key_hash=final_key_hash,
-        source_variant=source.variant,
-        **chosen,
-        **_lineage(config, source),
-    )
-
-
 def register_model(run: RunRef, model_dir: Path, name: str) -> str:
     """Attach ``model_dir`` to ``run`` as ``model/`` and register it as a new version of
     ``name`` in the model registry; returns the version."""
@@ -367,6 +245,14 @@ def find_run_id(config: PipelineConfig, kind: RunKind, **key: Any) -> str | None
         return None
     found = _find(where[0], where[1], run_tags(kind, **key))
     return None if found is None else str(found.info.run_id)
+
+
+def find_child(parent: RunRef, kind: RunKind, **identity: Any) -> RunRef | None:
+    """The child of ``parent`` of ``kind`` with the ``identity`` tags (e.g. ``trial=3``), or
+    None."""
+    key = run_tags(kind, parent=parent.run_id, **identity)
+    found = _find(parent.tracking_uri, parent.experiment_id, key)
+    return None if found is None else parent.model_copy(update={"run_id": found.info.run_id})
 
 
 def open_child(parent: RunRef, kind: RunKind, name: str, **values: Any) -> RunRef:
@@ -435,30 +321,6 @@ def end(run: RunRef, status: EndStatus = "FINISHED", *, only_if_running: bool = 
     if only_if_running and client.get_run(run.run_id).info.status != "RUNNING":
         return
     client.set_terminated(run.run_id, status)
-
-
-def end_trial_runs(parent: RunRef, trials: list[int], status: EndStatus) -> None:
-    """Set the runs of ``trials`` under ``parent`` (and their fold runs still open) to
-    ``status``, whatever they say now: used for trials an interruption cut off."""
-    client = _client(parent.tracking_uri)
-    for trial in trials:
-        key = run_tags("trial", parent=parent.run_id, trial=trial)
-        found = _find(parent.tracking_uri, parent.experiment_id, key)
-        if found is not None:
-            client.set_terminated(found.info.run_id, status)
-            end_open_runs(RunRef(**{**parent.model_dump(), "run_id": found.info.run_id}), status)
-
-
-def note_retries(parent: RunRef, trial: int, failures: list[str], resumes: list[str]) -> None:
-    """Record on a trial's run why its attempts failed and where each retry resumed."""
-    key = run_tags("trial", parent=parent.run_id, trial=trial)
-    found = _find(parent.tracking_uri, parent.experiment_id, key)
-    if found is None:
-        return
-    run = RunRef(**{**parent.model_dump(), "run_id": found.info.run_id})
-    log(run, metrics={"retries": float(max(len(failures), len(resumes)))})
-    notes = {"failures": "; ".join(failures), "resumed_at": "; ".join(resumes)}
-    set_tags(run, **{k: v[:5000] for k, v in notes.items() if v})
 
 
 def end_open_runs(parent: RunRef, status: EndStatus = "KILLED") -> int:

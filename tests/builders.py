@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from ray_pipeline.artifacts import write_json
 from ray_pipeline.data.splits import load_splits
-from ray_pipeline.hpo.results import FoldResult, FoldState, HpoResult, TrialRecord, TrialReport
+from ray_pipeline.hpo.results import FoldResult, FoldState, HpoResult, TrialRecord
+from ray_pipeline.hpo.trial_report import TrialReport
 from ray_pipeline.identity import stable_hash, study_key, trial_key_hash
 from ray_pipeline.models import build_model, load_tokenizer
 from ray_pipeline.schema import PipelineConfig, TrainingParams

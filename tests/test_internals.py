@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from ray_pipeline import internals
-from ray_pipeline.hpo.results import TrialReport
 from ray_pipeline.hpo.schedulers import make_scheduler
+from ray_pipeline.hpo.trial_report import TrialReport
 from ray_pipeline.hpo.tune_state import repair_recorded_checkpoints
 from ray_pipeline.precision import supported
 from ray_pipeline.schema import SchedulerConfig

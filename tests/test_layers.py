@@ -42,6 +42,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "ray_pipeline.faults",
             "ray_pipeline.storage",
             "ray_pipeline.tracking",
+            "ray_pipeline.run_tree",
             "ray_pipeline.cluster",
             "ray_pipeline.sessions",
         ],

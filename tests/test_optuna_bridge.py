@@ -21,9 +21,9 @@ from ray.tune.search import ConcurrencyLimiter, Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from ray_pipeline.direction import Direction
-from ray_pipeline.hpo.results import TrialReport
 from ray_pipeline.hpo.search import TRIAL_NUMBER, Budget, StudySearch
 from ray_pipeline.hpo.search_space import DefineSpace
+from ray_pipeline.hpo.trial_report import TrialReport
 from ray_pipeline.schema import CategoricalParam, FloatParam, IntParam, ParamSpec
 from tests.builders import trial_report
 

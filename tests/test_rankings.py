@@ -9,8 +9,9 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from ray_pipeline.hpo.results import FoldState, TrialOutcome, TrialReport
+from ray_pipeline.hpo.results import FoldState
 from ray_pipeline.hpo.stage import _collect, _job
+from ray_pipeline.hpo.trial_report import TrialOutcome, TrialReport
 from ray_pipeline.identity import study_key
 from ray_pipeline.loading import load_config
 from ray_pipeline.variants import create_variant, stage_place

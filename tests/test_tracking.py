@@ -13,7 +13,7 @@ import pytest
 from mlflow import MlflowClient
 
 import ray_pipeline
-from ray_pipeline import tracking
+from ray_pipeline import run_tree, tracking
 from ray_pipeline.errors import ConfigError
 from ray_pipeline.loading import load_config
 from tests.conftest import MakeExp
@@ -60,8 +60,8 @@ def test_unreachable_server_is_refused_after_one_health_probe(
 
 
 def test_names_and_tags() -> None:
-    assert tracking.run_name("hpo_b") == "hpo_b"
-    assert tracking.run_name("hpo_b", 3, 1) == "hpo_b_trial_3_fold1"
+    assert run_tree.run_name("hpo_b") == "hpo_b"
+    assert run_tree.run_name("hpo_b", 3, 1) == "hpo_b_trial_3_fold1"
     tags = tracking.run_tags("trial", parent="p1", variant="hpo_b", trial=3, fold=None)
     assert tags == {
         "ray_pipeline.kind": "trial",
@@ -73,11 +73,11 @@ def test_names_and_tags() -> None:
 
 def test_parent_found_again_and_open_runs_ended(smoke_experiment: MakeExp, tmp_path: Path) -> None:
     cfg = load_config(smoke_experiment())
-    parent = tracking.open_variant_run(cfg, "hpo", "tiny-bert", "hpo_tiny-bert", "abc")
+    parent = run_tree.open_variant_run(cfg, "hpo", "tiny-bert", "hpo_tiny-bert", "abc")
     assert parent is not None
-    again = tracking.open_variant_run(cfg, "hpo", "tiny-bert", "hpo_tiny-bert", "abc")
+    again = run_tree.open_variant_run(cfg, "hpo", "tiny-bert", "hpo_tiny-bert", "abc")
     assert again == parent
-    other = tracking.open_variant_run(cfg, "hpo", "tiny-bert", "hpo_tiny-bert_v2", "abc")
+    other = run_tree.open_variant_run(cfg, "hpo", "tiny-bert", "hpo_tiny-bert_v2", "abc")
     assert other is not None and other.run_id != parent.run_id
     trial = tracking.open_child(parent, "trial", "hpo_tiny-bert_trial_0", trial=0)
     assert tracking.open_child(parent, "trial", "hpo_tiny-bert_trial_0", trial=0) == trial
@@ -95,7 +95,7 @@ def test_history_is_logged_per_step_and_gaps_are_skipped(
     smoke_experiment: MakeExp,
 ) -> None:
     cfg = load_config(smoke_experiment())
-    run = tracking.open_variant_run(cfg, "hpo", "tiny-bert", "hpo_tiny-bert", "abc")
+    run = run_tree.open_variant_run(cfg, "hpo", "tiny-bert", "hpo_tiny-bert", "abc")
     assert run is not None
     tracking.log_history(
         run,
@@ -125,7 +125,7 @@ def test_experiments_open_the_model_view_and_keep_artifacts_under_outputs(
     kind = ("mlflow.experimentKind", "custom_model_development")
     uri = f"sqlite:///{tmp_path / 'named.db'}"
     cfg = load_config(smoke_experiment(), [f"tracking.tracking_uri={uri}"])
-    run = tracking.open_variant_run(cfg, "hpo", "tiny-bert", "hpo_tiny-bert", "abc")
+    run = run_tree.open_variant_run(cfg, "hpo", "tiny-bert", "hpo_tiny-bert", "abc")
     assert run is not None
     client = MlflowClient(uri)
     experiment = client.get_experiment(run.experiment_id)
@@ -168,12 +168,12 @@ def test_only_the_tracking_module_imports_mlflow() -> None:
 
 def test_cut_off_trials_end_killed_whatever_they_said(smoke_experiment: MakeExp) -> None:
     cfg = load_config(smoke_experiment())
-    parent = tracking.open_variant_run(cfg, "hpo", "tiny-bert", "hpo_tiny-bert", "abc")
+    parent = run_tree.open_variant_run(cfg, "hpo", "tiny-bert", "hpo_tiny-bert", "abc")
     assert parent is not None
     trial = tracking.open_child(parent, "trial", "t0", trial=0)
     fold = tracking.open_child(trial, "fold", "t0f0", trial=0, fold=0)
     tracking.end(trial, "FAILED")  # its trainer was torn down by the interruption
-    tracking.end_trial_runs(parent, [0], "KILLED")
+    run_tree.end_trial_runs(parent, [0], "KILLED")
     tracking.end(trial, "FAILED", only_if_running=True)  # a late write does not undo it
     client = MlflowClient(parent.tracking_uri)
     assert client.get_run(trial.run_id).info.status == "KILLED"

@@ -27,7 +27,7 @@ from ray_pipeline.loading import load_config
 from ray_pipeline.models import build_model, check_dropout, dropout_overrides
 from ray_pipeline.precision import Amp
 from ray_pipeline.schema import BackboneConfig, CategoricalParam, Task, TrainingParams
-from ray_pipeline.schema.hpo import LrSchedule
+from ray_pipeline.schema.training import LrSchedule
 from ray_pipeline.training import (
     batches,
     make_optimizer,

@@ -8,7 +8,7 @@ from ray_pipeline.artifacts import Record
 from ray_pipeline.data.encode import Row
 from ray_pipeline.hpo.results import TrialRecord
 from ray_pipeline.schema import BenchmarkSettings, Task
-from ray_pipeline.schema.hpo import Precision
+from ray_pipeline.schema.training import Precision
 from ray_pipeline.timing import LatencyStats
 
 

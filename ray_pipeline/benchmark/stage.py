@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ray_pipeline import monitoring, tracking
+from ray_pipeline import monitoring, run_tree, tracking
 from ray_pipeline.artifacts import write_json
 from ray_pipeline.benchmark.results import BenchmarkJob, BenchmarkResult
 from ray_pipeline.benchmark.scope import BenchmarkTarget, variants_in_scope
@@ -240,7 +240,7 @@ def _record(
     config: PipelineConfig, target: BenchmarkTarget, result: BenchmarkResult
 ) -> BenchmarkResult:
     """Write ``result`` (with its MLflow run's id) into the variant and log it to that run."""
-    with tracking.tracked(tracking.open_benchmark_run(config, result.trial.origin())) as run:
+    with tracking.tracked(run_tree.open_benchmark_run(config, result.trial.origin())) as run:
         if run is not None:
             result = result.model_copy(update={"mlflow_run_id": run.run_id})
         target.benchmark_file.parent.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ray_pipeline import tracking
+from ray_pipeline import run_tree, tracking
 from ray_pipeline.artifacts import write_json, write_text_atomic
 from ray_pipeline.final.results import FinalMetrics, Lineage
 from ray_pipeline.identity import data_fingerprint, stable_hash
@@ -68,7 +68,7 @@ def export(
         data_fingerprint=data_fingerprint(config),
         labels=labels,
         mlflow={
-            "hpo_run_id": tracking.hpo_run_id(config, source.trial.variant),
+            "hpo_run_id": run_tree.hpo_run_id(config, source.trial.variant),
             "benchmark_run_id": source.benchmark_run_id,
             "selection_run_id": source.selection_run_id,
             "final_run_id": run.run_id if run is not None else None,

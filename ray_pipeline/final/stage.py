@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any
 
-from ray_pipeline import faults, tracking
+from ray_pipeline import faults, run_tree, tracking
 from ray_pipeline.artifacts import read_json
 from ray_pipeline.cluster import ctrl_c_unwinds
 from ray_pipeline.data.splits import load_splits
@@ -198,7 +198,7 @@ def run_final(config: PipelineConfig, plan: TrialPlan) -> FinalMetrics:
         _print_summary(metrics, variant)
         return metrics
     origin, chosen = source.trial.origin(), source.choice()
-    opened = tracking.open_final_run(config, variant.name, origin, stable_hash(key), chosen)
+    opened = run_tree.open_final_run(config, variant.name, origin, stable_hash(key), chosen)
     try:
         with tracking.tracked(opened) as run:
             metrics = _train_and_export(config, plan, variant, source, backbone, training, run, key)
@@ -250,9 +250,27 @@ def _train_and_export(
     state = read_state(found[-1]) if found else FinalState()
     if state.test_metrics is None:
         raise PipelineError(f"final {variant.name}: training ended without a tested checkpoint")
+    metrics = _metrics_of(config, variant, source, state, refit, (start, started))
+    with local_copy(join(found[-1], CHECKPOINT_MODEL)) as model:
+        export(config, variant, model, metrics, training, key, run)
+    return metrics
+
+
+def _metrics_of(
+    config: PipelineConfig,
+    variant: Variant,
+    source: SourceTrial,
+    state: FinalState,
+    refit: Refit,
+    attempt: tuple[int, datetime],
+) -> FinalMetrics:
+    """``metrics.json`` of a refit whose last epoch checkpoint holds ``state`` (tested); this
+    attempt started at epoch ``attempt[0]``, at the time ``attempt[1]``."""
+    assert state.test_metrics is not None
+    start, started = attempt
     splits = load_splits(config.data)
     majority, rate = majority_rate(splits.train.label_counts(), splits.test.label_counts())
-    metrics = FinalMetrics(
+    return FinalMetrics(
         variant=variant.name,
         source=source,
         task=config.data.task,
@@ -269,9 +287,6 @@ def _train_and_export(
         refit=refit,
         seconds=(datetime.now(timezone.utc) - started).total_seconds(),
     )
-    with local_copy(join(found[-1], CHECKPOINT_MODEL)) as model:
-        export(config, variant, model, metrics, training, key, run)
-    return metrics
 
 
 _BACKENDS = {"task": "one Ray task", "train": "a Ray Train DDP worker group"}

@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from ray_pipeline.direction import Direction
+from ray_pipeline.run_tree import Origin
 from ray_pipeline.schema import (
     BackboneConfig,
     DataConfig,
@@ -18,7 +19,7 @@ from ray_pipeline.schema import (
     Task,
     TrainingParams,
 )
-from ray_pipeline.tracking import Origin, RunRef
+from ray_pipeline.tracking import RunRef
 
 
 class StudyJob(BaseModel):

@@ -20,7 +20,7 @@ from typing import Any
 
 from ray_pipeline.console import STATUS_EVERY_S, duration
 from ray_pipeline.direction import Direction
-from ray_pipeline.hpo.results import TrialReport
+from ray_pipeline.hpo.trial_report import TrialReport
 
 
 @dataclass

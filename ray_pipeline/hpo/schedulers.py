@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ray_pipeline.hpo.results import TrialReport
+from ray_pipeline.hpo.trial_report import TrialReport
 from ray_pipeline.schema import SchedulerConfig
 
 

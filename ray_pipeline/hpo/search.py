@@ -24,9 +24,9 @@ from ray.tune.search import Searcher
 
 from ray_pipeline import monitoring
 from ray_pipeline.direction import Direction
-from ray_pipeline.hpo.results import TrialReport
 from ray_pipeline.hpo.search_space import DefineSpace
 from ray_pipeline.hpo.study import load_study
+from ray_pipeline.hpo.trial_report import TrialReport
 
 if TYPE_CHECKING:
     import optuna

@@ -11,20 +11,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ray_pipeline import faults, tracking
+from ray_pipeline import faults, run_tree, tracking
 from ray_pipeline.artifacts import write_json
 from ray_pipeline.data.splits import check_foldable, load_splits
 from ray_pipeline.errors import PipelineError
 from ray_pipeline.hpo.jobs import StudyJob
 from ray_pipeline.hpo.keep import keep_best, pareto_front
-from ray_pipeline.hpo.results import (
-    ENQUEUED_FROM,
-    FoldState,
-    HpoResult,
-    TrialOutcome,
-    TrialRecord,
-    read_hpo,
-)
+from ray_pipeline.hpo.progress import SearchProgress
+from ray_pipeline.hpo.results import ENQUEUED_FROM, FoldState, HpoResult, TrialRecord, read_hpo
 from ray_pipeline.hpo.starts import enqueue_starts
 from ray_pipeline.hpo.study import (
     best_so_far,
@@ -33,6 +27,7 @@ from ray_pipeline.hpo.study import (
     load_study,
     study_storage,
 )
+from ray_pipeline.hpo.trial_report import TrialOutcome
 from ray_pipeline.identity import study_key, trial_key_hash
 from ray_pipeline.paths import OutputsLayout, in_round_order
 from ray_pipeline.resources import TrialPlan, cluster_nodes, plan_trials
@@ -131,7 +126,7 @@ def _run_backbone(config: PipelineConfig, backbone: BackboneConfig, plan: TrialP
     )
     if not study.get_trials(deepcopy=False):
         enqueue_starts(config, backbone, variant, study)
-    parent = tracking.open_variant_run(
+    parent = run_tree.open_variant_run(
         config, "hpo", backbone.name, variant.name, variant.record.study_key_hash
     )
     if parent is not None and decision.action == "resume":
@@ -168,7 +163,7 @@ def _search(
         # whatever their own process ended them as.
         if job.parent_run is not None:
             cut_off = [t.number for t in study.get_trials() if t.state.name == "RUNNING"]
-            tracking.end_trial_runs(job.parent_run, cut_off, "KILLED")
+            run_tree.end_trial_runs(job.parent_run, cut_off, "KILLED")
         raise
     result = _collect(config, job, variant, study, outcomes, previous, stop_reason)
     if _done(result):  # unfinished trials still need their checkpoints
@@ -209,55 +204,64 @@ def _run_rounds(
     plan: TrialPlan,
 ) -> tuple[dict[int, TrialOutcome], str | None]:
     """Restore an interrupted round (when resuming), then run the trials still missing.
-    Returns each trial's last reported metrics, by trial number, and why the search stopped
+    Returns how each trial of those rounds ended, by trial number, and why the search stopped
     launching trials before ``num_samples`` (a budget), if it did."""
     from ray_pipeline.hpo import tuning  # imports ray.tune: not for validate/status/report
 
-    variant, hpo, backbone = decision.variant, config.hpo, job.backbone
-    files = variant.files
-    outcomes: dict[int, TrialOutcome] = {}
-    stop_reason = None
-    where = WorkerStorage.of(config)
+    variant, hpo, label = decision.variant, config.hpo, f"hpo {job.backbone.name}"
+    files, where = variant.files, WorkerStorage.of(config)
     tune_dir, train_dir = where.place(files.tune_dir), where.place(files.train_dir)
+
+    def tune_round(name: str) -> tuning.Round:
+        return tuning.Round(job, plan, join(tune_dir, name), train_dir, files.failures)
+
+    outcomes: dict[int, TrialOutcome] = {}
     rounds = in_round_order(children(tune_dir))
     if decision.action == "resume" and rounds:
-        print(f"hpo {backbone.name}: resuming {variant.name} ({rounds[-1]})")
-        last = join(tune_dir, rounds[-1])
-        grid = tuning.restore_round(last, job, plan, train_dir, files.failures)
+        print(f"{label}: resuming {variant.name} ({rounds[-1]})")
+        grid = tuning.restore_round(tune_round(rounds[-1]))
         outcomes |= tuning.round_results(grid, where) if grid is not None else {}
     stale = fail_running(study)
     if stale:
-        print(f"hpo {backbone.name}: trial(s) {stale} left running by a stopped run marked FAIL")
+        print(f"{label}: trial(s) {stale} left running by a stopped run marked FAIL")
     finished = count_finished(study)
     missing = max(hpo.num_samples - finished, 0)
     print(
-        f"hpo {backbone.name}: {decision.action} {variant.name}; "
+        f"{label}: {decision.action} {variant.name}; "
         f"{finished} of {hpo.num_samples} trials finished, running {missing}"
     )
-    if missing:
-        set_status(variant, "running")
-        grid, stop_reason = tuning.run_round(
-            experiment_dir=where.place(files.round_dir(len(rounds) + 1)),
-            study_name=variant.name,
-            storage=storage,
-            hpo=hpo,
-            job=job,
-            plan=plan,
-            num_samples=missing,
-            train_dir=train_dir,
-            failure_log=files.failures,
-            done_before=finished,
-            best=best_so_far(study),
+    if not missing:
+        return outcomes, None
+    set_status(variant, "running")
+    progress = _progress(config, job, plan, study, finished, missing)
+    next_round = tune_round(files.round_dir(len(rounds) + 1).name)
+    grid, stop_reason = tuning.run_round(next_round, hpo, storage, missing, progress)
+    outcomes |= tuning.round_results(grid, where)
+    fail_running(study)
+    if stop_reason is not None:
+        print(
+            f"{label}: {stop_reason}; no new trials launched, running ones finished "
+            f"({count_finished(study)} of {hpo.num_samples} trials); a later run continues up "
+            "to num_samples"
         )
-        outcomes |= tuning.round_results(grid, where)
-        fail_running(study)
-        if stop_reason is not None:
-            print(
-                f"hpo {backbone.name}: {stop_reason}; no new trials launched, running ones "
-                f"finished ({count_finished(study)} of {hpo.num_samples} trials); a later run "
-                "continues up to num_samples"
-            )
     return outcomes, stop_reason
+
+
+def _progress(
+    config: PipelineConfig, job: StudyJob, plan: TrialPlan, study: Any, done: int, missing: int
+) -> SearchProgress:
+    """The console progress of a round that runs ``missing`` trials after ``done``."""
+    return SearchProgress(
+        label=f"hpo {job.backbone.name}",
+        total=done + missing,
+        done_before=done,
+        k_folds=job.k_folds,
+        epochs=job.training.epochs,
+        metric=job.metric,
+        direction=job.direction,
+        parallel=plan.max_concurrent_trials,
+        best=None if config.hpo.objective.latency else best_so_far(study),
+    )
 
 
 def _track_variant(parent: RunRef, result: HpoResult, config_file: Path, hpo_file: Path) -> None:
@@ -278,7 +282,7 @@ def _track_variant(parent: RunRef, result: HpoResult, config_file: Path, hpo_fil
         )
     for trial in result.trials:
         if trial.resumes or trial.failures:
-            tracking.note_retries(parent, trial.number, trial.failures, trial.resumes)
+            run_tree.note_retries(parent, trial.number, trial.failures, trial.resumes)
     for path in (config_file, hpo_file):
         if path.is_file():
             tracking.log_artifact(parent, str(path))
@@ -300,38 +304,17 @@ def _collect(
 ) -> HpoResult:
     """``hpo.json``: every trial of the study as this run's outcomes (else the last
     ``hpo.json``) left it, and the best."""
-    failures: dict[int, list[str]] = {}
-    for failure in faults.read_failures(variant.files.failures):
-        failures.setdefault(failure.trial if failure.trial is not None else -1, []).append(
-            f"{failure.source}: {failure.cause}"
+    failures = faults.failures_by_trial(variant.files.failures)
+    trials = [
+        _record(
+            job,
+            frozen,
+            outcomes.get(frozen.number),
+            previous.get(frozen.number),
+            failures.get(frozen.number, []),
         )
-    trials = []
-    for frozen in study.get_trials(deepcopy=False):
-        outcome = outcomes.get(frozen.number)
-        old = previous.get(frozen.number)
-        report = outcome.report if outcome is not None else None
-        checkpoint = old.checkpoint if old is not None else None
-        epochs = old.epochs_trained if old is not None else None
-        state = old.fold_state if old is not None else FoldState()
-        if report is not None:
-            assert outcome is not None
-            state, epochs = report.fold_state, report.global_step
-            checkpoint = outcome.checkpoint or checkpoint
-        params = dict(frozen.params)
-        trials.append(
-            TrialRecord.of(
-                state,
-                number=frozen.number,
-                trial_state=frozen.state.name,
-                params=params,
-                study=job,
-                trial_key_hash=trial_key_hash(job.study_key_hash, params),
-                checkpoint=checkpoint,
-                failures=failures.get(frozen.number, []),
-                epochs_trained=epochs,
-                enqueued_from=frozen.user_attrs.get(ENQUEUED_FROM),
-            )
-        )
+        for frozen in study.get_trials(deepcopy=False)
+    ]
     complete = [t for t in trials if t.state == "COMPLETE" and t.objective_mean is not None]
     best = config.hpo.objective.direction.best(complete, key=lambda t: t.objective_mean or 0.0)
     front = pareto_front(complete, config.hpo.objective.direction)
@@ -351,6 +334,36 @@ def _collect(
         stop_reason=stop_reason,
         pareto=front,
         train_examples=len(load_splits(search_data(config)).train),
+    )
+
+
+def _record(
+    job: StudyJob,
+    frozen: Any,
+    outcome: TrialOutcome | None,
+    old: TrialRecord | None,
+    failures: list[str],
+) -> TrialRecord:
+    """Optuna's trial ``frozen`` as its last report in this run (``outcome``) left it, else as
+    the last ``hpo.json`` recorded it (``old``)."""
+    checkpoint = old.checkpoint if old is not None else None
+    epochs = old.epochs_trained if old is not None else None
+    state = old.fold_state if old is not None else FoldState()
+    if outcome is not None and outcome.report is not None:
+        state, epochs = outcome.report.fold_state, outcome.report.global_step
+        checkpoint = outcome.checkpoint or checkpoint
+    params = dict(frozen.params)
+    return TrialRecord.of(
+        state,
+        number=frozen.number,
+        trial_state=frozen.state.name,
+        params=params,
+        study=job,
+        trial_key_hash=trial_key_hash(job.study_key_hash, params),
+        checkpoint=checkpoint,
+        failures=failures,
+        epochs_trained=epochs,
+        enqueued_from=frozen.user_attrs.get(ENQUEUED_FROM),
     )
 
 

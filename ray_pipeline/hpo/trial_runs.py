@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ray_pipeline import tracking
+from ray_pipeline import run_tree, tracking
 from ray_pipeline.hpo.jobs import StudyJob, TrialJob
 from ray_pipeline.hpo.results import FoldState
 from ray_pipeline.identity import trial_key_hash
@@ -21,7 +21,7 @@ def start(study: StudyJob, number: int, params: dict[str, Any]) -> TrialJob:
     job = TrialJob(study=study, trial=number, params=params, trial_key_hash=key)
     if study.parent_run is None:
         return job
-    run = tracking.open_trial_run(study.parent_run, job.origin())
+    run = run_tree.open_trial_run(study.parent_run, job.origin())
     tracking.log(run, params=params)
     return job.model_copy(update={"trial_run": run})
 

@@ -1,6 +1,8 @@
 """Ray Tune: the trial (the fold loop in-process, or one TorchTrainer) and the Tuner around it.
 
-With hpo/search.py (the searcher), the only module that imports ``ray.tune``. A trial's
+The Tune integration lives in hpo/: this module (the Tuner, the trial, its retries),
+search.py (the searcher), schedulers.py and progress.py (a scheduler and a callback); no
+module outside hpo/ imports ``ray.tune``. A trial's
 hyperparameters come from Optuna through ``search.StudySearch`` over the variant's persisted
 study, so finished trials of earlier runs inform the sampler. A one-worker trial runs the fold
 loop inside its Tune trial (``TuneSession``), in a process Tune reuses for the next trial; a
@@ -23,10 +25,10 @@ from ray_pipeline import console, faults, tracking
 from ray_pipeline.hpo import trial_runs
 from ray_pipeline.hpo.jobs import StudyJob, TrialJob
 from ray_pipeline.hpo.progress import SearchProgress, progress_callback
-from ray_pipeline.hpo.results import TrialOutcome, TrialReport
 from ray_pipeline.hpo.schedulers import make_scheduler
 from ray_pipeline.hpo.search import TRIAL_NUMBER, Budget, StudySearch
 from ray_pipeline.hpo.search_space import DefineSpace, make_sampler
+from ray_pipeline.hpo.trial_report import TrialOutcome, TrialReport
 from ray_pipeline.hpo.tune_state import repair_recorded_checkpoints
 from ray_pipeline.hpo.worker import run_folds, train_folds
 from ray_pipeline.internals import train_checkpoint_key, trial_failures
@@ -167,47 +169,47 @@ def _dirname(trial: Trial) -> str:
     return trial_name(int(trial.config.get(TRIAL_NUMBER, -1)))
 
 
+@dataclass(frozen=True)
+class Round:
+    """One Tune round of a variant's study, as the driver runs (or restores) it."""
+
+    job: StudyJob
+    plan: TrialPlan
+    experiment_dir: str
+    """The round's Tune experiment: a place (a path, or under ``storage.uri``)."""
+    train_dir: str
+    """Where worker-group trials keep their Ray Train runs: a place."""
+    failure_log: Path
+    """The variant's ``failures.jsonl``."""
+
+    def spec(self) -> RoundSpec:
+        """What its trials get (``failure_log`` only where they can reach the driver's disk)."""
+        shared = not is_uri(self.train_dir)
+        log = str(self.failure_log) if shared else None
+        return RoundSpec(self.job.model_dump(mode="json"), self.train_dir, asdict(self.plan), log)
+
+
 def run_round(
-    *,
-    experiment_dir: str,
-    study_name: str,
-    storage: BaseStorage,
+    tune_round: Round,
     hpo: HpoConfig,
-    job: StudyJob,
-    plan: TrialPlan,
+    storage: BaseStorage,
     num_samples: int,
-    train_dir: str,
-    failure_log: Path,
-    done_before: int = 0,
-    best: tuple[float, int] | None = None,
+    progress: SearchProgress,
 ) -> tuple[ResultGrid, str | None]:
-    """Run up to ``num_samples`` new trials of the study as a fresh Tune experiment; return its
-    results and why it stopped launching trials early (a budget), if it did.
-    ``experiment_dir`` and ``train_dir`` are places (a path, or under ``storage.uri``);
-    ``done_before`` and ``best`` (objective, trial) are the earlier rounds', for the progress
-    lines."""
+    """Run up to ``num_samples`` new trials of the study as a fresh Tune experiment, showing
+    ``progress``; return its results and why it stopped launching trials early (a budget),
+    if it did."""
     from ray import tune
 
-    mode = job.direction.mode
-    # Seed per round: a top-up round must not replay the first round's suggestions.
-    seed = job.seed + len(storage.get_all_trials(storage.get_study_id_from_name(study_name)))
-    search = StudySearch(
-        space=DefineSpace(hpo.search_space),
-        sampler=make_sampler(hpo.sampler, seed, hpo.search_space),
-        storage=storage,
-        study_name=study_name,
-        direction=job.direction,
-        # With latency as a second objective Optuna gets both values (and no intermediate ones).
-        latency=hpo.objective.latency is not None,
-        k_folds=job.k_folds,
-        budget=Budget(hpo.time_budget_s, hpo.patience, job.direction),
-    )
-    spec = _round_spec(job, train_dir, plan, failure_log)
+    job, plan = tune_round.job, tune_round.plan
+    search = _searcher(job, hpo, storage)
     tuner = tune.Tuner(
-        _trainable(spec),
+        _trainable(tune_round.spec()),
         tune_config=tune.TuneConfig(
             search_alg=search,
-            scheduler=make_scheduler(hpo.scheduler, job.k_folds, job.training.epochs, mode),
+            scheduler=make_scheduler(
+                hpo.scheduler, job.k_folds, job.training.epochs, job.direction.mode
+            ),
             num_samples=num_samples,
             max_concurrent_trials=plan.max_concurrent_trials,
             trial_name_creator=_dirname,
@@ -216,32 +218,33 @@ def run_round(
             reuse_actors=plan.in_process,
         ),
         run_config=tune.RunConfig(
-            name=name_of(experiment_dir),
-            storage_path=parent_of(experiment_dir),
+            name=name_of(tune_round.experiment_dir),
+            storage_path=parent_of(tune_round.experiment_dir),
             failure_config=tune.FailureConfig(max_failures=plan.max_failures),
             # The last checkpoint holds everything: the fold state and the best fold's model.
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            callbacks=[
-                *_callbacks(job, plan, failure_log),
-                progress_callback(
-                    SearchProgress(
-                        label=f"hpo {job.backbone.name}",
-                        total=done_before + num_samples,
-                        done_before=done_before,
-                        k_folds=job.k_folds,
-                        epochs=job.training.epochs,
-                        metric=job.metric,
-                        direction=job.direction,
-                        parallel=plan.max_concurrent_trials,
-                        best=None if hpo.objective.latency else best,
-                    ),
-                    TRIAL_NUMBER,
-                ),
-            ],
+            callbacks=[*_callbacks(tune_round), progress_callback(progress, TRIAL_NUMBER)],
             verbose=TUNE_VERBOSE if console.verbose() else 0,
         ),
     )
     return _fit(tuner), search.stop_reason
+
+
+def _searcher(job: StudyJob, hpo: HpoConfig, storage: BaseStorage) -> StudySearch:
+    """The round's searcher over the variant's study, its sampler seeded per round: a top-up
+    round must not replay the first round's suggestions."""
+    seed = job.seed + len(storage.get_all_trials(storage.get_study_id_from_name(job.variant)))
+    return StudySearch(
+        space=DefineSpace(hpo.search_space),
+        sampler=make_sampler(hpo.sampler, seed, hpo.search_space),
+        storage=storage,
+        study_name=job.variant,
+        direction=job.direction,
+        # With latency as a second objective Optuna gets both values (and no intermediate ones).
+        latency=hpo.objective.latency is not None,
+        k_folds=job.k_folds,
+        budget=Budget(hpo.time_budget_s, hpo.patience, job.direction),
+    )
 
 
 def _fit(tuner: Any) -> ResultGrid:
@@ -273,39 +276,31 @@ def _fit(tuner: Any) -> ResultGrid:
                 os.environ.pop(name, None)
 
 
-def _round_spec(job: StudyJob, train_dir: str, plan: TrialPlan, failure_log: Path) -> RoundSpec:
-    shared = not is_uri(train_dir)  # else trials run where the driver's disk is out of reach
-    log = str(failure_log) if shared else None
-    return RoundSpec(job.model_dump(mode="json"), train_dir, asdict(plan), log)
-
-
-def _callbacks(job: StudyJob, plan: TrialPlan, failure_log: Path) -> list[Any]:
+def _callbacks(tune_round: Round) -> list[Any]:
     """Tune's JSON and CSV result files and the retry recorder."""
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
-    label = f"hpo {job.backbone.name}"
+    label = f"hpo {tune_round.job.backbone.name}"
     return [
         JsonLoggerCallback(),  # type: ignore[no-untyped-call]
         CSVLoggerCallback(),  # type: ignore[no-untyped-call]
-        RecordRetries(str(failure_log), label, plan.max_failures),
+        RecordRetries(str(tune_round.failure_log), label, tune_round.plan.max_failures),
     ]
 
 
-def restore_round(
-    experiment_dir: str, job: StudyJob, plan: TrialPlan, train_dir: str, failure_log: Path
-) -> ResultGrid | None:
+def restore_round(tune_round: Round) -> ResultGrid | None:
     """Continue an interrupted round: finished trials stay finished, unfinished ones resume
     from their last fold checkpoint. None when there is nothing restorable."""
     from ray import tune
 
-    if not tune.Tuner.can_restore(experiment_dir):
+    place = tune_round.experiment_dir
+    if not tune.Tuner.can_restore(place):
         return None
-    for note in repair_recorded_checkpoints(experiment_dir):
-        print(f"hpo {job.backbone.name}: {note}")
-    spec = _round_spec(job, train_dir, plan, failure_log)
+    for note in repair_recorded_checkpoints(place):
+        print(f"hpo {tune_round.job.backbone.name}: {note}")
     tuner = tune.Tuner.restore(
-        experiment_dir,
-        trainable=_trainable(spec),
+        place,
+        trainable=_trainable(tune_round.spec()),
         resume_unfinished=True,
         resume_errored=False,
     )

@@ -21,14 +21,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ray_pipeline import monitoring
+from ray_pipeline import monitoring, run_tree
 from ray_pipeline.data.splits import fold_indices
 from ray_pipeline.hpo.cache import Prepared, fresh_model, prepared
 from ray_pipeline.hpo.jobs import TrialJob
-from ray_pipeline.hpo.results import EpochPoint, FoldProgress, FoldResult, FoldState, TrialReport
+from ray_pipeline.hpo.results import EpochPoint, FoldProgress, FoldResult, FoldState
+from ray_pipeline.hpo.trial_report import TrialReport
 from ray_pipeline.layout_names import CHECKPOINT_MODEL, FOLD_STATE, TRAINING_STATE
 from ray_pipeline.precision import Amp, resolve
-from ray_pipeline.sessions import Session, TrainSession, quiet_checkpoints
+from ray_pipeline.sessions import Session, TrainSession, placement, quiet_checkpoints
 from ray_pipeline.training import (
     batches,
     evaluate,
@@ -244,14 +245,48 @@ def _train_fold(
     job: TrialJob, session: Session, state: FoldState, fold: FoldRun, best_model: Path
 ) -> FoldState:
     """Train the fold's remaining epochs, evaluate it and report it with a checkpoint."""
-    number, epochs = fold.fold, job.training.epochs
-    progress = state.current or FoldProgress(fold=number)
+    progress = _train_epochs(job, session, state, fold, best_model)
+    begin = time.perf_counter()
+    scores = fold.evaluate() if session.rank == 0 else {}
+    objective = scores.get(job.study.metric, math.nan)
+    result = FoldResult(
+        fold=fold.fold,
+        objective=objective,
+        metrics=scores,
+        train_loss=progress.losses[-1],
+        train_examples=fold.n_fit,
+        validation_examples=len(fold.val_rows),
+        seconds=progress.seconds + time.perf_counter() - begin,
+        train_step_seconds=progress.step_seconds,
+        workers=fold.workers,
+        precision=fold.amp.precision,
+        latency_ms=fold.latency_ms() if fold.fold == 0 and session.rank == 0 else None,
+        history=_with_last_validation(progress.history, job.training.epochs, objective),
+        **placement(),
+    )
+    state = _with_fold(job, session, state, fold, result, best_model)
+    if session.rank == 0:
+        _track_fold(job, result)
+        monitoring.fold_seconds(job.study.variant, result.seconds)
+    last_epoch = job.training.epochs - 1
+    report = _report_of(job, state, fold.fold, last_epoch, result.train_loss, fold_metrics=scores)
+    _report(session, report, best_model)
+    return state
+
+
+def _train_epochs(
+    job: TrialJob, session: Session, state: FoldState, fold: FoldRun, best_model: Path
+) -> FoldProgress:
+    """Train the fold's epochs not yet done, reporting each but the last (with an epoch
+    checkpoint when they are on); the last is evaluated as the fold's objective."""
+    epochs = job.training.epochs
+    progress = state.current or FoldProgress(fold=fold.fold)
     for epoch in range(progress.epochs_done, epochs):
         begin = time.perf_counter()
         loss, seconds = fold.train_epoch(epoch)
         elapsed = time.perf_counter() - begin
         last = epoch == epochs - 1
-        score = None  # the last epoch's is the fold's objective, evaluated below
+        score = None  # the last epoch's is the fold's objective, evaluated by the caller
         if job.study.report_every_epoch and not last:
             score = fold.evaluate()[job.study.metric] if session.rank == 0 else math.nan
         point = epoch_point(epoch, loss, seconds, fold.steps_per_epoch, fold.learning_rate(), score)
@@ -267,41 +302,29 @@ def _train_fold(
         if last:
             break
         state = state.model_copy(update={"current": progress})
-        report = _report_of(job, state, number, epoch, loss, score)
+        report = _report_of(job, state, fold.fold, epoch, loss, score)
         saved = fold if job.epoch_checkpoints else None
         _report(session, report, best_model, saved, checkpoint=saved is not None)
-    begin = time.perf_counter()
-    scores = fold.evaluate() if session.rank == 0 else {}
-    objective = scores.get(job.study.metric, math.nan)
-    result = FoldResult(
-        fold=number,
-        objective=objective,
-        metrics=scores,
-        train_loss=progress.losses[-1],
-        train_examples=fold.n_fit,
-        validation_examples=len(fold.val_rows),
-        seconds=progress.seconds + time.perf_counter() - begin,
-        train_step_seconds=progress.step_seconds,
-        workers=fold.workers,
-        precision=fold.amp.precision,
-        latency_ms=fold.latency_ms() if number == 0 and session.rank == 0 else None,
-        history=_with_last_validation(progress.history, epochs, objective),
-        **_placement(),
-    )
+    return progress
+
+
+def _with_fold(
+    job: TrialJob,
+    session: Session,
+    state: FoldState,
+    fold: FoldRun,
+    result: FoldResult,
+    best_model: Path,
+) -> FoldState:
+    """``state`` with the finished fold; rank 0 keeps its model when it is the best fold."""
     best = state.best_fold
     if best is None or job.study.direction.better(result.objective, state.folds[best].objective):
-        best = number
+        best = fold.fold
         if session.rank == 0:
             shutil.rmtree(best_model, ignore_errors=True)
             fold.model.save_pretrained(best_model)
             fold.inputs.tokenizer.save_pretrained(best_model)
-    state = FoldState(folds=[*state.folds, result], best_fold=best, resumes=state.resumes)
-    if session.rank == 0:
-        _track_fold(job, result)
-        monitoring.fold_seconds(job.study.variant, result.seconds)
-    report = _report_of(job, state, number, epochs - 1, result.train_loss, fold_metrics=scores)
-    _report(session, report, best_model)
-    return state
+    return FoldState(folds=[*state.folds, result], best_fold=best, resumes=state.resumes)
 
 
 def epoch_point(
@@ -333,21 +356,13 @@ def _with_last_validation(
     return [*history[:-1], history[-1].model_copy(update={"validation": objective})]
 
 
-def _placement() -> dict[str, Any]:
-    """Where this worker runs: its Ray node and the GPUs Ray assigned to it."""
-    import ray
-
-    gpus = [str(g) for g in ray.get_gpu_ids()]
-    return {"node": str(ray.get_runtime_context().get_node_id()), "gpu_ids": gpus}
-
-
 def _track_fold(job: TrialJob, result: FoldResult) -> None:
     """The fold's MLflow run under the trial's run (rank 0 holds the fold's metrics)."""
     if job.trial_run is None:
         return
     from ray_pipeline import tracking
 
-    opened = tracking.open_fold_run(job.trial_run, job.origin(), result.fold)
+    opened = run_tree.open_fold_run(job.trial_run, job.origin(), result.fold)
     with tracking.tracked(opened) as run:
         tracking.log(run, metrics=result.summary())
         tracking.log_history(run, result.curves(job.study.metric))

@@ -39,7 +39,6 @@ from ray_pipeline.schema.hpo import (
     SamplerConfig,
     SchedulerConfig,
     StudyCheckpoint,
-    TrainingParams,
 )
 from ray_pipeline.schema.search import CategoricalParam, FloatParam, IntParam, ParamSpec
 from ray_pipeline.schema.stages import (
@@ -55,6 +54,7 @@ from ray_pipeline.schema.stages import (
     StorageConfig,
     TrackingConfig,
 )
+from ray_pipeline.schema.training import TrainingParams
 
 
 class PipelineConfig(Section):

@@ -15,7 +15,8 @@ from ray_pipeline.schema.base import (
     RunSection,
     Section,
 )
-from ray_pipeline.schema.hpo import ObjectiveConfig, Precision
+from ray_pipeline.schema.hpo import ObjectiveConfig
+from ray_pipeline.schema.training import Precision
 
 
 class BenchmarkSettings(Section):
