@@ -16,7 +16,6 @@ benchmark.json: run.mode ``reuse_if_exists`` reuses it while that key holds.
 from __future__ import annotations
 
 import math
-import statistics
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Literal
@@ -235,13 +234,11 @@ def _name(candidate: Candidate, ranked: Sequence[Scored]) -> str:
 
 
 def _objective(best: TrialRecord, metric: str) -> tuple[float, float]:
-    assert best.objective_mean is not None  # a variant's best trial is complete
-    if metric == best.metric:
-        return best.objective_mean, best.objective_std or 0.0
-    values = [f.metrics[metric] for f in best.folds if metric in f.metrics]
-    if not values:
+    """The rules' metric of a variant's best trial: its mean and spread over the folds."""
+    found = best.objective_of(metric)
+    if found is None:
         raise ConfigError.at("selection.objective.metric", f"{best.label} recorded no {metric}")
-    return statistics.fmean(values), statistics.pstdev(values)
+    return found
 
 
 def gather_candidates(config: PipelineConfig, rules: SelectionRules) -> list[Candidate]:

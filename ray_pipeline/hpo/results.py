@@ -71,11 +71,6 @@ class FoldResult(Record):
     history: list[EpochPoint] = Field(default_factory=list)
     """Each epoch's point, in order (empty: recorded before histories existed)."""
 
-    def summary(self) -> dict[str, float]:
-        """The fold's numbers as its MLflow run records them."""
-        latency = {} if self.latency_ms is None else {"latency_ms": self.latency_ms}
-        return {"objective": self.objective, "seconds": self.seconds, **self.metrics, **latency}
-
     def curves(self, metric: str) -> dict[int, dict[str, float | None]]:
         """The learning curves by epoch (1-based, as MLflow steps): train loss, learning rate,
         step time and the validation ``metric``; the last train loss is the fold's."""
@@ -131,14 +126,6 @@ class FoldState(Record):
     def latency_ms(self) -> float | None:
         """The fold-0 model's p95 latency (``hpo.objective.latency``), once fold 0 finished."""
         return self.folds[0].latency_ms if self.folds else None
-
-    def summary(self) -> dict[str, float]:
-        """The trial's result as its MLflow run records it: finished folds, and the objective
-        with its spread once a fold finished."""
-        out = {"folds_done": float(len(self.folds))}
-        if self.objective is not None:
-            out["objective"], out["objective_std"] = self.objective
-        return out
 
 
 class TrialRecord(Record):

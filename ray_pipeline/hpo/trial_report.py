@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ray_pipeline.artifacts import Record
-from ray_pipeline.hpo.results import FoldState
+from ray_pipeline.hpo.results import FoldResult, FoldState
 
 
 class TrialReport(Record):
@@ -138,3 +138,19 @@ class TrialOutcome:
     """Its last checkpoint, a place (its ``model/`` is the best fold's)."""
     error: str | None = None
     """Why it failed for good, when it did."""
+
+
+def trial_run_metrics(state: FoldState) -> dict[str, float]:
+    """A trial's result as its MLflow run records it, under the report's names: its finished
+    folds, and the objective with its spread once a fold finished."""
+    out = {"folds_done": float(len(state.folds))}
+    if state.objective is not None:
+        out["objective"], out["objective_std"] = state.objective
+    return out
+
+
+def fold_run_metrics(result: FoldResult) -> dict[str, float]:
+    """A fold's numbers as its MLflow run records them: its objective (as the report names
+    it), seconds, every metric and, for fold 0 with a latency objective, its latency."""
+    latency = {} if result.latency_ms is None else {TrialReport.LATENCY: result.latency_ms}
+    return {"objective": result.objective, "seconds": result.seconds, **result.metrics, **latency}

@@ -10,6 +10,7 @@ from typing import Any
 from ray_pipeline import run_tree, tracking
 from ray_pipeline.hpo.jobs import StudyJob, TrialJob
 from ray_pipeline.hpo.results import FoldState
+from ray_pipeline.hpo.trial_report import trial_run_metrics
 from ray_pipeline.identity import trial_key_hash
 from ray_pipeline.tracking import RunRef
 
@@ -29,4 +30,4 @@ def start(study: StudyJob, number: int, params: dict[str, Any]) -> TrialJob:
 def log_result(run: RunRef | None, state: FoldState | None) -> None:
     """Log the trial's objective, its spread and its finished folds to its run."""
     if run is not None:
-        tracking.log(run, metrics=(state or FoldState()).summary())
+        tracking.log(run, metrics=trial_run_metrics(state or FoldState()))

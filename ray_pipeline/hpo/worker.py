@@ -26,7 +26,7 @@ from ray_pipeline.data.splits import fold_indices
 from ray_pipeline.hpo.cache import Prepared, fresh_model, prepared
 from ray_pipeline.hpo.jobs import TrialJob
 from ray_pipeline.hpo.results import EpochPoint, FoldProgress, FoldResult, FoldState
-from ray_pipeline.hpo.trial_report import TrialReport
+from ray_pipeline.hpo.trial_report import TrialReport, fold_run_metrics
 from ray_pipeline.layout_names import CHECKPOINT_MODEL, FOLD_STATE, TRAINING_STATE
 from ray_pipeline.precision import Amp, resolve
 from ray_pipeline.sessions import Session, TrainSession, placement, quiet_checkpoints
@@ -364,7 +364,7 @@ def _track_fold(job: TrialJob, result: FoldResult) -> None:
 
     opened = run_tree.open_fold_run(job.trial_run, job.origin(), result.fold)
     with tracking.tracked(opened) as run:
-        tracking.log(run, metrics=result.summary())
+        tracking.log(run, metrics=fold_run_metrics(result))
         tracking.log_history(run, result.curves(job.study.metric))
     tracking.log(job.trial_run, metrics={"fold_objective": result.objective}, step=result.fold)
 
