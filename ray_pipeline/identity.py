@@ -109,8 +109,19 @@ def study_key(config: PipelineConfig, backbone: BackboneConfig) -> dict[str, Any
             ),
             # Keyed only where set: studies keyed before it existed keep their key.
             **({"max_train_examples": hpo.max_train_examples} if hpo.max_train_examples else {}),
+            **_evaluation_identity(config),
         },
     }
+
+
+def _evaluation_identity(config: PipelineConfig) -> dict[str, Any]:
+    """How trials are scored, keyed only for holdout (cross-validated studies, keyed before
+    holdout existed, keep their key); the carved-out fraction only when it is what scores."""
+    hpo = config.hpo
+    if hpo.evaluation != "holdout":
+        return {}
+    carved = {} if config.data.has_validation else {"holdout_fraction": hpo.holdout_fraction}
+    return {"evaluation": "holdout", **carved}
 
 
 def sampler_identity(sampler: SamplerConfig) -> Any:
@@ -128,6 +139,26 @@ def sampler_identity(sampler: SamplerConfig) -> Any:
     return keyed
 
 
+def same_study(stored: dict[str, Any], key: dict[str, Any]) -> bool:
+    """Whether a variant keyed ``stored`` is the study ``key`` describes: the same key, or one
+    that differs only in how an older version keyed a sampler option written out at its
+    default (``{type: tpe, n_startup_trials: 10}`` was keyed with the option; now the schema
+    resolves a null to 10, and both are keyed by the name)."""
+    return stable_hash(_sampler_normalised(stored)) == stable_hash(_sampler_normalised(key))
+
+
+def _sampler_normalised(key: dict[str, Any]) -> dict[str, Any]:
+    hpo = key.get("hpo")
+    if not isinstance(hpo, dict) or not isinstance(hpo.get("sampler"), dict):
+        return key
+    sampler: dict[str, Any] = hpo["sampler"]
+    try:
+        resolved = SamplerConfig.model_validate({k: v for k, v in sampler.items() if v is not None})
+    except ValueError:  # a key of a sampler option this version does not know: as it is
+        return key
+    return {**key, "hpo": {**hpo, "sampler": sampler_identity(resolved)}}
+
+
 def trial_key_hash(study_hash: str, params: dict[str, Any]) -> str:
     """Hash of a study hash plus one trial's hyperparameters."""
     return stable_hash({"study_key_hash": study_hash, "params": params})
@@ -143,10 +174,13 @@ def final_key(
 ) -> dict[str, Any]:
     """What defines a final-training variant: the trial it refits, the settings it trains
     with, and the data (a different winner or changed data needs ``force_new``)."""
+    with_validation = config.final_training.data == "train_and_validation"
     return {
         "trial_key_hash": trial_key_hash,
         "training": training_identity(training),
         "data": _data_identity(config),
+        # Keyed only where set: refits keyed before it existed keep their key.
+        **({"refit_data": "train_and_validation"} if with_validation else {}),
     }
 
 

@@ -6,7 +6,7 @@ from typing import get_args
 
 from pydantic import BaseModel, ConfigDict
 
-from ray_pipeline.identity import stable_hash, study_key
+from ray_pipeline.identity import same_study, study_key
 from ray_pipeline.naming import VariantStage
 from ray_pipeline.paths import OutputsLayout
 from ray_pipeline.report import LeaderRow, format_leaderboard, leaderboard
@@ -46,7 +46,7 @@ def collect_status(config: PipelineConfig) -> StatusReport:
     layout = OutputsLayout.of(config)
     rows = []
     for backbone in config.model.backbones:
-        current = stable_hash(study_key(config, backbone))
+        key = study_key(config, backbone)
         for stage in get_args(VariantStage):
             for variant in backbone_variants(config, stage, backbone.name):
                 rec = variant.record
@@ -57,7 +57,7 @@ def collect_status(config: PipelineConfig) -> StatusReport:
                         variant=rec.name,
                         status=rec.status,
                         study_key_hash=rec.study_key_hash,
-                        matches_config=stage != "hpo" or rec.study_key_hash == current,
+                        matches_config=stage != "hpo" or same_study(rec.study_key, key),
                         created_at=rec.created_at,
                         path=str(variant.path),
                         has_benchmark=variant.files.benchmark.is_file(),

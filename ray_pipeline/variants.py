@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict
 
 from ray_pipeline.artifacts import read_json, write_json
 from ray_pipeline.errors import ConfigError, PipelineError
-from ray_pipeline.identity import changed_keys, stable_hash
+from ray_pipeline.identity import changed_keys, same_study, stable_hash
 from ray_pipeline.naming import VariantStage, variant_base_name, variant_name, variant_number
 from ray_pipeline.paths import OutputsLayout, VariantFiles
 from ray_pipeline.run_mode import RunMode
@@ -182,6 +182,8 @@ SECTIONS: dict[VariantStage, str] = {"hpo": "hpo", "final": "final_training"}
 
 def _check_same_study(variant: Variant, key: dict[str, Any], mode: RunMode) -> None:
     if variant.record.study_key_hash == stable_hash(key):
+        return
+    if same_study(variant.record.study_key, key):  # keyed by an older version, same study
         return
     stage = SECTIONS[variant.record.stage]
     verb = "reuse" if variant.complete else "resume"

@@ -12,6 +12,7 @@ import pytest
 from ray_pipeline.identity import (
     changed_keys,
     final_key,
+    same_study,
     sampler_identity,
     stable_hash,
     study_key,
@@ -188,3 +189,29 @@ def test_sampler_options_are_keyed_as_before_they_were_resolved() -> None:
     multivariate = sampler_identity(SamplerConfig(type="tpe", multivariate=True))
     assert multivariate["n_startup_trials"] is None and multivariate["multivariate"] is True
     assert sampler_identity(SamplerConfig(type="gp", n_startup_trials=5))["n_startup_trials"] == 5
+
+
+@pytest.mark.parametrize(
+    "written",
+    [
+        {"type": "tpe", "n_startup_trials": 10},
+        {"type": "tpe", "multivariate": True, "n_startup_trials": 10},
+        {"type": "gp", "n_startup_trials": 10},
+        {"type": "nsga2", "population_size": 50},
+    ],
+)
+def test_a_variant_keyed_with_a_sampler_default_written_out_is_still_the_same_study(
+    smoke_experiment: MakeExp, written: dict[str, object]
+) -> None:
+    """Before the schema resolved sampler defaults, an option written out at Optuna's default
+    was keyed with it: such a variant is still reused, not refused as another study."""
+    config = load_config(smoke_experiment(), [f"hpo.sampler={written}"])
+    backbone = config.model.backbones[0]
+    key = study_key(config, backbone)
+    options = {"n_startup_trials": None, "multivariate": False, "group": False}
+    older = {**key, "hpo": {**key["hpo"], "sampler": {**options, "population_size": None}}}
+    older["hpo"]["sampler"].update(written)  # the full settings, as the older version keyed
+    assert stable_hash(older) != stable_hash(key)
+    assert same_study(older, key)
+    other = {**older, "hpo": {**older["hpo"], "seed": 7}}
+    assert not same_study(other, key)  # a real change is still a change

@@ -21,7 +21,7 @@ from ray.tune.search import ConcurrencyLimiter, Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from ray_pipeline.direction import Direction
-from ray_pipeline.hpo.search import TRIAL_NUMBER, Budget, StudySearch
+from ray_pipeline.hpo.search import TRIAL_NUMBER, Budget, OlderSearchState, StudySearch
 from ray_pipeline.hpo.search_space import DefineSpace
 from ray_pipeline.hpo.trial_report import TrialReport
 from ray_pipeline.schema import CategoricalParam, FloatParam, IntParam, ParamSpec
@@ -367,3 +367,13 @@ def test_the_package_reaches_into_no_optunasearch_internals() -> None:
         if "._ot_" in line or "OptunaSearch" in line or "search.optuna" in line
     ]
     assert offending == []
+
+
+def test_a_searcher_pickled_by_the_older_optunasearch_version_is_refused_by_name() -> None:
+    """A round interrupted before the upgrade holds the old searcher's state in tuner.pkl:
+    unpickling it says so (``tuning.restore_round`` then starts the round's unfinished trials
+    afresh; its finished ones are in the study) instead of an AttributeError on every run."""
+    search = StudySearch.__new__(StudySearch)
+    older = {"_ot_trials": {}, "_completed_trials": set(), "_study_name": "hpo_b", "_mode": "max"}
+    with pytest.raises(OlderSearchState, match="older ray_pipeline version"):
+        search.__setstate__(older)

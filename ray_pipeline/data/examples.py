@@ -26,6 +26,12 @@ class TextExamples:
             origins=tuple(self.origins[i] for i in indices),
         )
 
+    def joined(self, other: TextExamples) -> TextExamples:
+        """These examples, then ``other``'s."""
+        return TextExamples(
+            self.texts + other.texts, self.labels + other.labels, self.origins + other.origins
+        )
+
     @property
     def strata(self) -> tuple[str, ...]:
         """The label of each example, for stratified splitting."""
@@ -56,6 +62,12 @@ class TokenExamples:
             words=tuple(self.words[i] for i in indices),
             tags=tuple(self.tags[i] for i in indices),
             origins=tuple(self.origins[i] for i in indices),
+        )
+
+    def joined(self, other: TokenExamples) -> TokenExamples:
+        """These examples, then ``other``'s."""
+        return TokenExamples(
+            self.words + other.words, self.tags + other.tags, self.origins + other.origins
         )
 
     @property
@@ -91,3 +103,13 @@ class DatasetSplits:
     @property
     def label2id(self) -> dict[str, int]:
         return {label: i for i, label in enumerate(self.labels)}
+
+    def refit_rows(self, with_validation: bool) -> Examples:
+        """What a refit trains on: the training split, then (``with_validation``) the
+        validation split (``final_training.data: train_and_validation``)."""
+        if not with_validation or self.validation is None:
+            return self.train
+        if isinstance(self.train, TextExamples) and isinstance(self.validation, TextExamples):
+            return self.train.joined(self.validation)
+        assert isinstance(self.train, TokenExamples) and isinstance(self.validation, TokenExamples)
+        return self.train.joined(self.validation)

@@ -55,6 +55,8 @@ class DataReport(_Frozen):
     fold_seed: int
     stratified: bool
     folds: list[FoldReport]
+    evaluation: str = "cv"
+    """How HPO scores trials (``hpo.evaluation``): ``cv`` over ``folds``, or ``holdout``."""
 
 
 def _shares(examples: Examples) -> dict[str, float]:
@@ -138,7 +140,18 @@ def inspect_data(config: PipelineConfig) -> DataReport:
         fold_seed=config.hpo.seed,
         stratified=splits.train.strata is not None,
         folds=_folds(splits.train, config.hpo.k_folds, config.hpo.seed),
+        evaluation=_evaluation(config, splits),
     )
+
+
+def _evaluation(config: PipelineConfig, splits: DatasetSplits) -> str:
+    """``cv``, or what holdout scores trials on."""
+    if config.hpo.evaluation != "holdout":
+        return "cv"
+    if splits.validation is not None:
+        return f"holdout: every trial scored on the validation split ({len(splits.validation):,})"
+    share = config.hpo.holdout_fraction
+    return f"holdout: every trial scored on {share:.0%} of the training rows (hpo.holdout_fraction)"
 
 
 def _counts(counts: dict[str, int]) -> str:
@@ -165,6 +178,9 @@ def format_report(report: DataReport) -> str:
             f"tokens ({tl.backbone}): {pcts} max={tl.max}; "
             f"{tl.truncated_share:.1%} longer than max_length {tl.max_length}"
         )
+    if report.evaluation != "cv":
+        lines.append(f"evaluation: {report.evaluation}")
+        return "\n".join(lines)
     kind = "stratified" if report.stratified else "k-fold"
     lines.append(f"folds: {report.k_folds} ({kind}, seed {report.fold_seed})")
     for f in report.folds:

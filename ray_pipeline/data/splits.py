@@ -141,6 +141,12 @@ def take(examples: Examples, limit: int | None, seed: int) -> Examples:
     return examples.subset(taken)
 
 
+def holdout_indices(examples: Examples, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(train, validation) indices of a holdout split: ``fraction`` of ``examples`` held out,
+    stratified by label where possible, seeded (the same rows for every trial)."""
+    return _split_indices(examples, fraction, seed)
+
+
 def fold_indices(
     n: int, strata: Sequence[str] | None, k: int, seed: int, fold: int
 ) -> tuple[list[int], list[int]]:

@@ -65,6 +65,12 @@ def export(
         source=source,
         training=training,
         refit=metrics.refit,
+        data=metrics.data,
+        rows={
+            "train": metrics.train_examples - metrics.validation_examples,
+            "validation": metrics.validation_examples,
+            "test": metrics.test_examples,
+        },
         data_fingerprint=data_fingerprint(config),
         labels=labels,
         mlflow={

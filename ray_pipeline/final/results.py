@@ -60,6 +60,8 @@ class FinalJob(Record):
     task: Task
     training: TrainingParams
     seed: int
+    with_validation: bool = False
+    """Train on the validation split too (``final_training.data: train_and_validation``)."""
     attempt: str
     """When this driver started: tells epochs trained before a resume from those after."""
 
@@ -111,7 +113,13 @@ class FinalMetrics(Record):
     confusion: Confusion | None = None
     """Test confusion matrix (sequence classification; None for NER and older files)."""
     train_examples: int
+    """The rows the refit trained on (with ``data: train_and_validation``, the training and
+    validation splits together)."""
     test_examples: int
+    data: Literal["train", "train_and_validation"] = "train"
+    """What the refit trained on (``final_training.data``)."""
+    validation_examples: int = 0
+    """Of ``train_examples``, the validation split's rows (0 with ``data: train``)."""
     majority_label: str | None = None
     """The training data's most frequent label."""
     majority_rate: float | None = None
@@ -147,6 +155,11 @@ class Lineage(Record):
     training: TrainingParams
     refit: Refit | None = None
     """None only in a lineage.json written before final_training.resources existed."""
+    data: Literal["train", "train_and_validation"] = "train"
+    """What the refit trained on (``final_training.data``)."""
+    rows: dict[str, int] = Field(default_factory=dict)
+    """Rows per split the refit used: ``train``, ``validation`` (trained on with
+    ``train_and_validation``), ``test`` (only tested on)."""
     data_fingerprint: str
     labels: list[str]
     mlflow: dict[str, str | None]

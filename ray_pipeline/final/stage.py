@@ -233,6 +233,7 @@ def _train_and_export(
         task=config.data.task,
         training=training,
         seed=source.trial.seed,
+        with_validation=config.final_training.data == "train_and_validation",
         attempt=started.isoformat(timespec="seconds"),
     )
     before = epoch_checkpoints(job.checkpoints)
@@ -268,6 +269,7 @@ def _metrics_of(
     attempt started at epoch ``attempt[0]``, at the time ``attempt[1]``."""
     assert state.test_metrics is not None
     start, started = attempt
+    with_validation = config.final_training.data == "train_and_validation"
     splits = load_splits(config.data)
     majority, rate = majority_rate(splits.train.label_counts(), splits.test.label_counts())
     return FinalMetrics(
@@ -277,8 +279,10 @@ def _metrics_of(
         test_metrics=state.test_metrics,
         per_class=state.per_class,
         confusion=state.confusion,
-        train_examples=len(splits.train),
+        train_examples=len(splits.refit_rows(with_validation)),
         test_examples=len(splits.test),
+        data="train_and_validation" if with_validation else "train",
+        validation_examples=len(splits.validation or ()) if with_validation else 0,
         majority_label=majority,
         majority_rate=rate,
         epochs=state.epochs,

@@ -136,7 +136,7 @@ def run_epochs(job: FinalJob, session: Session) -> None:
     splits = load_splits(job.data)
     tokenizer = load_tokenizer(job.backbone)
     p, rank, world = job.training, session.rank, session.world_size
-    rows = encode(tokenizer, splits.train, splits.label2id, p.max_length)
+    rows = encode(tokenizer, splits.refit_rows(job.with_validation), splits.label2id, p.max_length)
     pad_id = int(tokenizer.pad_token_id or 0)
     model = build_model(job.backbone, job.task, splits.labels, job.seed, p)
     ddp = session.prepare(model)
@@ -256,7 +256,7 @@ def _tested(
 ) -> FinalState:
     """``state`` with the test metrics of ``model`` on ``splits.test``, per class too."""
     rows = encode(tokenizer, splits.test, splits.label2id, job.training.max_length)
-    size = job.training.eval_batch_size
+    size = job.training.evaluation_batch
     labels = splits.labels
     gold, predicted = labelled_predictions(model, rows, labels, job.task, size, pad_id, device)
     classifier = job.task == "sequence_classification"

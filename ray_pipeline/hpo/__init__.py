@@ -1,9 +1,13 @@
 """Hyperparameter search: Ray Tune + Optuna over k-fold trials, each trained in its Tune trial
 process (one worker) or on a Ray Train worker group (DDP).
 
-Layers, bottom up: ``jobs`` (what a trial is asked to do), ``cache`` (per-process data and
-weights), ``worker`` (the fold loop, in a Tune trial or on Train workers), ``trial_runs`` (a
-trial's job and MLflow run), ``tuning`` (the trial, the Tuner and the Optuna bridge, the one
-module that imports ray.tune), ``search_space`` and ``study`` (Optuna), ``results`` (the
-records), ``stage`` (run.mode, rounds, ``hpo.json``).
+Modules, bottom up: ``jobs`` (what a trial is asked to do), ``results`` (a fold's, a trial's
+and a variant's records), ``trial_report`` (what a trial reports to Tune), ``cache``
+(per-process data and weights), ``search_space`` and ``study`` (Optuna), ``worker`` (the fold
+loop, in a Tune trial or on Train workers), ``trial_runs`` (a trial's job and MLflow run),
+``keep`` (what a finished variant keeps), ``starts`` (a new variant's first trials),
+``progress`` and ``schedulers`` (a Tune callback, Tune's schedulers), ``search`` (the Tune
+searcher over the Optuna study), ``tune_state`` (a round's snapshot), ``tuning`` (the trial and
+the Tuner), ``stage`` (run.mode, rounds, ``hpo.json``). Ray Tune is imported in hpo/ only (and
+in ``ray_pipeline.internals``, which guards what it reads of Tune's internals).
 """

@@ -31,12 +31,15 @@ folds fit many times over; a model too large to keep k copies of is built each t
 
 @dataclass(frozen=True)
 class Prepared:
-    """A trial's inputs: the splits, the tokenizer and the encoded training rows."""
+    """A trial's inputs: the splits, the tokenizer and the encoded training (and validation)
+    rows."""
 
     splits: DatasetSplits
     tokenizer: PreTrainedTokenizerBase
     rows: list[Row]
     pad_id: int
+    validation_rows: list[Row] | None = None
+    """The validation split, encoded (None: the data has none)."""
 
 
 def prepared(data: DataConfig, backbone: BackboneConfig, max_length: int) -> Prepared:
@@ -51,7 +54,11 @@ def _prepared(data_json: str, backbone_json: str, max_length: int) -> Prepared:
     splits = load_splits(data)
     tokenizer = load_tokenizer(backbone)
     rows = encode(tokenizer, splits.train, splits.label2id, max_length)
-    return Prepared(splits, tokenizer, rows, int(tokenizer.pad_token_id or 0))
+    validation = splits.validation
+    held = (
+        None if validation is None else encode(tokenizer, validation, splits.label2id, max_length)
+    )
+    return Prepared(splits, tokenizer, rows, int(tokenizer.pad_token_id or 0), held)
 
 
 def fresh_model(

@@ -37,6 +37,10 @@ class StudyJob(BaseModel):
     training: TrainingParams
     """``hpo.training``: the settings before a trial's hyperparameters are applied."""
     k_folds: int
+    """Fits per trial: the cross-validation folds, or 1 with holdout."""
+    holdout: float | None = None
+    """Holdout (``hpo.evaluation``): score the one fit on the validation split, or, without
+    one, on this fraction of the training rows (None: cross-validation)."""
     seed: int
     metric: str
     direction: Direction

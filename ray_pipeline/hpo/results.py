@@ -247,6 +247,9 @@ class HpoResult(Record):
     direction: Direction
     num_samples: int
     k_folds: int
+    """Fits per trial: the cross-validation folds, 1 with holdout."""
+    evaluation: Literal["cv", "holdout"] = "cv"
+    """How trials were scored (``hpo.evaluation``)."""
     trials: list[TrialRecord]
     best: TrialRecord | None
     """The complete trial with the best ``objective_mean`` (pruned and failed trials never

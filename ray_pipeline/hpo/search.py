@@ -19,7 +19,6 @@ import pickle
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ray.air.constants import TRAINING_ITERATION  # Tune's own result key
 from ray.tune.search import Searcher
 
 from ray_pipeline import monitoring
@@ -36,6 +35,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+TRAINING_ITERATION = "training_iteration"
+"""The result key Tune fills with a trial's report count (one of its documented auto-filled
+result fields): the step of Optuna's intermediate values, as Ray's own Optuna searcher used."""
 TRIAL_NUMBER = "optuna_trial_number"
 """Config key carrying the Optuna trial number into the trial driver."""
 ENDED: dict[str, monitoring.TrialEvent] = {
@@ -251,6 +253,15 @@ class StudySearch(Searcher):
         return {k: v for k, v in self.__dict__.items() if k not in ("_study", "_trials")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        if "_numbers" not in state:  # pickled by an older version (Ray's Optuna searcher)
+            raise OlderSearchState(
+                "the round's Tune state holds a searcher of an older ray_pipeline version"
+            )
         self.__dict__.update(state)
         self._study = self._open()
         self._trials = {}
+
+
+class OlderSearchState(Exception):
+    """A Tune round's searcher was pickled by an older version of this package: the round
+    cannot be restored (its finished trials are in the study all the same)."""

@@ -62,9 +62,14 @@ def check_hpo(config: PipelineConfig) -> TrialPlan:
 
 
 def check_search_data(config: PipelineConfig) -> None:
-    """Refuse (exit 2) training data the search cannot split into ``hpo.k_folds`` folds of
-    every label (a single label is refused when the data is read)."""
-    check_foldable(load_splits(search_data(config)).train, config.hpo.k_folds)
+    """Refuse (exit 2) data the search cannot score trials on: with cv, training data it
+    cannot split into ``hpo.k_folds`` folds of every label; with holdout, a validation split
+    with labels the training data lacks (a single label is refused when the data is read)."""
+    splits = load_splits(search_data(config))
+    if config.hpo.evaluation != "holdout":
+        check_foldable(splits.train, config.hpo.k_folds)
+    elif splits.validation is None:
+        check_foldable(splits.train, 2)  # a held-out part and a part to train on
 
 
 def search_data(config: PipelineConfig) -> DataConfig:
@@ -97,7 +102,8 @@ def _job(
         backbone=backbone,
         task=config.data.task,
         training=hpo.training,
-        k_folds=hpo.k_folds,
+        k_folds=hpo.folds,
+        holdout=None if hpo.evaluation != "holdout" else hpo.holdout_fraction,
         seed=hpo.seed,
         metric=hpo.objective.metric,
         direction=hpo.objective.direction,
@@ -327,7 +333,8 @@ def _collect(
         metric=config.hpo.objective.metric,
         direction=config.hpo.objective.direction,
         num_samples=config.hpo.num_samples,
-        k_folds=config.hpo.k_folds,
+        k_folds=job.k_folds,
+        evaluation="cv" if job.holdout is None else "holdout",
         trials=trials,
         best=best,
         best_checkpoint=None,

@@ -2,7 +2,8 @@
 
 The Tune integration lives in hpo/: this module (the Tuner, the trial, its retries),
 search.py (the searcher), schedulers.py and progress.py (a scheduler and a callback); no
-module outside hpo/ imports ``ray.tune``. A trial's
+module outside hpo/ imports ``ray.tune`` (but ``internals``, which guards what it reads of
+Tune's internals). A trial's
 hyperparameters come from Optuna through ``search.StudySearch`` over the variant's persisted
 study, so finished trials of earlier runs inform the sampler. A one-worker trial runs the fold
 loop inside its Tune trial (``TuneSession``), in a process Tune reuses for the next trial; a
@@ -26,7 +27,7 @@ from ray_pipeline.hpo import trial_runs
 from ray_pipeline.hpo.jobs import StudyJob, TrialJob
 from ray_pipeline.hpo.progress import SearchProgress, progress_callback
 from ray_pipeline.hpo.schedulers import make_scheduler
-from ray_pipeline.hpo.search import TRIAL_NUMBER, Budget, StudySearch
+from ray_pipeline.hpo.search import TRIAL_NUMBER, Budget, OlderSearchState, StudySearch
 from ray_pipeline.hpo.search_space import DefineSpace, make_sampler
 from ray_pipeline.hpo.trial_report import TrialOutcome, TrialReport
 from ray_pipeline.hpo.tune_state import repair_recorded_checkpoints
@@ -298,12 +299,19 @@ def restore_round(tune_round: Round) -> ResultGrid | None:
         return None
     for note in repair_recorded_checkpoints(place):
         print(f"hpo {tune_round.job.backbone.name}: {note}")
-    tuner = tune.Tuner.restore(
-        place,
-        trainable=_trainable(tune_round.spec()),
-        resume_unfinished=True,
-        resume_errored=False,
-    )
+    try:
+        tuner = tune.Tuner.restore(
+            place,
+            trainable=_trainable(tune_round.spec()),
+            resume_unfinished=True,
+            resume_errored=False,
+        )
+    except OlderSearchState as exc:
+        print(
+            f"hpo {tune_round.job.backbone.name}: {exc}: not restored; its finished trials "
+            "stay in the study and its unfinished ones start afresh"
+        )
+        return None
     return _fit(tuner)
 
 

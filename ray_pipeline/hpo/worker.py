@@ -21,8 +21,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ray_pipeline import monitoring, run_tree
-from ray_pipeline.data.splits import fold_indices
+from ray_pipeline import monitoring, run_tree, tracking
+from ray_pipeline.data.encode import Row
+from ray_pipeline.data.splits import fold_indices, holdout_indices
 from ray_pipeline.hpo.cache import Prepared, fresh_model, prepared
 from ray_pipeline.hpo.jobs import TrialJob
 from ray_pipeline.hpo.results import EpochPoint, FoldProgress, FoldResult, FoldState
@@ -41,6 +42,22 @@ from ray_pipeline.training import (
 )
 
 
+def _fit_and_validation(job: TrialJob, inputs: Prepared, fold: int) -> tuple[list[int], list[Row]]:
+    """The training rows a fold fits (indices) and the rows it is scored on (rank 0 evaluates
+    them all): a cross-validation fold of the training split, or with holdout the whole
+    training split and the validation split (without one, a held-out part of the training
+    split)."""
+    rows, study = inputs.rows, job.study
+    train = inputs.splits.train
+    if study.holdout is None:
+        fit, val = fold_indices(len(rows), train.strata, study.k_folds, study.seed, fold)
+    elif inputs.validation_rows is not None:
+        return list(range(len(rows))), inputs.validation_rows
+    else:
+        fit, val = holdout_indices(train, study.holdout, study.seed)
+    return fit, [rows[i] for i in val]
+
+
 class FoldRun:
     """One fold's data shard, model and optimiser on this worker (also used by
     benchmarks/hpo_overhead.py to time the one-TorchTrainer-per-fold pattern)."""
@@ -48,11 +65,8 @@ class FoldRun:
     def __init__(self, job: TrialJob, fold: int, inputs: Prepared, session: Session) -> None:
         self.job, self.fold, self.inputs, self.workers = job, fold, inputs, session.world_size
         rows, splits = inputs.rows, inputs.splits
-        fit, val = fold_indices(
-            len(rows), splits.train.strata, job.study.k_folds, job.study.seed, fold
-        )
+        fit, self.val_rows = _fit_and_validation(job, inputs, fold)
         self.fit_rows = [rows[i] for i in shard(fit, session.rank, session.world_size)]
-        self.val_rows = [rows[i] for i in val]  # rank 0 evaluates the whole validation set
         self.n_fit = len(fit)
         p = job.training
         # Every fold starts from the backbone's weights with its own seed.
@@ -112,7 +126,7 @@ class FoldRun:
         return summarise(1, timings).p95_ms
 
     def evaluate(self) -> dict[str, float]:
-        size = self.job.training.eval_batch_size
+        size = self.job.training.evaluation_batch
         labels, pad = self.inputs.splits.labels, self.inputs.pad_id
         return evaluate(
             self.model, self.val_rows, labels, self.job.study.task, size, pad, self.device
@@ -360,8 +374,6 @@ def _track_fold(job: TrialJob, result: FoldResult) -> None:
     """The fold's MLflow run under the trial's run (rank 0 holds the fold's metrics)."""
     if job.trial_run is None:
         return
-    from ray_pipeline import tracking
-
     opened = run_tree.open_fold_run(job.trial_run, job.origin(), result.fold)
     with tracking.tracked(opened) as run:
         tracking.log(run, metrics=fold_run_metrics(result))

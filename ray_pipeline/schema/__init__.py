@@ -98,6 +98,18 @@ class PipelineConfig(Section):
         if self.tracking.experiment_name is None:
             name = self.experiment.name
             resolved["tracking"] = self.tracking.model_copy(update={"experiment_name": name})
+        validation = self.data.has_validation
+        if self.hpo.evaluation is None:
+            evaluation = "holdout" if validation else "cv"
+            resolved["hpo"] = self.hpo.model_copy(update={"evaluation": evaluation})
+        if self.final_training.data is None:
+            data = "train_and_validation" if validation else "train"
+            resolved["final_training"] = self.final_training.model_copy(update={"data": data})
+        elif self.final_training.data == "train_and_validation" and not validation:
+            raise ValueError(
+                "final_training.data: train_and_validation needs a validation split; set "
+                "data.validation_file (or a validation entry in data.hf_splits), or use train"
+            )
         for field, section in resolved.items():
             object.__setattr__(self, field, section)  # frozen: set while validating
         return self

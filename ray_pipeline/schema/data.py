@@ -33,7 +33,8 @@ class DataConfig(Section):
     train_file: ConfigPath | None = None
     """Training split file. ``{data_cache}`` expands to the demo data cache directory."""
     validation_file: ConfigPath | None = None
-    """Optional validation split file (reported by ``data inspect``; HPO uses CV folds)."""
+    """Optional validation split file: HPO scores trials on it (``hpo.evaluation: holdout``)
+    and the refit trains on it too (``final_training.data: train_and_validation``)."""
     test_file: ConfigPath | None = None
     """Test split file; when null, ``test_size`` of the training data is carved out."""
     hf_name: str | None = None
@@ -57,6 +58,13 @@ class DataConfig(Section):
     """Use only N training examples, drawn with a seeded shuffle (quick runs)."""
     max_test_examples: PositiveInt | None = None
     """Use only N test examples, drawn with a seeded shuffle (quick runs)."""
+
+    @property
+    def has_validation(self) -> bool:
+        """Whether a validation split is given (a file, or a Hugging Face split's role)."""
+        if self.format == "huggingface":
+            return "validation" in self.hf_splits
+        return self.validation_file is not None
 
     @model_validator(mode="after")
     def _source_given(self) -> DataConfig:

@@ -159,8 +159,18 @@ class HpoConfig(Section):
     """How this stage treats existing variants."""
     num_samples: PositiveInt = 4
     """Trials (hyperparameter sets) per variant."""
+    evaluation: Literal["cv", "holdout"] | None = None
+    """How a trial is scored. cv: k-fold cross-validation on the training split (k fits per
+    trial). holdout: one fit on the training split, scored on the validation split
+    (``data.validation_file`` or a Hugging Face validation split; without one, a stratified
+    ``holdout_fraction`` of the training rows). null: holdout when the data has a validation
+    split, else cv (docs/hpo.md#cv-or-holdout)."""
     k_folds: int = Field(default=3, ge=2)
-    """Cross-validation folds per trial."""
+    """Cross-validation folds per trial (``evaluation: cv``)."""
+    holdout_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
+    """``evaluation: holdout`` without a validation split: the fraction of the training rows
+    held out to score every trial (stratified by label, seeded with ``hpo.seed``; the same rows
+    for every trial)."""
     max_train_examples: PositiveInt | None = None
     """Search on at most this many training examples: a stratified subset seeded with
     ``data.seed``. Final training refits on all of them (``data.max_train_examples`` caps
@@ -195,6 +205,11 @@ class HpoConfig(Section):
     mapping of search-space names to values."""
     checkpoint: StudyCheckpoint = Field(default_factory=StudyCheckpoint)
     """Study naming and storage."""
+
+    @property
+    def folds(self) -> int:
+        """Fits per trial: ``k_folds`` with cv, one with holdout."""
+        return 1 if self.evaluation == "holdout" else self.k_folds
 
     @field_validator("sampler", mode="before")
     @classmethod
@@ -342,7 +357,7 @@ def _check_brackets(hpo: HpoConfig) -> None:
     scheduler = hpo.scheduler
     if scheduler.type != "hyperband":
         return
-    total = hpo.k_folds * hpo.training.epochs
+    total = hpo.folds * hpo.training.epochs
     grace = min(scheduler.grace_period, total)
     most = math.floor(math.log(total / grace) / math.log(scheduler.reduction_factor) + 1e-9) + 1
     if scheduler.brackets > most:

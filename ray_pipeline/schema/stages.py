@@ -138,6 +138,10 @@ class FinalTrainingConfig(Section):
     """Which trial to refit (default: the selection's winner)."""
     epochs: PositiveInt | None = None
     """null: the trial's epochs."""
+    data: Literal["train", "train_and_validation"] | None = None
+    """What the refit trains on: the training split, or the training and validation splits
+    together (every labelled row but the test set). null: train_and_validation when the data
+    has a validation split, else train. lineage.json records it with the row counts."""
     keep_checkpoints: PositiveInt = 2
     """Epoch checkpoints kept."""
     register_model: bool = False

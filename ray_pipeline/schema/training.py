@@ -31,9 +31,9 @@ class TrainingParams(Section):
     """Examples per forward pass over all DDP workers (each worker takes batch_size / workers,
     rounded up; gradient_accumulation_steps of them make one optimizer step)."""
     eval_batch_size: PositiveInt = 32
-    """Examples per forward pass when a fold is evaluated and a refit is tested (no gradients,
-    so it may be larger than batch_size; padding is masked, so it does not change the scores).
-    Not part of the study key while 32."""
+    """Examples per forward pass when a fold is evaluated and a refit is tested: the larger of
+    this and ``batch_size`` (no gradients, so it may be larger; padding is masked, so it does
+    not change the scores). Not part of the study key while 32."""
     gradient_accumulation_steps: PositiveInt = 1
     """Batches whose gradients are summed into one optimizer step (each batch's loss divided by
     the batches in its group), so the effective batch is batch_size x this; the last, shorter
@@ -76,6 +76,11 @@ class TrainingParams(Section):
     one thread's time with it, 0.611x without: docs/final-training.md). Seeded results then
     depend on the CPU's vendor (NumPy's masks on AMD, torch's on Intel). No effect on GPUs.
     Not part of the study key while torch."""
+
+    @property
+    def evaluation_batch(self) -> int:
+        """Examples per evaluation forward pass (``eval_batch_size``, at least ``batch_size``)."""
+        return max(self.batch_size, self.eval_batch_size)
 
     def with_params(self, params: Mapping[str, Any]) -> TrainingParams:
         """These settings with a trial's hyperparameters applied (what the trial trains with)."""
