@@ -1,16 +1,20 @@
-"""Search efficiency: the same search without and with epoch-level early stopping, in one command.
+"""Search efficiency: the same search without and with early stopping, in one command.
 
 The smoke study (the tests' tiny pre-trained BERT on 160 reviews; learning rates from good to
 hopeless, 1e-4 to 1e-1 on a log scale) runs twice through ``ray-pipeline hpo`` on a local Ray
 cluster, each time into its own temporary outputs: 12 trials x 3 folds x 3 epochs, the random
 sampler with one seed (so both runs try the same 12 parameter sets, in the same order), and
-``hpo.scheduler.type`` ``none``, then ``asha`` (grace period 1 epoch, reduction factor 3).
+``hpo.scheduler.type`` ``none``, then ``asha`` (grace period 1 epoch, reduction factor 3), then
+fold racing alone (``hpo.racing``: a trial stops between folds once its finished folds lose to
+the best complete trial's on the same folds by more than that trial's fold spread), then
+``asha`` with racing.
 
 Prints, per run, the fold-epochs trained (``epochs_trained`` of every trial in ``hpo.json``),
 the best objective and the wall time, and the ratios; ``--json FILE`` writes
 ``{"epochs_trained_none", "epochs_trained_asha", "best_none", "best_asha", "std_best_none",
-"epoch_ratio", ...}``, where ``std_best_none`` is the fold standard deviation of the best
-trial of ``none``.
+"epoch_ratio", "epochs_trained_racing", "epoch_ratio_racing", "best_racing", ...}``, where
+``std_best_none`` is the fold standard deviation of the best trial of ``none`` and each ratio
+is a run's fold-epochs over ``none``'s.
 
     python benchmarks/search_efficiency.py [--trials 12] [--folds 3] [--epochs 3]
         [--reduction-factor 3] [--json FILE]
@@ -29,8 +33,13 @@ REPO = Path(__file__).resolve().parent.parent
 SMOKE = REPO / "config" / "experiment" / "smoke.yaml"
 
 
-def _search(scheduler: str, args: argparse.Namespace, outputs: Path) -> dict[str, Any]:
-    """One HPO run of the smoke study with ``scheduler``; its figures from ``hpo.json``."""
+RUNS = {"none": ("none", False), "asha": ("asha", False), "racing": ("none", True)}
+RUNS["asha_racing"] = ("asha", True)
+"""Each run's name: its scheduler and whether it races."""
+
+
+def _search(name: str, args: argparse.Namespace, outputs: Path) -> dict[str, Any]:
+    """One HPO run of the smoke study as ``RUNS[name]`` says; its figures from ``hpo.json``."""
     from ray_pipeline.artifacts import read_json
     from ray_pipeline.cli import main
     from ray_pipeline.hpo.results import HpoResult
@@ -42,13 +51,14 @@ def _search(scheduler: str, args: argparse.Namespace, outputs: Path) -> dict[str
         f"hpo.training.epochs={args.epochs}",
         "hpo.sampler=random",
         "tracking.enabled=false",
-        f"hpo.scheduler.type={scheduler}",
+        f"hpo.scheduler.type={RUNS[name][0]}",
+        f"hpo.racing={str(RUNS[name][1]).lower()}",
         "hpo.scheduler.grace_period=1",
         f"hpo.scheduler.reduction_factor={args.reduction_factor}",
     ]
     start = time.perf_counter()
     if main(["hpo", "--config", str(SMOKE), *overrides]) != 0:
-        raise SystemExit(f"the {scheduler} search failed")
+        raise SystemExit(f"the {name} search failed")
     seconds = time.perf_counter() - start
     hpo_json = outputs / "smoke" / "hpo" / "tiny-bert" / "hpo_tiny-bert" / "hpo.json"
     result = read_json(hpo_json, HpoResult)
@@ -78,9 +88,9 @@ def main() -> None:
     ray.init(num_cpus=2, include_dashboard=False)
     try:
         runs = {}
-        for scheduler in ("none", "asha"):
+        for name in RUNS:
             with tempfile.TemporaryDirectory(prefix="ray_pipeline_search_") as outputs:
-                runs[scheduler] = _search(scheduler, args, Path(outputs))
+                runs[name] = _search(name, args, Path(outputs))
     finally:
         ray.shutdown()
     none, asha = runs["none"], runs["asha"]
@@ -101,17 +111,29 @@ def main() -> None:
         "folds": args.folds,
         "epochs": args.epochs,
     }
+    for name in ("racing", "asha_racing"):
+        run = runs[name]
+        figures[f"epochs_trained_{name}"] = run["epochs_trained"]
+        figures[f"epoch_ratio_{name}"] = run["epochs_trained"] / none["epochs_trained"]
+        figures[f"best_{name}"] = run["best"]
+        figures[f"pruned_{name}"] = run["pruned"]
+        figures[f"seconds_{name}"] = run["seconds"]
+        figures[f"best_gap_in_std_{name}"] = (
+            (none["best"] - run["best"]) / none["std_best"] if none["std_best"] else None
+        )
     for name, run in runs.items():
         print(
             f"{name:>4}: {run['epochs_trained']} fold-epochs, best {run['best']:.4f} "
             f"± {run['std_best']:.4f} (trial {run['best_trial']}), {run['pruned']} pruned, "
             f"{run['seconds']:.0f} s"
         )
-    print(
-        f"asha/none: {figures['epoch_ratio']:.2f}x the fold-epochs, "
-        f"{asha['seconds'] / none['seconds']:.2f}x the time; best {asha['best']:.4f} vs "
-        f"{none['best']:.4f} (none's fold std {none['std_best']:.4f})"
-    )
+    for name in ("asha", "racing", "asha_racing"):
+        run = runs[name]
+        print(
+            f"{name}/none: {run['epochs_trained'] / none['epochs_trained']:.2f}x the "
+            f"fold-epochs, {run['seconds'] / none['seconds']:.2f}x the time; best "
+            f"{run['best']:.4f} vs {none['best']:.4f} (none's fold std {none['std_best']:.4f})"
+        )
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
 

@@ -166,6 +166,9 @@ class TrialRecord(Record):
     enqueued_from: str | None = None
     """Where its parameters came from when they were enqueued rather than sampled: an earlier
     variant's trial (``hpo.warm_start``) or ``hpo.enqueue[i]``."""
+    stopped_by: str | None = None
+    """Why it stopped before its last fold, when fold racing stopped it (``hpo.racing``); a
+    scheduler's stop (``hpo.scheduler``) is told by ``epochs_trained``."""
 
     @classmethod
     def of(
@@ -181,6 +184,7 @@ class TrialRecord(Record):
         failures: list[str],
         epochs_trained: int | None,
         enqueued_from: str | None,
+        stopped_by: str | None = None,
     ) -> TrialRecord:
         """Trial ``number`` of ``study`` as its fold loop's ``state`` left it: the one place a
         trial's record is made."""
@@ -206,6 +210,7 @@ class TrialRecord(Record):
             epochs_trained=epochs_trained,
             latency_ms=state.latency_ms,
             enqueued_from=enqueued_from,
+            stopped_by=stopped_by,
         )
 
     @property

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ray_pipeline.hpo.racing import Race
+from ray_pipeline.hpo.search import TRIAL_NUMBER
 from ray_pipeline.hpo.trial_report import TrialReport
 from ray_pipeline.schema import SchedulerConfig
 
@@ -14,18 +16,26 @@ def _let_finished_trials_end(base: type) -> type:
     """``base`` (a Ray Tune scheduler class) that never stops a trial whose every fold has
     finished: that report is its last, and it ends by itself. ASHA stops a trial that reaches
     ``max_t`` there, killing its process while a DDP trial's worker group is still shutting
-    down (suspected to leave the group's CPUs reserved: the next stage once waited for them)."""
+    down (suspected to leave the group's CPUs reserved: the next stage once waited for them).
+    With a ``race`` (``hpo.racing``), a trial that just finished a fold is raced first."""
     from ray.tune.schedulers import TrialScheduler
 
     class LetFinishedTrialsEnd(base):  # type: ignore[misc]
-        def __init__(self, *args: Any, k_folds: int, **kwargs: Any) -> None:
+        def __init__(self, *args: Any, k_folds: int, race: Race | None = None, **kwargs: Any):
             super().__init__(*args, **kwargs)
-            self._k_folds = k_folds
+            self._k_folds, self._race = k_folds, race
 
         def on_trial_result(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> str:
-            decision = str(super().on_trial_result(tune_controller, trial, result))
             report = TrialReport.from_metrics(result)
+            if report is not None and self._race is not None and report.fold_metrics is not None:
+                number = int(trial.config.get(TRIAL_NUMBER, -1))
+                folds = [f.objective for f in report.fold_state.folds]
+                if self._race.judge(number, folds) is not None:
+                    return str(TrialScheduler.STOP)
+            decision = str(super().on_trial_result(tune_controller, trial, result))
             if report is not None and report.folds_done >= self._k_folds:
+                if self._race is not None:
+                    self._race.completed([f.objective for f in report.fold_state.folds])
                 return str(TrialScheduler.CONTINUE)
             return decision
 
@@ -52,10 +62,13 @@ def _never_pause() -> type:
     return type("NeverPause", (base,), {hook: continue_anyway})
 
 
-def make_scheduler(config: SchedulerConfig, k_folds: int, epochs: int, mode: str) -> Any:
+def make_scheduler(
+    config: SchedulerConfig, k_folds: int, epochs: int, mode: str, race: Race | None = None
+) -> Any:
     """Ray Tune's scheduler for ``hpo.scheduler``: it may stop a trial after any of its
     ``k_folds`` x ``epochs`` epochs but the last, comparing trials' running ``score`` at equal
-    epoch counts."""
+    epoch counts; with a ``race`` (``hpo.racing``), also after a fold its finished folds lose
+    to the incumbent's."""
     from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler
 
     total = k_folds * epochs
@@ -69,6 +82,7 @@ def make_scheduler(config: SchedulerConfig, k_folds: int, epochs: int, mode: str
             grace_period=grace,
             min_samples_required=config.min_samples_required,
             k_folds=k_folds,
+            race=race,
         )
     if config.type in ("asha", "hyperband"):
         return _let_finished_trials_end(AsyncHyperBandScheduler)(
@@ -80,5 +94,8 @@ def make_scheduler(config: SchedulerConfig, k_folds: int, epochs: int, mode: str
             reduction_factor=config.reduction_factor,
             brackets=1 if config.type == "asha" else config.brackets,
             k_folds=k_folds,
+            race=race,
         )
+    if race is not None:
+        return _let_finished_trials_end(FIFOScheduler)(k_folds=k_folds, race=race)
     return FIFOScheduler()  # type: ignore[no-untyped-call]

@@ -18,6 +18,7 @@ from ray_pipeline.errors import PipelineError
 from ray_pipeline.hpo.jobs import StudyJob
 from ray_pipeline.hpo.keep import keep_best, pareto_front
 from ray_pipeline.hpo.progress import SearchProgress
+from ray_pipeline.hpo.racing import Race
 from ray_pipeline.hpo.results import ENQUEUED_FROM, FoldState, HpoResult, TrialRecord, read_hpo
 from ray_pipeline.hpo.starts import enqueue_starts
 from ray_pipeline.hpo.study import (
@@ -241,8 +242,9 @@ def _run_rounds(
     set_status(variant, "running")
     progress = _progress(config, job, plan, study, finished, missing)
     next_round = tune_round(files.round_dir(len(rounds) + 1).name)
-    grid, stop_reason = tuning.run_round(next_round, hpo, storage, missing, progress)
-    outcomes |= tuning.round_results(grid, where)
+    race = _race(config, job, _previous(variant), outcomes)
+    grid, stop_reason = tuning.run_round(next_round, hpo, storage, missing, progress, race)
+    outcomes |= tuning.round_results(grid, where, race.stopped if race else {})
     fail_running(study)
     if stop_reason is not None:
         print(
@@ -251,6 +253,25 @@ def _run_rounds(
             "to num_samples"
         )
     return outcomes, stop_reason
+
+
+def _race(
+    config: PipelineConfig,
+    job: StudyJob,
+    previous: dict[int, TrialRecord],
+    restored: dict[int, TrialOutcome],
+) -> Race | None:
+    """The round's fold racing (``hpo.racing``), its incumbent the best trial that earlier runs
+    (``hpo.json``) or the round restored before completed; None without racing."""
+    racing = config.hpo.racing
+    if not racing.enabled or job.k_folds < 2:
+        return None
+    race = Race(job.direction, job.k_folds, racing.margin)
+    finished = [t.folds for t in previous.values() if t.state == "COMPLETE"]
+    finished += [o.report.fold_state.folds for o in restored.values() if o.report is not None]
+    for folds in finished:
+        race.completed([f.objective for f in folds])  # only trials with every fold count
+    return race
 
 
 def _progress(
@@ -355,10 +376,12 @@ def _record(
     the last ``hpo.json`` recorded it (``old``)."""
     checkpoint = old.checkpoint if old is not None else None
     epochs = old.epochs_trained if old is not None else None
+    stopped_by = old.stopped_by if old is not None else None
     state = old.fold_state if old is not None else FoldState()
     if outcome is not None and outcome.report is not None:
         state, epochs = outcome.report.fold_state, outcome.report.global_step
         checkpoint = outcome.checkpoint or checkpoint
+        stopped_by = outcome.stopped_by or stopped_by
     params = dict(frozen.params)
     return TrialRecord.of(
         state,
@@ -371,6 +394,7 @@ def _record(
         failures=failures,
         epochs_trained=epochs,
         enqueued_from=frozen.user_attrs.get(ENQUEUED_FROM),
+        stopped_by=stopped_by,
     )
 
 
@@ -389,4 +413,6 @@ def _print_summary(result: HpoResult, status: str) -> None:
             )
         if t.resumes:
             mark += f"  (retried: resumed at {', '.join(t.resumes)})"
+        if t.stopped_by:
+            mark += f"  (stopped by {t.stopped_by})"
         print(f"  trial {t.number:>3} {t.state:<8} {result.metric} {mean}{std}  [{folds}]{mark}")

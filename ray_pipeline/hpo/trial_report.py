@@ -138,6 +138,8 @@ class TrialOutcome:
     """Its last checkpoint, a place (its ``model/`` is the best fold's)."""
     error: str | None = None
     """Why it failed for good, when it did."""
+    stopped_by: str | None = None
+    """Why the round stopped it before its last fold, when a rule of ours did (racing)."""
 
 
 def trial_run_metrics(state: FoldState) -> dict[str, float]:

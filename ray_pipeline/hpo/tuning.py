@@ -26,6 +26,7 @@ from ray_pipeline import console, faults, tracking
 from ray_pipeline.hpo import trial_runs
 from ray_pipeline.hpo.jobs import StudyJob, TrialJob
 from ray_pipeline.hpo.progress import SearchProgress, progress_callback
+from ray_pipeline.hpo.racing import Race
 from ray_pipeline.hpo.schedulers import make_scheduler
 from ray_pipeline.hpo.search import TRIAL_NUMBER, Budget, OlderSearchState, StudySearch
 from ray_pipeline.hpo.search_space import DefineSpace, make_sampler
@@ -196,9 +197,11 @@ def run_round(
     storage: BaseStorage,
     num_samples: int,
     progress: SearchProgress,
+    race: Race | None = None,
 ) -> tuple[ResultGrid, str | None]:
     """Run up to ``num_samples`` new trials of the study as a fresh Tune experiment, showing
-    ``progress``; return its results and why it stopped launching trials early (a budget),
+    ``progress`` (and racing trials between folds with ``race``, which then holds why it
+    stopped each); return its results and why it stopped launching trials early (a budget),
     if it did."""
     from ray import tune
 
@@ -209,7 +212,7 @@ def run_round(
         tune_config=tune.TuneConfig(
             search_alg=search,
             scheduler=make_scheduler(
-                hpo.scheduler, job.k_folds, job.training.epochs, job.direction.mode
+                hpo.scheduler, job.k_folds, job.training.epochs, job.direction.mode, race
             ),
             num_samples=num_samples,
             max_concurrent_trials=plan.max_concurrent_trials,
@@ -315,9 +318,12 @@ def restore_round(tune_round: Round) -> ResultGrid | None:
     return _fit(tuner)
 
 
-def round_results(grid: ResultGrid, where: WorkerStorage) -> dict[int, TrialOutcome]:
-    """How each trial of the round ended (its last report, checkpoint and error), by Optuna
-    trial number; a checkpoint as a place in ``where``."""
+def round_results(
+    grid: ResultGrid, where: WorkerStorage, stopped: dict[int, str] | None = None
+) -> dict[int, TrialOutcome]:
+    """How each trial of the round ended (its last report, checkpoint and error, and why the
+    round stopped it: ``stopped``), by Optuna trial number; a checkpoint as a place in
+    ``where``."""
     out: dict[int, TrialOutcome] = {}
     path_key = train_checkpoint_key()  # where Ray Train reports a worker group's checkpoint
     for result in grid:  # type: ignore[attr-defined]  # ResultGrid supports iteration
@@ -336,5 +342,7 @@ def round_results(grid: ResultGrid, where: WorkerStorage) -> dict[int, TrialOutc
         if result.error is not None:  # a task error's first line names the task, not why
             error = faults.cause_of(getattr(result.error, "cause", None) or result.error)
         report = TrialReport.from_metrics(metrics)
-        out[int(config[TRIAL_NUMBER])] = TrialOutcome(report, checkpoint, error)
+        number = int(config[TRIAL_NUMBER])
+        why = (stopped or {}).get(number)
+        out[number] = TrialOutcome(report, checkpoint, error, why)
     return out

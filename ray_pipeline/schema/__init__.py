@@ -36,6 +36,7 @@ from ray_pipeline.schema.hpo import (
     HpoConfig,
     LatencyObjective,
     ObjectiveConfig,
+    RacingConfig,
     SamplerConfig,
     SchedulerConfig,
     StudyCheckpoint,
@@ -101,6 +102,12 @@ class PipelineConfig(Section):
         validation = self.data.has_validation
         if self.hpo.evaluation is None:
             evaluation = "holdout" if validation else "cv"
+            if evaluation == "holdout" and self.hpo.racing.enabled:
+                raise ValueError(
+                    "hpo.racing stops a trial between cross-validation folds, and with the "
+                    "validation split the data gives each trial is fitted once (hpo.evaluation "
+                    "resolves to holdout); set hpo.evaluation: cv, or drop hpo.racing"
+                )
             resolved["hpo"] = self.hpo.model_copy(update={"evaluation": evaluation})
         if self.final_training.data is None:
             data = "train_and_validation" if validation else "train"
@@ -173,6 +180,7 @@ __all__ = [
     "PathMarker",
     "PipelineConfig",
     "PositiveInt",
+    "RacingConfig",
     "RandomInit",
     "ResourcesConfig",
     "ReuseRunSection",

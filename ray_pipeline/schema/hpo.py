@@ -62,6 +62,16 @@ class SchedulerConfig(Section):
     """median: trials that must have reached an epoch before one is stopped there."""
 
 
+class RacingConfig(Section):
+    enabled: bool = False
+    """Stop a cross-validated trial between folds once its finished folds are clearly worse
+    than the best complete trial's on the same folds; it ends PRUNED (docs/hpo.md#fold-racing).
+    Not part of the study key."""
+    margin: float | None = Field(default=None, ge=0)
+    """How much worse (in the metric, averaged over the compared folds) counts as clearly
+    worse. null: the best complete trial's fold standard deviation."""
+
+
 SamplerType = Literal["tpe", "random", "cmaes", "gp", "qmc", "nsga2", "grid"]
 
 STARTUP_DEFAULTS: dict[str, int] = {"tpe": 10, "gp": 10, "cmaes": 0}
@@ -187,6 +197,8 @@ class HpoConfig(Section):
     """Hyperparameters to search, by TrainingParams field name."""
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     """Tune trial scheduler."""
+    racing: RacingConfig = Field(default_factory=RacingConfig)
+    """Fold racing: ``true``, or a mapping with ``enabled`` and ``margin``."""
     report_every_epoch: bool = False
     """Also evaluate the fold's validation set after every epoch and report it to Tune as
     ``epoch_objective`` (every epoch is reported either way; the trial's ``objective`` is always
@@ -215,6 +227,11 @@ class HpoConfig(Section):
     @classmethod
     def _sampler_name(cls, value: Any) -> Any:
         return {"type": value} if isinstance(value, str) else value
+
+    @field_validator("racing", mode="before")
+    @classmethod
+    def _racing_switch(cls, value: Any) -> Any:
+        return {"enabled": value} if isinstance(value, bool) else value
 
     @model_validator(mode="after")
     def _search_fits(self) -> HpoConfig:
@@ -277,6 +294,11 @@ def check_search(hpo: HpoConfig) -> None:
         )
     _check_brackets(hpo)
     _check_enqueued(hpo)
+    if hpo.racing.enabled and hpo.evaluation == "holdout":
+        raise ValueError(
+            "racing: stops a trial between cross-validation folds, and holdout fits each "
+            "trial once; use evaluation: cv, or scheduler.type: asha to stop inside the fit"
+        )
 
 
 def _check_conditions(space: dict[str, ParamSpec]) -> None:
