@@ -149,7 +149,8 @@ def _evaluation(config: PipelineConfig, splits: DatasetSplits) -> str:
     if config.hpo.evaluation != "holdout":
         return "cv"
     if splits.validation is not None:
-        return f"holdout: every trial scored on the validation split ({len(splits.validation):,})"
+        rows = len(splits.validation)
+        return f"holdout: every trial scored on the validation split ({rows:,} rows)"
     share = config.hpo.holdout_fraction
     return f"holdout: every trial scored on {share:.0%} of the training rows (hpo.holdout_fraction)"
 
