@@ -20,6 +20,7 @@ from typing import Any
 
 from ray_pipeline.console import STATUS_EVERY_S, duration
 from ray_pipeline.direction import Direction
+from ray_pipeline.hpo.results import HpoResult
 from ray_pipeline.hpo.trial_report import TrialReport
 
 
@@ -189,3 +190,25 @@ def progress_callback(progress: SearchProgress, number_key: str) -> Any:
                 print(line, flush=True)
 
     return Progress()
+
+
+def summary(result: HpoResult, status: str) -> str:
+    """A finished variant's lines: every trial with its objective, folds and marks (the best,
+    the Pareto front, retries, racing)."""
+    lines = [f"hpo {result.backbone}: {result.variant} {status} ({result.finished} trials)"]
+    for t in result.trials:
+        mean = "-" if t.objective_mean is None else f"{t.objective_mean:.4f}"
+        std = "" if t.objective_std is None else f" ± {t.objective_std:.4f}"
+        folds = ", ".join(f"{f.objective:.3f}" for f in t.folds)
+        mark = "  <- best" if result.best is not None and t.number == result.best.number else ""
+        if t.latency_ms is not None:
+            pareto = " (Pareto)" if t.number in result.pareto else ""
+            mark = f"  p95 {t.latency_ms:.1f} ms{pareto}{mark}"
+        if t.resumes:
+            mark += f"  (retried: resumed at {', '.join(t.resumes)})"
+        if t.stopped_by:
+            mark += f"  (stopped by {t.stopped_by})"
+        lines.append(
+            f"  trial {t.number:>3} {t.state:<8} {result.metric} {mean}{std}  [{folds}]{mark}"
+        )
+    return "\n".join(lines)

@@ -17,7 +17,7 @@ from ray_pipeline.data.splits import check_foldable, load_splits
 from ray_pipeline.errors import PipelineError
 from ray_pipeline.hpo.jobs import StudyJob
 from ray_pipeline.hpo.keep import keep_best, pareto_front
-from ray_pipeline.hpo.progress import SearchProgress
+from ray_pipeline.hpo.progress import SearchProgress, summary
 from ray_pipeline.hpo.racing import Race
 from ray_pipeline.hpo.results import ENQUEUED_FROM, FoldState, HpoResult, TrialRecord, read_hpo
 from ray_pipeline.hpo.starts import enqueue_starts
@@ -147,7 +147,7 @@ def _run_backbone(config: PipelineConfig, backbone: BackboneConfig, plan: TrialP
         raise
     status: VariantStatus = "complete" if result.finished >= hpo.num_samples else "stopped"
     set_status(variant, status)
-    _print_summary(result, status)
+    print(summary(result, status))
     return result
 
 
@@ -396,23 +396,3 @@ def _record(
         enqueued_from=frozen.user_attrs.get(ENQUEUED_FROM),
         stopped_by=stopped_by,
     )
-
-
-def _print_summary(result: HpoResult, status: str) -> None:
-    print(f"hpo {result.backbone}: {result.variant} {status} ({result.finished} trials)")
-    for t in result.trials:
-        mean = "-" if t.objective_mean is None else f"{t.objective_mean:.4f}"
-        std = "" if t.objective_std is None else f" ± {t.objective_std:.4f}"
-        folds = ", ".join(f"{f.objective:.3f}" for f in t.folds)
-        mark = "  <- best" if result.best is not None and t.number == result.best.number else ""
-        if t.latency_ms is not None:
-            mark = (
-                f"  p95 {t.latency_ms:.1f} ms"
-                + (" (Pareto)" if t.number in result.pareto else "")
-                + mark
-            )
-        if t.resumes:
-            mark += f"  (retried: resumed at {', '.join(t.resumes)})"
-        if t.stopped_by:
-            mark += f"  (stopped by {t.stopped_by})"
-        print(f"  trial {t.number:>3} {t.state:<8} {result.metric} {mean}{std}  [{folds}]{mark}")
