@@ -142,10 +142,13 @@ def variant_section(config: PipelineConfig, variant: Variant, hpo: HpoResult) ->
 
 def _summary(hpo: HpoResult) -> str:
     best = hpo.best
-    line = (
-        f"{hpo.finished} of {hpo.num_samples} trials finished, {hpo.k_folds} folds each; "
-        f"{hpo.direction} {hpo.metric}"
+    scored = (
+        "one fit each, scored on the validation split"
+        if hpo.evaluation == "holdout"
+        else f"{hpo.k_folds} folds each"
     )
+    line = f"{hpo.finished} of {hpo.num_samples} trials finished, {scored}; "
+    line += f"{hpo.direction} {hpo.metric}"
     if best is not None and best.objective_mean is not None:
         line += f"; best: trial {best.number} ({best.objective_mean:.4f})"
     if hpo.pareto:
