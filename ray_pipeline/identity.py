@@ -110,6 +110,8 @@ def study_key(config: PipelineConfig, backbone: BackboneConfig) -> dict[str, Any
             # Keyed only where set: studies keyed before it existed keep their key.
             **({"max_train_examples": hpo.max_train_examples} if hpo.max_train_examples else {}),
             **_evaluation_identity(config),
+            # Keyed only where set: studies scored on the last epoch keep their key.
+            **({"fold_score": hpo.fold_score} if hpo.fold_score != "last" else {}),
         },
     }
 

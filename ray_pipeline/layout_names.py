@@ -12,6 +12,7 @@ DEFAULT_STUDY_PATH = "{study_name}/study.db"
 # Inside a checkpoint directory.
 CHECKPOINT_MODEL = "model"
 TRAINING_STATE = "training_state.pt"
+BEST_EPOCH_MODEL = "best_epoch_model.pt"
 FOLD_STATE = "fold_state.json"
 FINAL_STATE = "final_state.json"
 MODEL_CARD = "README.md"

@@ -18,7 +18,7 @@ from typing import Any
 
 from ray_pipeline import run_tree, tracking
 from ray_pipeline.artifacts import write_json, write_text_atomic
-from ray_pipeline.final.results import FinalMetrics, Lineage
+from ray_pipeline.final.results import FinalMetrics, Lineage, refit_epochs
 from ray_pipeline.identity import data_fingerprint, stable_hash
 from ray_pipeline.layout_names import MODEL_CARD
 from ray_pipeline.paths import OutputsLayout, VariantFiles, staging_for
@@ -66,6 +66,7 @@ def export(
         training=training,
         refit=metrics.refit,
         data=metrics.data,
+        epochs_from=refit_epochs(config, source.trial)[1],
         rows={
             "train": metrics.train_examples - metrics.validation_examples,
             "validation": metrics.validation_examples,

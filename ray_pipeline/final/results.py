@@ -10,7 +10,7 @@ from pydantic import Field, model_validator
 from ray_pipeline.artifacts import Record
 from ray_pipeline.hpo.results import TrialRecord
 from ray_pipeline.metrics import ClassScores, Confusion
-from ray_pipeline.schema import BackboneConfig, DataConfig, Task, TrainingParams
+from ray_pipeline.schema import BackboneConfig, DataConfig, PipelineConfig, Task, TrainingParams
 
 
 class SourceTrial(Record):
@@ -27,6 +27,22 @@ class SourceTrial(Record):
     def choice(self) -> dict[str, Any]:
         """How it was chosen, as the final run's tags: by whom and the runs that chose it."""
         return self.model_dump(include={"chosen_by", "selection_run_id", "benchmark_run_id"})
+
+
+def refit_epochs(config: PipelineConfig, trial: TrialRecord) -> tuple[int, str]:
+    """How many epochs the refit trains, and why: ``final_training.epochs`` when set, else the
+    epoch count the trial's folds were scored at (``TrialRecord.scored_epochs``: their mean
+    best epoch with ``hpo.fold_score: best``), else the trial's epochs. An epoch is a pass over
+    the refit's rows, so its optimiser steps grow with its data as the folds' did with theirs
+    (docs/hpo.md#best-epoch-scores)."""
+    if config.final_training.epochs is not None:
+        return config.final_training.epochs, "final_training.epochs"
+    scored = trial.scored_epochs
+    trained = trial.training.epochs
+    if scored is None or scored == trained:
+        return trained, "the trial's epochs"
+    each = ", ".join(str(f.scored_epoch) for f in trial.folds)
+    return scored, f"the trial's best epochs ({each}; mean rounded) of {trained}"
 
 
 class Refit(Record):
@@ -157,6 +173,8 @@ class Lineage(Record):
     """None only in a lineage.json written before final_training.resources existed."""
     data: Literal["train", "train_and_validation"] = "train"
     """What the refit trained on (``final_training.data``)."""
+    epochs_from: str | None = None
+    """Why it trained ``training.epochs`` epochs (``refit_epochs``; None: before it existed)."""
     rows: dict[str, int] = Field(default_factory=dict)
     """Rows per split the refit used: ``train``, ``validation`` (trained on with
     ``train_and_validation``), ``test`` (only tested on)."""

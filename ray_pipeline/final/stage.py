@@ -19,7 +19,14 @@ from ray_pipeline.cluster import ctrl_c_unwinds
 from ray_pipeline.data.splits import load_splits
 from ray_pipeline.errors import ConfigError, PipelineError
 from ray_pipeline.final.export import export
-from ray_pipeline.final.results import FinalJob, FinalMetrics, FinalState, Refit, SourceTrial
+from ray_pipeline.final.results import (
+    FinalJob,
+    FinalMetrics,
+    FinalState,
+    Refit,
+    SourceTrial,
+    refit_epochs,
+)
 from ray_pipeline.final.worker import epoch_checkpoints, read_state, train_in_task, train_on_worker
 from ray_pipeline.hpo.results import HpoResult, TrialRecord, read_hpo
 from ray_pipeline.identity import backbone_identity, changed_keys, final_key, stable_hash
@@ -140,10 +147,9 @@ def resolve_source(config: PipelineConfig) -> SourceTrial:
 
 
 def _training(config: PipelineConfig, source: SourceTrial) -> TrainingParams:
-    """The settings the trial trained with, and ``final_training.epochs`` when set."""
-    epochs = config.final_training.epochs
-    trained = source.trial.training
-    return trained.model_copy(update={"epochs": epochs}) if epochs is not None else trained
+    """The settings the trial trained with, for ``refit_epochs``."""
+    epochs, _ = refit_epochs(config, source.trial)
+    return source.trial.training.model_copy(update={"epochs": epochs})
 
 
 def _final_key(config: PipelineConfig, source: SourceTrial) -> dict[str, Any]:
@@ -191,7 +197,7 @@ def run_final(config: PipelineConfig, plan: TrialPlan) -> FinalMetrics:
         WorkerStorage.of(config).clear(variant.files.path)
     print(
         f"final {backbone.name}: {decision.action} {variant.name} <- {source.trial.label} "
-        f"({source.chosen_by}); {training.epochs} epoch(s)"
+        f"({source.chosen_by}); {training.epochs} epoch(s): {refit_epochs(config, source.trial)[1]}"
     )
     if decision.action == "reuse":
         metrics = read_json(variant.files.metrics, FinalMetrics)

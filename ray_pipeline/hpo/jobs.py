@@ -6,7 +6,7 @@ starts, ``trial_runs.start``). Both cross Ray boundaries as plain dicts (``model
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -45,6 +45,8 @@ class StudyJob(BaseModel):
     metric: str
     direction: Direction
     report_every_epoch: bool
+    fold_score: Literal["last", "best"] = "last"
+    """A fold's objective: its last epoch's score, or its best epoch's (``hpo.fold_score``)."""
     every_epoch: bool | None
     """Epoch checkpoints inside a fold (None: when the fold has more than one epoch)."""
     latency: LatencyObjective | None = None
@@ -79,6 +81,11 @@ class TrialJob(BaseModel):
             trial=self.trial,
             trial_key_hash=self.trial_key_hash,
         )
+
+    @property
+    def evaluates_every_epoch(self) -> bool:
+        """Every epoch of a fold is evaluated: reported to Tune, or scored (best epoch)."""
+        return self.study.report_every_epoch or self.study.fold_score == "best"
 
     @property
     def epoch_checkpoints(self) -> bool:

@@ -70,6 +70,9 @@ class FoldResult(Record):
     """Fold 0 with ``hpo.objective.latency``: the model's p95 latency (ms) at batch 1."""
     history: list[EpochPoint] = Field(default_factory=list)
     """Each epoch's point, in order (empty: recorded before histories existed)."""
+    scored_epoch: int | None = None
+    """The 1-based epoch whose validation scores are ``objective`` and ``metrics``: the last,
+    or with ``hpo.fold_score: best`` the best (None: recorded before it existed)."""
 
     def curves(self, metric: str) -> dict[int, dict[str, float | None]]:
         """The learning curves by epoch (1-based, as MLflow steps): train loss, learning rate,
@@ -94,6 +97,10 @@ class FoldProgress(Record):
     """Wall time of the fold so far, over every attempt."""
     history: list[EpochPoint] = Field(default_factory=list)
     """The epochs done so far (``FoldResult.history``)."""
+    best_epoch: int | None = None
+    """``hpo.fold_score: best``: the 1-based epoch that scored best so far."""
+    best_metrics: dict[str, float] = Field(default_factory=dict)
+    """Its validation scores (rank 0)."""
 
 
 def mean_and_spread(values: Sequence[float]) -> tuple[float, float]:
@@ -222,6 +229,16 @@ class TrialRecord(Record):
     def label(self) -> str:
         """``<variant> trial <n>``, as messages name it."""
         return f"{self.variant} trial {self.number}"
+
+    @property
+    def scored_epochs(self) -> int | None:
+        """The epoch count its folds were scored at: the mean of their ``scored_epoch``, rounded
+        (half up), at least 1; its ``training.epochs`` with ``hpo.fold_score: last``. Final
+        training refits this many epochs (None: recorded before it existed)."""
+        epochs = [f.scored_epoch for f in self.folds if f.scored_epoch is not None]
+        if not epochs or len(epochs) < len(self.folds):
+            return None
+        return max(1, math.floor(statistics.fmean(epochs) + 0.5))
 
     def objective_of(self, metric: str) -> tuple[float, float] | None:
         """The mean and spread over folds of ``metric`` (the trial's own objective, or another

@@ -110,6 +110,7 @@ def _job(
         direction=hpo.objective.direction,
         # A scheduler compares trials on every epoch's validation score.
         report_every_epoch=hpo.report_every_epoch or hpo.scheduler.type != "none",
+        fold_score=hpo.fold_score,
         every_epoch=hpo.checkpoint.every_epoch,
         latency=hpo.objective.latency,
     )

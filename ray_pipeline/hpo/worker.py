@@ -28,7 +28,12 @@ from ray_pipeline.hpo.cache import Prepared, fresh_model, prepared
 from ray_pipeline.hpo.jobs import TrialJob
 from ray_pipeline.hpo.results import EpochPoint, FoldProgress, FoldResult, FoldState
 from ray_pipeline.hpo.trial_report import TrialReport, fold_run_metrics
-from ray_pipeline.layout_names import CHECKPOINT_MODEL, FOLD_STATE, TRAINING_STATE
+from ray_pipeline.layout_names import (
+    BEST_EPOCH_MODEL,
+    CHECKPOINT_MODEL,
+    FOLD_STATE,
+    TRAINING_STATE,
+)
 from ray_pipeline.precision import Amp, resolve
 from ray_pipeline.sessions import Session, TrainSession, placement, quiet_checkpoints
 from ray_pipeline.training import (
@@ -84,6 +89,8 @@ class FoldRun:
         self.optimizer, self.scheduler = make_optimizer(self.ddp, p, p.epochs * per_epoch)
         precision = resolve(p.precision, self.device, "hpo.training.precision")
         self.amp = Amp(precision, self.device)
+        self.best_weights: dict[str, Any] | None = None
+        """``hpo.fold_score: best`` (rank 0): the best epoch's weights so far, on the CPU."""
 
     def train_epoch(self, epoch: int) -> tuple[float, float]:
         seed = self.job.study.seed * 10_007 + self.fold * 101 + epoch
@@ -132,6 +139,17 @@ class FoldRun:
             self.model, self.val_rows, labels, self.job.study.task, size, pad, self.device
         )
 
+    def keep_best_weights(self) -> None:
+        """Remember the model as it is now: the fold's best epoch so far."""
+        self.best_weights = {
+            k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()
+        }
+
+    def restore_best_weights(self) -> None:
+        """Put the remembered best epoch's weights back into the model."""
+        if self.best_weights is not None:
+            self.model.load_state_dict(self.best_weights)
+
     def save_training_state(self, path: Path) -> None:
         import torch
 
@@ -142,17 +160,21 @@ class FoldRun:
                 "scheduler": self.scheduler.state_dict(),
                 "scaler": self.amp.state_dict(),
             },
-            path,
+            path / TRAINING_STATE,
         )
+        if self.best_weights is not None:
+            torch.save(self.best_weights, path / BEST_EPOCH_MODEL)
 
     def load_training_state(self, path: Path) -> None:
         import torch
 
-        saved = torch.load(path, map_location=self.device)
+        saved = torch.load(path / TRAINING_STATE, map_location=self.device)
         self.model.load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
         self.amp.load_state_dict(saved.get("scaler"))
+        if (path / BEST_EPOCH_MODEL).is_file():
+            self.best_weights = torch.load(path / BEST_EPOCH_MODEL, map_location="cpu")
 
 
 def _report_of(
@@ -197,7 +219,7 @@ def _report(
         if best_model.is_dir():
             shutil.copytree(best_model, path / CHECKPOINT_MODEL)
         if fold is not None:
-            fold.save_training_state(path / TRAINING_STATE)
+            fold.save_training_state(path)
         session.report(report.to_metrics(), path)
 
 
@@ -216,7 +238,7 @@ def _resume(
             shutil.copytree(path / CHECKPOINT_MODEL, best_model)
         if state.current is not None:
             fold = FoldRun(job, state.current.fold, inputs, session)
-            fold.load_training_state(path / TRAINING_STATE)
+            fold.load_training_state(path)
     current = state.current
     where = (
         f"fold {current.fold} epoch {current.epochs_done}"
@@ -261,12 +283,14 @@ def _train_fold(
     """Train the fold's remaining epochs, evaluate it and report it with a checkpoint."""
     progress = _train_epochs(job, session, state, fold, best_model)
     begin = time.perf_counter()
-    scores = fold.evaluate() if session.rank == 0 else {}
+    last = fold.evaluate() if session.rank == 0 else {}
+    scored_epoch, scores = _fold_scores(job, fold, progress, last)
     objective = scores.get(job.study.metric, math.nan)
     result = FoldResult(
         fold=fold.fold,
         objective=objective,
         metrics=scores,
+        scored_epoch=scored_epoch,
         train_loss=progress.losses[-1],
         train_examples=fold.n_fit,
         validation_examples=len(fold.val_rows),
@@ -275,7 +299,9 @@ def _train_fold(
         workers=fold.workers,
         precision=fold.amp.precision,
         latency_ms=fold.latency_ms() if fold.fold == 0 and session.rank == 0 else None,
-        history=_with_last_validation(progress.history, job.training.epochs, objective),
+        history=_with_last_validation(
+            progress.history, job.training.epochs, last.get(job.study.metric, math.nan)
+        ),
         **placement(),
     )
     state = _with_fold(job, session, state, fold, result, best_model)
@@ -288,11 +314,44 @@ def _train_fold(
     return state
 
 
+def _fold_scores(
+    job: TrialJob, fold: FoldRun, progress: FoldProgress, last: dict[str, float]
+) -> tuple[int, dict[str, float]]:
+    """The epoch (1-based) whose ``scores`` are the fold's and those scores: the last epoch's
+    (``last``), or with ``hpo.fold_score: best`` the best epoch's, whose weights the model then
+    takes back (it is the fold's model: kept as the best fold's, timed for latency)."""
+    epochs = job.training.epochs
+    metric, direction = job.study.metric, job.study.direction
+    if job.study.fold_score != "best" or progress.best_epoch is None or not last:
+        return epochs, last
+    if direction.better(last[metric], progress.best_metrics[metric]):
+        return epochs, last
+    fold.restore_best_weights()
+    return progress.best_epoch, progress.best_metrics
+
+
+def _with_best_epoch(
+    job: TrialJob, fold: FoldRun, progress: FoldProgress, epoch: int, scores: dict[str, float]
+) -> FoldProgress:
+    """``progress`` after 0-based ``epoch`` scored ``scores`` (rank 0): with
+    ``hpo.fold_score: best``, the best epoch so far and its weights (an earlier epoch wins a
+    tie: fewer epochs to refit)."""
+    metric = job.study.metric
+    if job.study.fold_score != "best" or not scores:
+        return progress
+    best = progress.best_metrics.get(metric)
+    if best is not None and not job.study.direction.better(scores[metric], best):
+        return progress
+    fold.keep_best_weights()
+    return progress.model_copy(update={"best_epoch": epoch + 1, "best_metrics": scores})
+
+
 def _train_epochs(
     job: TrialJob, session: Session, state: FoldState, fold: FoldRun, best_model: Path
 ) -> FoldProgress:
     """Train the fold's epochs not yet done, reporting each but the last (with an epoch
-    checkpoint when they are on); the last is evaluated as the fold's objective."""
+    checkpoint when they are on; evaluated when reported to a scheduler or scored for
+    ``hpo.fold_score: best``); the caller evaluates the last."""
     epochs = job.training.epochs
     progress = state.current or FoldProgress(fold=fold.fold)
     for epoch in range(progress.epochs_done, epochs):
@@ -300,9 +359,11 @@ def _train_epochs(
         loss, seconds = fold.train_epoch(epoch)
         elapsed = time.perf_counter() - begin
         last = epoch == epochs - 1
-        score = None  # the last epoch's is the fold's objective, evaluated by the caller
-        if job.study.report_every_epoch and not last:
-            score = fold.evaluate()[job.study.metric] if session.rank == 0 else math.nan
+        score = None  # the last epoch is evaluated by the caller
+        scores: dict[str, float] = {}
+        if job.evaluates_every_epoch and not last:
+            scores = fold.evaluate() if session.rank == 0 else {}
+            score = scores.get(job.study.metric, math.nan)
         point = epoch_point(epoch, loss, seconds, fold.steps_per_epoch, fold.learning_rate(), score)
         progress = progress.model_copy(
             update={
@@ -313,6 +374,7 @@ def _train_epochs(
                 "history": [*progress.history, point],
             }
         )
+        progress = _with_best_epoch(job, fold, progress, epoch, scores)
         if last:
             break
         state = state.model_copy(update={"current": progress})
@@ -364,7 +426,7 @@ def epoch_point(
 def _with_last_validation(
     history: list[EpochPoint], epochs: int, objective: float
 ) -> list[EpochPoint]:
-    """``history`` with the fold's ``objective`` as its last epoch's validation score."""
+    """``history`` with ``objective``, the last epoch's score, as its validation score."""
     if not history or history[-1].epoch != epochs or math.isnan(objective):
         return history
     return [*history[:-1], history[-1].model_copy(update={"validation": objective})]

@@ -199,6 +199,10 @@ class HpoConfig(Section):
     """Tune trial scheduler."""
     racing: RacingConfig = Field(default_factory=RacingConfig)
     """Fold racing: ``true``, or a mapping with ``enabled`` and ``margin``."""
+    fold_score: Literal["last", "best"] = "last"
+    """A fold's score: its last epoch's, or its best epoch's (every epoch is then evaluated,
+    the fold keeps that epoch's model, and final training refits the trial's mean best epoch
+    count; docs/hpo.md#best-epoch-scores). Part of the study key when ``best``."""
     report_every_epoch: bool = False
     """Also evaluate the fold's validation set after every epoch and report it to Tune as
     ``epoch_objective`` (every epoch is reported either way; the trial's ``objective`` is always
