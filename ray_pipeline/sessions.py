@@ -54,6 +54,11 @@ class Session(Protocol):
         """Report ``metrics`` (a barrier across workers), with the directory as a checkpoint."""
         ...
 
+    def fit_threads(self) -> int:
+        """The torch threads to train the next epoch with (set): ``threads``, or more where
+        the place lends idle cores (hpo/idle_cores.py)."""
+        ...
+
 
 class TaskSession:
     """One process with its own CPUs or GPU: no DDP, nothing reported to Ray."""
@@ -75,6 +80,9 @@ class TaskSession:
 
     def checkpoint(self) -> Any | None:
         return None
+
+    def fit_threads(self) -> int:
+        return self.threads
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
         return None
@@ -108,3 +116,6 @@ class TrainSession:
 
         checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         ray.train.report(metrics, checkpoint=checkpoint)
+
+    def fit_threads(self) -> int:
+        return self.threads

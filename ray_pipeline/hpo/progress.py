@@ -59,6 +59,9 @@ class SearchProgress:
     spent: list[tuple[float, int]] = field(default_factory=list)
     """(seconds, epochs) of each trial that ended."""
     last_status: float | None = None
+    cores: tuple[int, int] | None = None
+    """Threads the running trials train with, and the cluster's CPUs (when trials are lent
+    idle cores: hpo/idle_cores.py)."""
 
     def started(self, number: int, epochs: int | None = None) -> None:
         per_fold = epochs or self.epochs
@@ -123,6 +126,8 @@ class SearchProgress:
             parts.append(f"{len(shown)} running ({', '.join(shown)})")
         if self.best is not None:
             parts.append(f"best {self.metric} {self.best[0]:.4f} (trial {self.best[1]})")
+        if self.cores is not None and shown:
+            parts.append(f"{min(self.cores[0], self.cores[1])}/{self.cores[1]} cores training")
         eta = self.eta_seconds()
         parts.append(f"ETA {duration(eta)}" if eta is not None else "ETA after the first epoch")
         return f"{self.label}: {', '.join(parts)}"

@@ -44,6 +44,9 @@ class EpochPoint(Record):
     """The learning rate at the end of the epoch."""
     step_seconds: float | None = None
     """Mean seconds per optimiser step in this epoch."""
+    threads: int | None = None
+    """Torch threads rank 0 trained the epoch with: its reserved CPUs, more when idle cores
+    were lent to it (hpo/idle_cores.py; None: recorded before it was)."""
 
 
 class FoldResult(Record):

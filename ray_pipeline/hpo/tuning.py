@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from ray.tune import Callback
 
 from ray_pipeline import console, faults, tracking
-from ray_pipeline.hpo import trial_runs
+from ray_pipeline.hpo import idle_cores, trial_runs
 from ray_pipeline.hpo.jobs import StudyJob, TrialJob
 from ray_pipeline.hpo.progress import SearchProgress, progress_callback
 from ray_pipeline.hpo.racing import Race
@@ -66,10 +66,28 @@ class RoundSpec:
     ``failures.jsonl`` on shared storage. None with ``storage.uri``: the controller runs on
     the trial's node, which cannot reach the driver's disk (it prints them; the trial's own
     failure is recorded by ``RecordRetries`` on the driver)."""
+    idle_cores: str | None = None
+    """The name of the round's ``IdleCores`` actor, which lends one-worker CPU trials the
+    cores finished trials freed in the round's tail (None: not lent)."""
 
 
 class TuneSession(TaskSession):
-    """The fold loop inside the Tune trial itself: one worker, this process's CPU/GPU."""
+    """The fold loop inside the Tune trial itself: one worker, this process's CPU/GPU, and on
+    a CPU the idle cores the round lends it (``lender``)."""
+
+    def __init__(self, lender: idle_cores.Lender | None = None) -> None:
+        super().__init__()
+        self.lender = lender if self.device.type == "cpu" else None
+        self.using = self.threads
+
+    def fit_threads(self) -> int:
+        import torch
+
+        threads = self.lender.threads() if self.lender is not None else self.threads
+        if threads != self.using:
+            torch.set_num_threads(threads)
+            self.using = threads
+        return threads
 
     def checkpoint(self) -> Any | None:
         from ray import tune
@@ -91,9 +109,17 @@ def _start_trial(config: dict[str, Any], spec: RoundSpec) -> TrialJob:
 def _trial_in_process(config: dict[str, Any], spec: RoundSpec) -> None:
     """A one-worker trial: the fold loop right here, in the (reused) Tune trial process."""
     job = _start_trial(config, spec)
-    with tracking.tracked(job.trial_run, unless_ended=True) as run:
-        state = run_folds(job, TuneSession())
-        trial_runs.log_result(run, state)
+    plan = TrialPlan(**spec.plan)
+    lender = None
+    if spec.idle_cores is not None:
+        lender = idle_cores.Lender(spec.idle_cores, job.trial, plan.cpus_per_worker)
+    try:
+        with tracking.tracked(job.trial_run, unless_ended=True) as run:
+            state = run_folds(job, TuneSession(lender))
+            trial_runs.log_result(run, state)
+    finally:
+        if lender is not None:
+            lender.leave()
 
 
 def _trial_driver(config: dict[str, Any], spec: RoundSpec) -> None:
@@ -184,11 +210,24 @@ class Round:
     failure_log: Path
     """The variant's ``failures.jsonl``."""
 
-    def spec(self) -> RoundSpec:
-        """What its trials get (``failure_log`` only where they can reach the driver's disk)."""
+    def spec(self, lend: bool = False) -> RoundSpec:
+        """What its trials get (``failure_log`` only where they can reach the driver's disk;
+        with ``lend``, the name of the round's ``IdleCores`` actor)."""
         shared = not is_uri(self.train_dir)
         log = str(self.failure_log) if shared else None
-        return RoundSpec(self.job.model_dump(mode="json"), self.train_dir, asdict(self.plan), log)
+        lender = self.idle_cores_name if lend else None
+        job = self.job.model_dump(mode="json")
+        return RoundSpec(job, self.train_dir, asdict(self.plan), log, lender)
+
+    @property
+    def idle_cores_name(self) -> str:
+        study = self.job.study_key_hash[:16]
+        return f"ray_pipeline_idle_cores_{study}_{name_of(self.experiment_dir)}"
+
+    @property
+    def lends_idle_cores(self) -> bool:
+        """One-worker CPU trials: their process can take more threads."""
+        return self.plan.in_process and self.plan.gpus_per_worker == 0
 
 
 def run_round(
@@ -207,8 +246,13 @@ def run_round(
 
     job, plan = tune_round.job, tune_round.plan
     search = _searcher(job, hpo, storage)
+    lend = tune_round.lends_idle_cores
+    lender = idle_cores.start(tune_round.idle_cores_name) if lend else None
+    callbacks = [*_callbacks(tune_round), progress_callback(progress, TRIAL_NUMBER)]
+    if lender is not None:
+        callbacks.append(idle_cores.LendIdleCores(lender, search, num_samples, progress))
     tuner = tune.Tuner(
-        _trainable(tune_round.spec()),
+        _trainable(tune_round.spec(lend)),
         tune_config=tune.TuneConfig(
             search_alg=search,
             scheduler=make_scheduler(
@@ -227,11 +271,15 @@ def run_round(
             failure_config=tune.FailureConfig(max_failures=plan.max_failures),
             # The last checkpoint holds everything: the fold state and the best fold's model.
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            callbacks=[*_callbacks(tune_round), progress_callback(progress, TRIAL_NUMBER)],
+            callbacks=callbacks,
             verbose=TUNE_VERBOSE if console.verbose() else 0,
         ),
     )
-    return _fit(tuner), search.stop_reason
+    try:
+        return _fit(tuner), search.stop_reason
+    finally:
+        if lender is not None:
+            idle_cores.stop(lender)
 
 
 def _searcher(job: StudyJob, hpo: HpoConfig, storage: BaseStorage) -> StudySearch:

@@ -355,6 +355,7 @@ def _train_epochs(
     epochs = job.training.epochs
     progress = state.current or FoldProgress(fold=fold.fold)
     for epoch in range(progress.epochs_done, epochs):
+        threads = session.fit_threads()
         begin = time.perf_counter()
         loss, seconds = fold.train_epoch(epoch)
         elapsed = time.perf_counter() - begin
@@ -364,7 +365,9 @@ def _train_epochs(
         if job.evaluates_every_epoch and not last:
             scores = fold.evaluate() if session.rank == 0 else {}
             score = scores.get(job.study.metric, math.nan)
-        point = epoch_point(epoch, loss, seconds, fold.steps_per_epoch, fold.learning_rate(), score)
+        point = epoch_point(
+            epoch, loss, seconds, fold.steps_per_epoch, fold.learning_rate(), score, threads
+        )
         progress = progress.model_copy(
             update={
                 "epochs_done": epoch + 1,
@@ -410,6 +413,7 @@ def epoch_point(
     steps: int,
     learning_rate: float,
     validation: float | None,
+    threads: int | None = None,
 ) -> EpochPoint:
     """The learning-curve point of 0-based ``epoch``: ``train_seconds`` spread over its
     ``steps`` optimiser steps, and the validation score when the epoch was evaluated (NaN,
@@ -420,6 +424,7 @@ def epoch_point(
         validation=None if validation is None or math.isnan(validation) else validation,
         learning_rate=learning_rate,
         step_seconds=train_seconds / steps if steps > 0 else None,
+        threads=threads,
     )
 
 

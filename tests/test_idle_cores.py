@@ -1,0 +1,71 @@
+"""No idle core in the search's tail (hpo/idle_cores.py): once a round launches no more
+trials, the CPUs finished trials freed go to the trials still running on the same node. The
+shares on their own, and on a real local Ray cluster: three one-CPU trials on two CPUs, where
+the third trains its last epochs with both cores and the first two never take more than their
+own."""
+
+from __future__ import annotations
+
+import pytest
+
+from ray_pipeline.artifacts import read_json
+from ray_pipeline.cli import main
+from ray_pipeline.hpo.idle_cores import Holder, shares
+from ray_pipeline.hpo.results import HpoResult
+from tests.conftest import MakeExp
+from tests.test_progress import Clock, _progress
+
+
+def test_free_cores_are_shared_evenly_among_the_trials_on_their_node() -> None:
+    nodes = {"a": 8, "b": 4}
+    # Two trials of 2 CPUs on node a share its 4 free CPUs; b's trial takes b's 3 free ones.
+    holders = {3: Holder("a", 2), 5: Holder("a", 2), 7: Holder("b", 1)}
+    assert shares(nodes, holders) == {3: 4, 5: 4, 7: 4}
+    # An odd remainder goes to the lower trial number; cores never cross nodes.
+    holders = {3: Holder("a", 1), 5: Holder("a", 2), 7: Holder("b", 4)}
+    assert shares(nodes, holders) == {3: 4, 5: 4, 7: 4}
+    assert shares({"a": 8}, {1: Holder("a", 3), 2: Holder("a", 3), 4: Holder("a", 1)}) == {
+        1: 4,
+        2: 3,
+        4: 1,
+    }
+    # A full node (or one that lends more than it has, after a retry was placed) lends nothing.
+    assert shares({"a": 2}, {1: Holder("a", 1), 2: Holder("a", 1)}) == {1: 1, 2: 1}
+    assert shares({"a": 2}, {1: Holder("a", 2), 2: Holder("a", 1)}) == {1: 2, 2: 1}
+    assert shares({"a": 2}, {}) == {}
+
+
+def test_the_status_line_shows_the_cores_training() -> None:
+    progress = _progress(Clock())
+    progress.started(2)
+    assert "cores training" not in progress.status()  # not lent (or not known yet)
+    progress.cores = (2, 2)
+    assert "2/2 cores training" in progress.status()
+
+
+@pytest.mark.slow
+def test_the_last_trial_takes_the_cores_the_others_freed(
+    ray_cluster: None, smoke_experiment: MakeExp
+) -> None:
+    path = smoke_experiment()
+    overrides = [
+        "hpo.num_samples=3",
+        "hpo.training.epochs=3",
+        "hpo.sampler=random",
+        "resources.cpus_per_worker=1",
+        "resources.workers_per_trial=1",
+        "tracking.enabled=false",
+    ]
+    assert main(["hpo", "--config", str(path), *overrides]) == 0
+    variant = path.parent / "outputs" / "t" / "hpo" / "tiny-bert" / "hpo_tiny-bert"
+    result = read_json(variant / "hpo.json", HpoResult)
+    threads = {t.number: [p.threads for f in t.folds for p in f.history] for t in result.trials}
+    assert all(len(v) == 6 for v in threads.values()), threads
+    # Trials 0 and 1 ran side by side while trial 2 waited: their own core each, always.
+    assert threads[0] == [1] * 6 and threads[1] == [1] * 6, threads
+    # Trial 2 started when one of them ended and trained alone after the other did: both
+    # cores, from the first epoch it started alone until its end.
+    last = threads[2]
+    assert last[-1] == 2, threads
+    start = last.index(2)
+    assert last[start:] == [2] * (6 - start) and set(last[:start]) <= {1}, threads
