@@ -39,6 +39,9 @@ class TrialPlan:
     in_process: bool = False
     """One worker trains in one process, not in a Ray Train worker group: inside its Tune trial
     (HPO, trial_backend auto), or in one Ray task (final training)."""
+    lend_idle_cores: bool = False
+    """HPO: an in-process CPU trial may take cores finished trials freed
+    (``resources.lend_idle_cores``, hpo/idle_cores.py)."""
 
     @property
     def use_gpu(self) -> bool:
@@ -92,13 +95,15 @@ def plan_trials(config: ResourcesConfig, nodes: Sequence[Node]) -> TrialPlan:
         )
     fits = capacity // workers
     wanted = config.max_concurrent_trials or fits
+    in_process = workers == 1 and config.trial_backend == "auto"
     return TrialPlan(
         workers,
         cpw,
         gpw,
         max(1, min(wanted, fits)),
         max_failures=config.max_failures,
-        in_process=workers == 1 and config.trial_backend == "auto",
+        in_process=in_process,
+        lend_idle_cores=config.lend_idle_cores and in_process and gpw == 0,
     )
 
 

@@ -12,6 +12,8 @@ from ray_pipeline.artifacts import read_json
 from ray_pipeline.cli import main
 from ray_pipeline.hpo.idle_cores import Holder, shares
 from ray_pipeline.hpo.results import HpoResult
+from ray_pipeline.resources import Node, plan_trials
+from ray_pipeline.schema import ResourcesConfig
 from tests.conftest import MakeExp
 from tests.test_progress import Clock, _progress
 
@@ -69,3 +71,16 @@ def test_the_last_trial_takes_the_cores_the_others_freed(
     assert last[-1] == 2, threads
     start = last.index(2)
     assert last[start:] == [2] * (6 - start) and set(last[:start]) <= {1}, threads
+
+
+def test_only_one_worker_cpu_trials_are_lent_cores_and_only_when_asked() -> None:
+    nodes = [Node(cpus=4, gpus=2)]
+
+    def lends(**resources: object) -> bool:
+        return plan_trials(ResourcesConfig.model_validate(resources), nodes).lend_idle_cores
+
+    assert lends()
+    assert not lends(lend_idle_cores=False)
+    assert not lends(gpus_per_worker=0.5)  # a GPU trial's threads only feed its GPU
+    assert not lends(workers_per_trial=2)  # a DDP worker group keeps its CPUs
+    assert not lends(trial_backend="train")

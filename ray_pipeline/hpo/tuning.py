@@ -224,11 +224,6 @@ class Round:
         study = self.job.study_key_hash[:16]
         return f"ray_pipeline_idle_cores_{study}_{name_of(self.experiment_dir)}"
 
-    @property
-    def lends_idle_cores(self) -> bool:
-        """One-worker CPU trials: their process can take more threads."""
-        return self.plan.in_process and self.plan.gpus_per_worker == 0
-
 
 def run_round(
     tune_round: Round,
@@ -246,7 +241,7 @@ def run_round(
 
     job, plan = tune_round.job, tune_round.plan
     search = _searcher(job, hpo, storage)
-    lend = tune_round.lends_idle_cores
+    lend = plan.lend_idle_cores
     lender = idle_cores.start(tune_round.idle_cores_name) if lend else None
     callbacks = [*_callbacks(tune_round), progress_callback(progress, TRIAL_NUMBER)]
     if lender is not None:

@@ -212,6 +212,10 @@ class ResourcesConfig(Section):
     data and weights: seconds of start-up), a one-worker final training in one Ray task; more
     workers use a Ray Train worker group (DDP). train: always a Ray Train worker group, also
     for one worker."""
+    lend_idle_cores: bool = True
+    """HPO: once the search launches no more trials, one-worker CPU trials train with the
+    cores finished trials freed on their node (torch threads not reserved in Ray;
+    docs/hpo.md#resources). false: every trial keeps exactly its reserved CPUs."""
 
     @model_validator(mode="after")
     def _whole_gpus_for_ddp(self) -> ResourcesConfig:
