@@ -77,6 +77,11 @@ def tune_snapshots(names: list[str]) -> list[str]:
     return sorted(n for n in names if n.startswith(prefix) and n.endswith(suffix))
 
 
+def is_uri(place: str) -> bool:
+    """Whether ``place`` is a URI (``storage.uri``: ``s3://``, ``gs://``, ``file://``...)."""
+    return "://" in place
+
+
 def staging_for(path: Path) -> Path:
     """Where ``path`` is assembled before an atomic rename into place (a hidden sibling)."""
     return path.with_name(f".{path.name}.tmp")
@@ -183,6 +188,41 @@ class VariantFiles:
     def best(self) -> Path:
         """The best trial's best-fold model, kept for the benchmark."""
         return self.path / "best"
+
+    def recorded(self, place: str | None) -> str | None:
+        """``place`` as a record in this variant holds it: a path inside the variant directory
+        relative to it (so the tree can be copied, moved or mounted elsewhere), a place under
+        ``storage.uri`` as it is."""
+        if place is None or is_uri(place):
+            return place
+        path = Path(place)
+        if path.is_absolute() and path.is_relative_to(self.path):
+            return path.relative_to(self.path).as_posix()
+        return place
+
+    def located(self, recorded: str | None) -> str | None:
+        """A place a record holds, as a place in this tree: a relative path under the variant
+        directory. An absolute path (written before records were relative) inside this
+        variant is itself; inside the same variant of another tree (a copy, or the tree before
+        it moved: the path runs through ``<experiment>/<stage>/<backbone>/<variant>``) it is
+        the same place here; anything else is None, never followed into another tree."""
+        if recorded is None or is_uri(recorded):
+            return recorded
+        path = Path(recorded)
+        if not path.is_absolute():
+            return str(self.path / path)
+        if path.is_relative_to(self.path):
+            return recorded
+        tail, parts = self.path.parts[-4:], path.parts
+        for start in range(len(parts) - len(tail), -1, -1):
+            if parts[start : start + len(tail)] == tail:
+                return str(self.path.joinpath(*parts[start + len(tail) :]))
+        return None
+
+    def owns(self, place: str) -> bool:
+        """Whether ``place`` (a path) lies inside this variant's directory: the only paths a
+        stage working on the variant may delete."""
+        return not is_uri(place) and Path(place).is_relative_to(self.path)
 
     def study_file(self, storage_path: str, study_name: str, journal: bool) -> Path:
         """The Optuna study file for ``hpo.checkpoint.storage_path`` (relative to the

@@ -25,7 +25,7 @@ from os import PathLike
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ray_pipeline.paths import staging_for
+from ray_pipeline.paths import is_uri, staging_for
 
 if TYPE_CHECKING:
     import pyarrow.fs
@@ -35,10 +35,6 @@ if TYPE_CHECKING:
 
 class StorageError(Exception):
     """A place that cannot be reached, read or written."""
-
-
-def is_uri(place: str) -> bool:
-    return "://" in place
 
 
 def filesystem(place: str | PathLike[str]) -> tuple[pyarrow.fs.FileSystem, str]:

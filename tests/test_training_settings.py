@@ -376,6 +376,9 @@ class _OneProcess:
     def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
         return None
 
+    def fit_threads(self) -> int:
+        return self.threads
+
 
 def test_a_fold_builds_its_model_and_schedule_from_the_settings(smoke_experiment: MakeExp) -> None:
     config = load_config(smoke_experiment(), ["data.max_train_examples=24"])

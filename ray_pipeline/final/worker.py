@@ -32,13 +32,13 @@ from ray_pipeline.layout_names import (
 )
 from ray_pipeline.metrics import class_scores, compute_metrics, confusion
 from ray_pipeline.models import build_model, load_tokenizer
+from ray_pipeline.paths import is_uri
 from ray_pipeline.precision import Amp, resolve
 from ray_pipeline.sessions import Session, TaskSession, TrainSession, quiet_checkpoints
 from ray_pipeline.storage import (
     children,
     delete,
     is_file,
-    is_uri,
     join,
     local_copy,
     name_of,

@@ -47,9 +47,13 @@ def keep_best(
     for number in sorted(targets, key=lambda n: best is not None and n == best.number):
         _copy_model(by_number[number].checkpoint, targets[number])
     if only_best:
+        owned = {str(files.path), where.place(files.path)}
         for trial in result.trials:
-            if trial.checkpoint is not None and trial.checkpoint not in kept_dirs:
-                delete(trial.checkpoint)
+            place = trial.checkpoint
+            if place is None or place in kept_dirs:
+                continue
+            if files.owns(place) or any(place.startswith(f"{p}/") for p in owned):
+                delete(place)  # never a place outside this variant (another tree's)
         for train in {str(files.train_dir), where.place(files.train_dir)}:
             delete(train)  # the kept models: best/, pareto/
         pareto_dir = files.pareto_model(0).parent

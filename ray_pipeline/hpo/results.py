@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 from pydantic import Field
 
-from ray_pipeline.artifacts import Record, read_json
+from ray_pipeline.artifacts import Record, read_json, write_json
 from ray_pipeline.direction import Direction
 from ray_pipeline.hpo.jobs import StudyJob
 from ray_pipeline.paths import VariantFiles
@@ -298,6 +298,31 @@ class HpoResult(Record):
 
 
 def read_hpo(files: VariantFiles) -> HpoResult | None:
-    """A variant's ``hpo.json``, if written."""
+    """A variant's ``hpo.json``, if written, its checkpoints as places in this tree
+    (``VariantFiles.located``: a copied or moved tree reads its own)."""
     path = files.hpo_result
-    return read_json(path, HpoResult) if path.is_file() else None
+    if not path.is_file():
+        return None
+    return _with_places(read_json(path, HpoResult), files.located)
+
+
+def write_hpo(files: VariantFiles, result: HpoResult) -> None:
+    """Write ``hpo.json`` with its checkpoints relative to the variant directory."""
+    write_json(files.hpo_result, _with_places(result, files.recorded))
+
+
+def _with_places(result: HpoResult, place: Callable[[str | None], str | None]) -> HpoResult:
+    """``result`` with ``place`` applied to every checkpoint it names."""
+
+    def trial(record: TrialRecord | None) -> TrialRecord | None:
+        if record is None:
+            return None
+        return record.model_copy(update={"checkpoint": place(record.checkpoint)})
+
+    return result.model_copy(
+        update={
+            "trials": [trial(t) for t in result.trials],
+            "best": trial(result.best),
+            "best_checkpoint": place(result.best_checkpoint),
+        }
+    )

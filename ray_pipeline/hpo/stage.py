@@ -12,14 +12,20 @@ from pathlib import Path
 from typing import Any
 
 from ray_pipeline import faults, run_tree, tracking
-from ray_pipeline.artifacts import write_json
 from ray_pipeline.data.splits import check_foldable, load_splits
 from ray_pipeline.errors import PipelineError
 from ray_pipeline.hpo.jobs import StudyJob
 from ray_pipeline.hpo.keep import keep_best, pareto_front
 from ray_pipeline.hpo.progress import SearchProgress, summary
 from ray_pipeline.hpo.racing import Race
-from ray_pipeline.hpo.results import ENQUEUED_FROM, FoldState, HpoResult, TrialRecord, read_hpo
+from ray_pipeline.hpo.results import (
+    ENQUEUED_FROM,
+    FoldState,
+    HpoResult,
+    TrialRecord,
+    read_hpo,
+    write_hpo,
+)
 from ray_pipeline.hpo.starts import enqueue_starts
 from ray_pipeline.hpo.study import (
     best_so_far,
@@ -177,7 +183,7 @@ def _search(
     if _done(result):  # unfinished trials still need their checkpoints
         where = WorkerStorage.of(config)
         result = keep_best(result, variant, hpo.checkpoint.save_only_best, where)
-    write_json(variant.files.hpo_result, result)
+    write_hpo(variant.files, result)
     if hpo.max_train_examples is not None:
         everything = len(load_splits(config.data).train)
         print(

@@ -34,11 +34,11 @@ from ray_pipeline.hpo.trial_report import TrialOutcome, TrialReport
 from ray_pipeline.hpo.tune_state import repair_recorded_checkpoints
 from ray_pipeline.hpo.worker import run_folds, train_folds
 from ray_pipeline.internals import train_checkpoint_key, trial_failures
-from ray_pipeline.paths import trial_name
+from ray_pipeline.paths import is_uri, trial_name
 from ray_pipeline.resources import DRIVER_MEMORY_BYTES, TrialPlan, scaling_config
 from ray_pipeline.schema import HpoConfig
 from ray_pipeline.sessions import TaskSession
-from ray_pipeline.storage import WorkerStorage, is_uri, name_of, parent_of
+from ray_pipeline.storage import WorkerStorage, name_of, parent_of
 
 if TYPE_CHECKING:
     from optuna.storages import BaseStorage
