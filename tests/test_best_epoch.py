@@ -161,3 +161,31 @@ def test_folds_score_their_best_epoch_and_the_refit_trains_that_many(
     assert len(read_json(final / "metrics.json", FinalMetrics).epochs) == want
     if want != EPOCHS:
         assert lineage.epochs_from is not None and "best epochs" in lineage.epochs_from
+
+
+def test_the_best_epochs_weights_survive_a_resume_inside_the_fold(
+    smoke_experiment: MakeExp, tmp_path: Path
+) -> None:
+    import torch
+
+    from ray_pipeline.hpo.worker import FoldRun
+    from tests.test_training_settings import _OneProcess
+
+    overrides = ["data.max_train_examples=24", "hpo.fold_score=best", "hpo.training.epochs=3"]
+    overrides += ["hpo.training.max_length=16", "hpo.training.batch_size=4"]
+    job = _job_of(load_config(smoke_experiment(), overrides))
+    inputs = prepared(job.study.data, job.study.backbone, 16)
+    fold = FoldRun(job, 0, inputs, _OneProcess())
+    fold.train_epoch(0)
+    fold.keep_best_weights()  # epoch 1 was the best so far
+    fold.train_epoch(1)
+    fold.save_training_state(tmp_path)  # the epoch checkpoint after epoch 2
+    again = FoldRun(job, 0, inputs, _OneProcess())
+    again.load_training_state(tmp_path)
+    assert fold.best_weights is not None and again.best_weights is not None
+    name = next(k for k in fold.best_weights if k.endswith("classifier.weight"))
+    assert torch.equal(again.best_weights[name], fold.best_weights[name])
+    now = again.model.state_dict()[name]
+    assert not torch.equal(now, fold.best_weights[name])  # epoch 2 moved the weights on
+    again.restore_best_weights()
+    assert torch.equal(again.model.state_dict()[name], fold.best_weights[name])
