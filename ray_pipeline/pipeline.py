@@ -10,6 +10,7 @@ stage's; then the resolved config is written and the stages run in order.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ from ray_pipeline.console import quiet_libraries
 from ray_pipeline.data.splits import local_files_present
 from ray_pipeline.errors import ConfigError
 from ray_pipeline.loading import load_config
-from ray_pipeline.models import check_dropout
+from ray_pipeline.models import check_dropout, check_max_length, probe_backbones
 from ray_pipeline.paths import OutputsLayout
 from ray_pipeline.precision import check_config as check_precision
 from ray_pipeline.schema import PipelineConfig
@@ -105,12 +106,18 @@ def check_inputs(
     config: PipelineConfig, stages: Sequence[str] = STAGE_ORDER, *, offline: bool = False
 ) -> None:
     """The checks that need no cluster, for ``run`` and ``validate`` alike (exit 2, nothing
-    written): precision, dropout, the search's data (with the HPO stage), worker storage (a
-    probe file written, read back and removed) and the tracking server. ``offline``
-    (``validate``): data is read only where it is local files already present (the demo's are
-    fetched by ``make demo`` later; a Hub dataset is downloaded by the run)."""
+    written): the outputs root, precision, each backbone (its config read: path, package or
+    hub id) with the dropout and ``max_length`` it is given (with a stage that loads it), the
+    search's data (with the HPO stage), worker storage (a probe file written, read back and
+    removed) and the tracking server. ``offline`` (``validate``): data is read only where it
+    is local files already present (the demo's are fetched by ``make demo`` later; a Hub
+    dataset is downloaded by the run)."""
+    check_outputs_root(config)
     check_precision(config)
-    check_dropout(config)
+    if set(stages) & {"hpo", "benchmark", "final"}:  # the stages that load the backbones
+        backbones = probe_backbones(config)
+        check_dropout(config, backbones)
+        check_max_length(config, backbones, stages)
     if "hpo" in stages and (not offline or local_files_present(config.data)):
         from ray_pipeline.hpo.stage import check_search_data
 
@@ -118,6 +125,23 @@ def check_inputs(
     if set(stages) & {"hpo", "benchmark", "final"}:  # the stages whose workers write there
         check_storage(WorkerStorage.of(config))
     tracking.check_tracking(config)
+
+
+def check_outputs_root(config: PipelineConfig) -> None:
+    """Refuse (exit 2) an ``outputs_root`` that cannot be written, without creating it: it,
+    or else the nearest of its ancestors that exists, must be a directory this user can
+    write."""
+    root = config.outputs_root.absolute()
+    existing = next(p for p in (root, *root.parents) if p.exists())  # "/" exists
+    if not existing.is_dir():
+        problem = "is not a directory"
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        problem = "is not writable by you"
+    else:
+        return
+    what = str(root) if existing == root else f"{root} cannot be created: {existing}"
+    fix = "set outputs_root to a directory you can write, or one that can be created"
+    raise ConfigError.at("outputs_root", f"{what} {problem}; {fix}")
 
 
 def check_cluster(config: PipelineConfig) -> None:

@@ -84,6 +84,22 @@ class TokenExamples:
 
 Examples = TextExamples | TokenExamples
 
+TAG_PREFIXES = ("B", "I", "E", "S")
+"""Entity tags are ``O`` or ``<prefix>-<type>`` (IOB/IOB2, and IOBES's E- and S-): the tags
+seqeval reads entities from. Any other tag (``PER``) would make entity F1 meaningless."""
+
+
+def tag_problem(tag: str) -> str | None:
+    """What is wrong with an NER tag (with the fix), or None for ``O``, ``B-PER``, ``I-PER``..."""
+    prefix, dash, kind = tag.partition("-")
+    if tag == "O" or (dash and prefix in TAG_PREFIXES and kind):
+        return None
+    hint = f"B-{tag} or I-{tag}" if tag.isalpha() else "B-PER or I-PER"
+    return (
+        f"tag {tag!r} is not an IOB tag: entity scores need O or B-<type> / I-<type> "
+        f"(IOB2; E-/S- of IOBES also work), e.g. {hint}; convert the tags"
+    )
+
 
 @dataclass(frozen=True)
 class DatasetSplits:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ray_pipeline.data.examples import Examples, TextExamples, TokenExamples
-from ray_pipeline.errors import ConfigError
+from ray_pipeline.data.examples import Examples, TextExamples, TokenExamples, tag_problem
+from ray_pipeline.errors import ConfigError, Problem
 from ray_pipeline.schema import DataConfig
 
 
@@ -58,13 +58,61 @@ def _examples(ds: Any, data: DataConfig, split: str) -> Examples:
         )
     feature = ds.features[data.label_column]
     origins = tuple(f"{data.hf_name}[{split}] row {i + 1}" for i in range(len(ds)))
+    problems: list[Problem] = []
     if data.task == "token_classification":
         names = _names(getattr(feature, "feature", None))
-        tags = [[names[t] if names else str(t) for t in row] for row in ds[data.label_column]]
+        tags = []
+        for origin, row in zip(origins, ds[data.label_column], strict=True):
+            named = [_label(t, names) for t in row or ()]
+            wrong = [w for t, n in zip(row or (), named, strict=True) if (w := _wrong(t, n, names))]
+            if wrong:
+                problems.append(Problem(origin, wrong[0]))  # the row's first bad tag
+            tags.append(tuple(n or "" for n in named))
+        _raise_if_any(problems, data, split)
         words = ds[data.text_columns[0]]
-        return TokenExamples(tuple(map(tuple, words)), tuple(map(tuple, tags)), origins)
+        return TokenExamples(tuple(map(tuple, words)), tuple(tags), origins)
     names = _names(feature)
-    labels = [names[v] if names else str(v) for v in ds[data.label_column]]
+    labels = []
+    for origin, value in zip(origins, ds[data.label_column], strict=True):
+        label = _label(value, names)
+        problem = _wrong(value, label, names, column=data.label_column)
+        if problem is not None:
+            problems.append(Problem(origin, problem))
+        labels.append(label or "")
+    _raise_if_any(problems, data, split)
     columns = [ds[c] for c in data.text_columns]
     texts = tuple(tuple(str(col[i]) for col in columns) for i in range(len(ds)))
     return TextExamples(texts, tuple(labels), origins)
+
+
+def _label(value: Any, names: list[str] | None) -> str | None:
+    """A label or tag value as its name: a ClassLabel id's name, else the value as text;
+    None when it is none (None, or an id outside the ClassLabel: -1 marks unlabelled rows)."""
+    if value is None:
+        return None
+    if names is None:
+        return str(value)
+    if isinstance(value, int) and 0 <= value < len(names):
+        return names[value]
+    return None
+
+
+def _wrong(value: Any, name: str | None, names: list[str] | None, column: str = "") -> str | None:
+    """What is wrong with one label (``column`` given) or NER tag, or None."""
+    if name is not None:
+        return None if column else tag_problem(name)
+    what = f"{column} {value!r}" if column else f"tag {value!r}"
+    if value is None:
+        return f"{what} is missing: every example needs one; drop the row or use another split"
+    assert names is not None
+    return (
+        f"{what} is not a class id of the dataset's ClassLabel (0..{len(names) - 1}: "
+        f"{', '.join(names)}); -1 marks an unlabelled row (as in GLUE's test splits): map "
+        "data.hf_splits to labelled splits (leave test out to carve it from train)"
+    )
+
+
+def _raise_if_any(problems: list[Problem], data: DataConfig, split: str) -> None:
+    if problems:
+        header = f"{len(problems)} example(s) of {data.hf_name}[{split}] with bad labels"
+        raise ConfigError(problems[:10], header=header)

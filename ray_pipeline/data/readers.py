@@ -1,7 +1,8 @@
 """Readers for local files: CSV, JSONL, Parquet (sequence classification) and CoNLL (NER).
 
 Every problem names the file and the line (or row) and says how to fix it; up to
-``MAX_PROBLEMS`` are collected per file before giving up.
+``MAX_PROBLEMS`` are collected per file before giving up. Text files are UTF-8, with or
+without a byte-order mark (``utf-8-sig``: spreadsheet programs write one).
 """
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from ray_pipeline.data.examples import Examples, TextExamples, TokenExamples
+from ray_pipeline.data.examples import Examples, TextExamples, TokenExamples, tag_problem
 from ray_pipeline.errors import ConfigError, Problem
 
 MAX_PROBLEMS = 10
 _DOCSTART = "-DOCSTART-"
+_ENCODING = "utf-8-sig"
+"""UTF-8; a leading byte-order mark is dropped (not read as part of the first column name)."""
 
 
 class _Collector:
@@ -34,7 +37,7 @@ class _Collector:
 
 
 def _records_csv(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    with path.open(encoding="utf-8", newline="") as handle:
+    with path.open(encoding=_ENCODING, newline="") as handle:
         reader = csv.DictReader(handle)
         start = reader.line_num + 2  # header is line 1
         for row in reader:
@@ -43,7 +46,7 @@ def _records_csv(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
 
 
 def _records_jsonl(path: Path, out: _Collector) -> Iterator[tuple[str, dict[str, Any]]]:
-    with path.open(encoding="utf-8") as handle:
+    with path.open(encoding=_ENCODING) as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
@@ -128,35 +131,54 @@ def read_conll(path: Path) -> TokenExamples:
             origins.append(f"{path.name}:{start}")
             sentence.clear()
 
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            fields = line.split()
-            if not fields:
-                close()
-                continue
-            if fields[0] == _DOCSTART:
-                close()
-                continue
-            if fields_expected is None:
-                fields_expected = len(fields)
-                if fields_expected < 2:
-                    out.add(f"{number}", "needs at least two fields: the token and its tag")
-                    break
-            if len(fields) != fields_expected:
-                out.add(
-                    f"{number}",
-                    f"has {len(fields)} field(s) but earlier lines have "
-                    f"{fields_expected}; separate token and tag by whitespace",
-                )
-                continue
-            if not sentence:
-                start = number
-            sentence.append((fields[0], fields[-1]))
+    for number, line in _lines(path, out):
+        fields = line.split()
+        if not fields:
+            close()
+            continue
+        if fields[0] == _DOCSTART:
+            close()
+            continue
+        if fields_expected is None:
+            fields_expected = len(fields)
+            if fields_expected < 2:
+                out.add(f"{number}", "needs at least two fields: the token and its tag")
+                break
+        if len(fields) != fields_expected:
+            out.add(
+                f"{number}",
+                f"has {len(fields)} field(s) but earlier lines have "
+                f"{fields_expected}; separate token and tag by whitespace",
+            )
+            continue
+        problem = tag_problem(fields[-1])
+        if problem is not None:
+            out.add(f"{number}", problem)
+            continue
+        if not sentence:
+            start = number
+        sentence.append((fields[0], fields[-1]))
     close()
     if not tags and not out.problems:
         out.add("1", "holds no sentences")
     out.raise_if_any()
     return TokenExamples(tuple(words), tuple(tags), tuple(origins))
+
+
+def _lines(path: Path, out: _Collector) -> Iterator[tuple[int, str]]:
+    """(line number, text) of each line, decoded one at a time so that a line that is not
+    UTF-8 is reported with its number (and skipped) instead of ending the read."""
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                yield number, raw.decode(_ENCODING if number == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                byte = raw[exc.start]
+                out.add(
+                    f"{number}",
+                    f"not UTF-8 text (byte 0x{byte:02x} at column {exc.start + 1}); save the "
+                    "file as UTF-8 (e.g. iconv -f latin1 -t utf-8)",
+                )
 
 
 def _check_readable(path: Path, out: _Collector) -> None:

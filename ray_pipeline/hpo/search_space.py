@@ -103,8 +103,8 @@ def make_sampler(
                 size = resolved(config.population_size, "hpo.sampler.population_size")
                 return optuna.samplers.NSGAIISampler(seed=seed, population_size=size)
             case "grid":
-                grid = {name: grid_values(spec) for name, spec in space.items()}
-                return optuna.samplers.GridSampler(grid, seed=seed)  # type: ignore[arg-type]
+                grid = {name: list(grid_values(spec) or []) for name, spec in space.items()}
+                return optuna.samplers.GridSampler(grid, seed=seed)
         return optuna.samplers.TPESampler(
             seed=seed,
             n_startup_trials=startup(),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from ray_pipeline.run_mode import ReuseMode, RunMode
 
@@ -16,6 +16,22 @@ class PathMarker:
 
 ConfigPath = Annotated[Path, PathMarker()]
 PositiveInt = Annotated[int, Field(ge=1)]
+
+SEED_LIMIT = 2**32
+"""Seeds lie in [0, 2**32): what NumPy's and scikit-learn's ``random_state`` accept."""
+
+
+def _check_seed(value: int) -> int:
+    if not 0 <= value < SEED_LIMIT:
+        raise ValueError(
+            "a seed must lie in [0, 2**32) (NumPy and scikit-learn take no other); "
+            "use a whole number such as 42"
+        )
+    return value
+
+
+Seed = Annotated[int, AfterValidator(_check_seed)]
+"""A random seed, checked when the config is loaded (not when a split first uses it)."""
 
 
 class Section(BaseModel):

@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from ray_pipeline.naming import check_safe_name
-from ray_pipeline.schema.base import ConfigPath, PositiveInt, Section
+from ray_pipeline.schema.base import ConfigPath, PositiveInt, Section, Seed
 
 Task = Literal["sequence_classification", "token_classification"]
 
@@ -52,8 +52,8 @@ class DataConfig(Section):
     Face format). CoNLL files take the first field as the token and the last as its tag."""
     test_size: float = Field(default=0.2, gt=0.0, lt=1.0)
     """Fraction of the training data held out as test when no test split is given."""
-    seed: int = 42
-    """Seeds the test carve-out and the subsetting below."""
+    seed: Seed = 42
+    """Seeds the test carve-out and the subsetting below (in [0, 2**32))."""
     max_train_examples: PositiveInt | None = None
     """Use only N training examples, drawn with a seeded shuffle (quick runs)."""
     max_test_examples: PositiveInt | None = None

@@ -12,7 +12,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from ray_pipeline.direction import Direction
 from ray_pipeline.layout_names import DEFAULT_STUDY_PATH
 from ray_pipeline.naming import check_safe_name
-from ray_pipeline.schema.base import PositiveInt, RunSection, Section
+from ray_pipeline.schema.base import PositiveInt, RunSection, Section, Seed
 from ray_pipeline.schema.search import (
     CategoricalParam,
     FloatParam,
@@ -64,12 +64,16 @@ class SchedulerConfig(Section):
 
 class RacingConfig(Section):
     enabled: bool = False
-    """Stop a cross-validated trial between folds once its finished folds are clearly worse
-    than the best complete trial's on the same folds; it ends PRUNED (docs/hpo.md#fold-racing).
-    Not part of the study key."""
+    """Stop a cross-validated trial after a fold (and after an epoch inside one when epochs are
+    evaluated: ``report_every_epoch``, or any scheduler) once, on the same folds and epoch, it
+    is so far behind the best complete trial that it has under a 5% chance to end more than
+    ``margin`` ahead of it; it ends PRUNED (docs/hpo.md#fold-racing). Not part of the study
+    key."""
     margin: float | None = Field(default=None, ge=0)
-    """How much worse (in the metric, averaged over the compared folds) counts as clearly
-    worse. null: the best complete trial's fold standard deviation."""
+    """The indifference zone (in the metric, on the k-fold mean): how much better than the
+    best complete trial a trial must still be able to end to be worth its remaining folds
+    (larger: stops sooner; 0: only trials unlikely to beat it at all). null: the best complete
+    trial's fold standard deviation."""
 
 
 SamplerType = Literal["tpe", "random", "cmaes", "gp", "qmc", "nsga2", "grid"]
@@ -185,8 +189,8 @@ class HpoConfig(Section):
     """Search on at most this many training examples: a stratified subset seeded with
     ``data.seed``. Final training refits on all of them (``data.max_train_examples`` caps
     every stage)."""
-    seed: int = 42
-    """Seeds the sampler and the fold splits."""
+    seed: Seed = 42
+    """Seeds the sampler and the fold splits (in [0, 2**32))."""
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)
     """Optuna sampler: a name (``tpe``) or a mapping with ``type`` and its options."""
     objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)

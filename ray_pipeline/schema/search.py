@@ -5,8 +5,8 @@ What a whole space and its sampler must satisfy is ``schema.hpo.check_search``."
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from typing import Annotated, Any, Literal
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Any, Literal, overload
 
 from pydantic import Field, model_validator
 
@@ -64,6 +64,11 @@ class CategoricalParam(Conditional):
 
 
 def _check_range(low: float, high: float, log: bool, step: float | None) -> None:
+    if step is not None and step <= 0:
+        raise ValueError(
+            f"step must be > 0 (the distance between values), but got step={step:g}; "
+            "give a positive step, or drop it for a continuous range"
+        )
     if low > high:
         raise ValueError(f"low <= high must hold, but got low={low} and high={high}")
     if log and low <= 0:
@@ -75,16 +80,37 @@ def _check_range(low: float, high: float, log: bool, step: float | None) -> None
 ParamSpec = Annotated[FloatParam | IntParam | CategoricalParam, Field(discriminator="type")]
 
 
-def grid_values(spec: ParamSpec) -> list[Any] | None:
+def grid_values(spec: ParamSpec) -> Sequence[Any] | None:
     """Every value a grid search tries for ``spec``, or None when it has no finite grid (a
-    float range without ``step``)."""
+    float range without ``step``). Ranges are lazy: ``len`` counts them without building a
+    list (a range of 10**15 ints is valid for every sampler but grid)."""
     if isinstance(spec, CategoricalParam):
         return list(spec.choices)
     if isinstance(spec, IntParam):
-        return list(range(spec.low, spec.high + 1, spec.step))
+        return range(spec.low, spec.high + 1, spec.step)
     if spec.step is None:
         return None
-    return [spec.low + i * spec.step for i in range(_steps(spec.low, spec.high, spec.step) + 1)]
+    return _FloatGrid(spec.low, spec.step, _steps(spec.low, spec.high, spec.step) + 1)
+
+
+class _FloatGrid(Sequence[float]):
+    """``low, low + step, ...`` (``count`` values), computed on access like ``range``."""
+
+    def __init__(self, low: float, step: float, count: int) -> None:
+        self._values = range(count)
+        self.low, self.step = low, step
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    @overload
+    def __getitem__(self, index: int) -> float: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[float]: ...
+    def __getitem__(self, index: int | slice) -> float | Sequence[float]:
+        if isinstance(index, slice):
+            return [self.low + i * self.step for i in self._values[index]]
+        return self.low + self._values[index] * self.step
 
 
 def _steps(low: float, high: float, step: float) -> int:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from ray_pipeline.naming import check_safe_name
 from ray_pipeline.schema.base import (
@@ -17,6 +17,24 @@ from ray_pipeline.schema.base import (
 )
 from ray_pipeline.schema.hpo import ObjectiveConfig
 from ray_pipeline.schema.training import Precision
+
+MIN_CPUS = 0.1
+"""The least CPU share a trial worker, refit worker or benchmark actor may reserve."""
+
+
+def _enough_cpus(value: float) -> float:
+    if value < MIN_CPUS:
+        many = f"~{round(1 / value)} of them" if value > 0 else "any number"
+        raise ValueError(
+            f"reserve at least {MIN_CPUS:g} CPU: each worker or actor is a process that loads "
+            f"torch and the model, and {value:g} would let Ray start {many} per core; use 1 "
+            "(one per core), and resources.max_concurrent_trials to run fewer trials at once"
+        )
+    return value
+
+
+CpuShare = Annotated[float, AfterValidator(_enough_cpus)]
+"""CPUs one process reserves in Ray: at least ``MIN_CPUS``."""
 
 
 class BenchmarkSettings(Section):
@@ -35,7 +53,7 @@ class BenchmarkSettings(Section):
     """Precision of the timed inference (the model is cast to it). null: the precision the
     trial trained in, ``auto`` resolved on the benchmark's device (bf16 on GPUs that have it,
     fp32 elsewhere)."""
-    cpus_per_actor: float = Field(default=1.0, gt=0)
+    cpus_per_actor: CpuShare = 1.0
     """CPUs each CPU benchmark actor reserves (its torch threads); a CUDA actor takes one GPU.
     As many actors run at once as the cluster fits."""
     test_data: ConfigPath | None = None
@@ -114,7 +132,7 @@ class FinalResources(Section):
     """DDP workers (null: as many as the cluster fits, see above; capped by max_workers)."""
     max_workers: PositiveInt | None = None
     """Upper bound on the workers chosen when ``workers`` is null."""
-    cpus_per_worker: float | None = Field(default=None, gt=0)
+    cpus_per_worker: CpuShare | None = None
     """CPUs each worker reserves and trains with as torch threads (null: on CPUs the largest
     node's cores; on GPUs ``resources.cpus_per_worker``, at most the CPUs per GPU)."""
     gpus_per_worker: float | None = Field(default=None, ge=0)
@@ -196,8 +214,8 @@ class ResourcesConfig(Section):
     workers_per_trial: PositiveInt = 1
     """Workers per trial: 1 trains inside the Tune trial (unless trial_backend: train); more
     are a Ray Train DDP worker group."""
-    cpus_per_worker: float = Field(default=1.0, gt=0)
-    """CPUs each worker reserves."""
+    cpus_per_worker: CpuShare = 1.0
+    """CPUs each worker reserves (at least 0.1)."""
     gpus_per_worker: float = Field(default=0.0, ge=0)
     """GPUs each worker reserves (0: CPU training with gloo)."""
     max_concurrent_trials: PositiveInt | None = None
