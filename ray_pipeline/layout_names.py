@@ -15,6 +15,9 @@ TRAINING_STATE = "training_state.pt"
 BEST_EPOCH_MODEL = "best_epoch_model.pt"
 FOLD_STATE = "fold_state.json"
 FINAL_STATE = "final_state.json"
+
+# Inside a variant directory.
+LEASE = "lease.json"
 MODEL_CARD = "README.md"
 """The model card inside an exported ``model/`` (the Hugging Face convention)."""
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ray_pipeline.layout_names import ROUND_PREFIX, TUNE_SNAPSHOT
+from ray_pipeline.layout_names import LEASE, ROUND_PREFIX, TUNE_SNAPSHOT
 from ray_pipeline.naming import VariantStage, check_safe_name
 
 if TYPE_CHECKING:
@@ -147,6 +147,11 @@ class VariantFiles:
     def record(self) -> Path:
         """``variant.json``: the variant's status and study key."""
         return self.path / "variant.json"
+
+    @property
+    def lease(self) -> Path:
+        """``lease.json``: the run working on the variant now (``lease.py``)."""
+        return self.path / LEASE
 
     @property
     def failures(self) -> Path:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import get_args
 
 from pydantic import BaseModel, ConfigDict
 
 from ray_pipeline.identity import same_study, study_key
+from ray_pipeline.lease import holder_alive, read_lease
 from ray_pipeline.naming import VariantStage
 from ray_pipeline.paths import OutputsLayout
 from ray_pipeline.report import LeaderRow, format_leaderboard, leaderboard
@@ -28,6 +30,8 @@ class VariantStatusRow(BaseModel):
     created_at: str
     path: str
     has_benchmark: bool
+    held_by: str | None = None
+    """The live run holding the variant's lease (``pid N on host, since T``), if any."""
 
 
 class StatusReport(BaseModel):
@@ -61,6 +65,7 @@ def collect_status(config: PipelineConfig) -> StatusReport:
                         created_at=rec.created_at,
                         path=str(variant.path),
                         has_benchmark=variant.files.benchmark.is_file(),
+                        held_by=_holder(variant.files.lease),
                     )
                 )
     selection = layout.selection_file
@@ -72,6 +77,11 @@ def collect_status(config: PipelineConfig) -> StatusReport:
         leaderboard=leaderboard(config),
         latency_batch_size=config.selection.latency_batch_size,
     )
+
+
+def _holder(path: Path) -> str | None:
+    held = read_lease(path)
+    return held.describe() if held is not None and holder_alive(held) else None
 
 
 def format_status(report: StatusReport) -> str:
@@ -86,7 +96,7 @@ def format_status(report: StatusReport) -> str:
                 r.stage,
                 r.backbone,
                 r.variant,
-                r.status,
+                r.status + (f" (held by {r.held_by})" if r.held_by else ""),
                 r.study_key_hash[:_HASH_SHOWN] + ("" if r.matches_config else " (config changed)"),
                 "yes" if r.has_benchmark else "-",
             )

@@ -23,6 +23,14 @@ from pydantic import BaseModel, ConfigDict
 from ray_pipeline.artifacts import read_json, write_json
 from ray_pipeline.errors import ConfigError, PipelineError
 from ray_pipeline.identity import changed_keys, same_study, stable_hash
+from ray_pipeline.lease import (
+    Lease,
+    LeaseRecord,
+    acquire,
+    holder_alive,
+    new_record,
+    read_lease,
+)
 from ray_pipeline.naming import VariantStage, variant_base_name, variant_name, variant_number
 from ray_pipeline.paths import OutputsLayout, VariantFiles
 from ray_pipeline.run_mode import RunMode
@@ -84,10 +92,19 @@ class Variant:
 
 @dataclass(frozen=True)
 class Decision:
-    """What a stage should do: create a new variant, reuse a complete one, or resume one."""
+    """What a stage should do: create a new variant, reuse a complete one, or resume one; with
+    the variant's lease, held until the ``with`` block on the decision ends."""
 
     action: Action
     variant: Variant
+    lease: Lease | None = None
+
+    def __enter__(self) -> Decision:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.lease is not None:
+            self.lease.release()
 
 
 def base_name_for(config: PipelineConfig, stage: VariantStage, backbone: str) -> str:
@@ -135,9 +152,15 @@ def _highest_number(stage_dir: Path, base: str) -> int:
 
 
 def create_variant(
-    stage_dir: Path, base: str, stage: VariantStage, backbone: str, key: dict[str, Any]
+    stage_dir: Path,
+    base: str,
+    stage: VariantStage,
+    backbone: str,
+    key: dict[str, Any],
+    holder: LeaseRecord | None = None,
 ) -> Variant:
-    """Atomically create the next variant of ``base`` (status ``running``)."""
+    """Atomically create the next variant of ``base`` (status ``running``), with its lease
+    already held by ``holder`` when given (no other run can take it in between)."""
     stage_dir.mkdir(parents=True, exist_ok=True)
     number = _highest_number(stage_dir, base) + 1
     for _ in range(_MAX_CREATE_ATTEMPTS):
@@ -158,6 +181,8 @@ def create_variant(
         )
         staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=stage_dir))
         write_json(VariantFiles(staging).record, record)
+        if holder is not None:
+            write_json(VariantFiles(staging).lease, holder)
         try:
             # rename(2) onto an existing non-empty directory fails: the name is taken.
             os.rename(staging, stage_dir / name)
@@ -218,6 +243,7 @@ def plan_variant(
     if mode == "resume_if_incomplete" and latest.complete:
         return "create", None
     _check_same_study(latest, key, mode)
+    check_not_held(latest)
     if latest.complete or latest.record.status == "stopped":
         # A stopped variant's runs all ended: it is continued as it is (the HPO stage runs
         # its missing trials), under reuse_if_exists and resume_if_incomplete alike.
@@ -232,6 +258,17 @@ def plan_variant(
     return "resume", latest
 
 
+def check_not_held(variant: Variant) -> None:
+    """ConfigError naming the holder when another live run holds ``variant``'s lease (so
+    ``validate`` and the checks before a run starts see it; taking the lease checks again)."""
+    held = read_lease(variant.files.lease)
+    if held is not None and holder_alive(held):
+        raise ConfigError.at(
+            variant.name,
+            f"another run is working on it ({held.describe()}); wait for it to end, or stop it",
+        )
+
+
 def resolve_variant(
     stage_dir: Path,
     base: str,
@@ -243,10 +280,21 @@ def resolve_variant(
     auto_resume: bool = True,
 ) -> Decision:
     """Apply ``mode`` to the existing variants (``plan_variant``): create the next variant,
-    or mark the one to resume ``running``, and return what the stage should do."""
-    action, existing = plan_variant(stage_dir, base, key, mode, auto_resume=auto_resume)
-    if existing is None:
-        return Decision("create", create_variant(stage_dir, base, stage, backbone, key))
-    if action == "resume":
-        return Decision("resume", set_status(existing, "running"))
-    return Decision(action, existing)
+    or mark the one to resume ``running``; what the stage should do, with the variant's lease
+    held (``lease.py``; ConfigError naming the holder when another run works on it) until the
+    stage's ``with`` block on the decision ends. Planned again once the lease is held: the
+    run that held it may have finished the variant meanwhile."""
+    for _ in range(3):
+        action, existing = plan_variant(stage_dir, base, key, mode, auto_resume=auto_resume)
+        if existing is None:
+            record = new_record()
+            variant = create_variant(stage_dir, base, stage, backbone, key, record)
+            return Decision("create", variant, Lease(variant.files.lease, record))
+        held = acquire(existing.files.lease, existing.name)
+        action, again = plan_variant(stage_dir, base, key, mode, auto_resume=auto_resume)
+        if again is not None and again.path == existing.path:
+            if action == "resume":
+                return Decision("resume", set_status(again, "running"), held)
+            return Decision(action, again, held)
+        held.release()  # another variant is the one to work on now
+    raise PipelineError(f"{base}: other runs keep changing its variants; try again")

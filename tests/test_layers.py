@@ -41,6 +41,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "ray_pipeline.metrics",
             "ray_pipeline.faults",
             "ray_pipeline.storage",
+            "ray_pipeline.lease",
             "ray_pipeline.tracking",
             "ray_pipeline.run_tree",
             "ray_pipeline.cluster",

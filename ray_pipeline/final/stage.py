@@ -47,6 +47,7 @@ from ray_pipeline.selection import SelectionResult
 from ray_pipeline.storage import WorkerStorage, join, local_copy
 from ray_pipeline.training import per_worker_batch
 from ray_pipeline.variants import (
+    Decision,
     Variant,
     base_name_for,
     experiment_variants,
@@ -185,13 +186,26 @@ def run_final(config: PipelineConfig, plan: TrialPlan) -> FinalMetrics:
     backbone = _backbone(config, source.trial.backbone)
     training = _training(config, source)
     key = _final_key(config, source)
-    decision = resolve_variant(
+    with resolve_variant(
         *stage_place(config, "final", backbone.name),
         "final",
         backbone.name,
         key,
         get_run_mode(config.final_training),
-    )
+    ) as decision:
+        return _run_variant(config, plan, source, backbone, training, key, decision)
+
+
+def _run_variant(
+    config: PipelineConfig,
+    plan: TrialPlan,
+    source: SourceTrial,
+    backbone: BackboneConfig,
+    training: TrainingParams,
+    key: dict[str, Any],
+    decision: Decision,
+) -> FinalMetrics:
+    """Refit into (or reuse) the variant ``decision`` names, whose lease this run holds."""
     variant = decision.variant
     if decision.action == "create":
         WorkerStorage.of(config).clear(variant.files.path)

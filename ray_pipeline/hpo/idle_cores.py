@@ -15,6 +15,8 @@ CPUs. Public Ray APIs only: a named actor, ``ray.nodes()``, a Tune callback.
 
 from __future__ import annotations
 
+import math
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -54,10 +56,15 @@ def shares(nodes: dict[str, int], holders: dict[int, Holder]) -> dict[int, int]:
 class IdleCores:
     """The round's ledger of running CPU trials (a Ray actor with no CPU of its own)."""
 
+    NODES_EVERY_S = 30.0
+    """How often the CPUs of the cluster's nodes are read again (nodes may come and go)."""
+
     def __init__(self) -> None:
         self.holders: dict[int, Holder] = {}
         self.launching = True
         self.granted: dict[int, int] = {}
+        self.nodes: dict[str, int] = {}
+        self.nodes_read = -math.inf
 
     def close(self) -> None:
         """The round launches no more trials: freed CPUs may be shared from now on."""
@@ -66,9 +73,15 @@ class IdleCores:
     def threads(self, number: int, node: str, cpus: int) -> int:
         """Trial ``number`` on ``node`` with ``cpus`` reserved: the threads for its next epoch."""
         self.holders[number] = Holder(node, cpus)
-        threads = cpus if self.launching else shares(_node_cpus(), self.holders)[number]
+        threads = cpus if self.launching else shares(self._nodes(), self.holders)[number]
         self.granted[number] = threads
         return threads
+
+    def _nodes(self) -> dict[str, int]:
+        now = time.monotonic()
+        if now - self.nodes_read > self.NODES_EVERY_S:
+            self.nodes, self.nodes_read = _node_cpus(), now
+        return self.nodes
 
     def leave(self, number: int) -> None:
         """Trial ``number`` ended (or failed): its CPUs are free."""
@@ -133,37 +146,64 @@ class Lender:
 
 
 class LendIdleCores(Callback):
-    """Tells the round's ``IdleCores`` actor when the round will launch no more trials (every
-    trial it may launch is created and none waits: ``num_samples`` of them, or the searcher
-    finished on a budget) and which trials ended; keeps ``progress.cores`` (busy threads of
-    the cluster's CPUs) current for the status line."""
+    """Tells the round's ``IdleCores`` actor (named ``name``) when the round will launch no
+    more trials (every trial it may launch is created and none waits: ``num_samples`` of them,
+    or the searcher finished on a budget) and which trials ended; keeps ``progress.cores``
+    (busy threads of the cluster's CPUs) current for the status line. Tune pickles its
+    callbacks into the round's snapshot: the actor is found by name, never pickled, and a
+    restored round's callback, whose actor is gone, does nothing."""
 
     def __init__(
-        self, actor: Any, search: StudySearch, num_samples: int, progress: SearchProgress
+        self, name: str, search: StudySearch, num_samples: int, progress: SearchProgress
     ) -> None:
         import ray
 
-        self.actor, self.search, self.progress = actor, search, progress
+        self.name, self.search, self.progress = name, search, progress
         self.num_samples, self.launching = num_samples, True
         self.cpus = int(ray.cluster_resources().get("CPU", 0))  # type: ignore[no-untyped-call]
+        self.handle: Any | None = None
         self.asked: Any | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "handle": None, "asked": None, "launching": False}
+
+    def _actor(self) -> Any | None:
+        import ray
+
+        if self.handle is None:
+            try:
+                self.handle = ray.get_actor(self.name)
+            except ValueError:
+                return None
+        return self.handle
 
     def on_step_end(self, iteration: int, trials: list[Trial], **info: Any) -> None:
         import ray
 
+        actor = self._actor()
+        if actor is None:
+            return
         waiting = any(t.status == "PENDING" for t in trials)
         launched = len(trials) >= self.num_samples or self.search.stop_reason is not None
         if self.launching and launched and not waiting:
-            self.actor.close.remote()
+            actor.close.remote()
             self.launching = False
         if self.asked is not None and ray.wait([self.asked], timeout=0)[0]:
-            self.progress.cores = (int(ray.get(self.asked)), self.cpus)
+            try:
+                self.progress.cores = (int(ray.get(self.asked)), self.cpus)
+            except ray.exceptions.RayError:
+                self.handle = None
             self.asked = None
         if self.asked is None:
-            self.asked = self.actor.busy.remote()
+            self.asked = actor.busy.remote()
+
+    def _left(self, trial: Trial) -> None:
+        actor = self._actor()
+        if actor is not None:
+            actor.leave.remote(int(trial.config.get(TRIAL_NUMBER, -1)))
 
     def on_trial_complete(self, iteration: int, trials: Any, trial: Trial, **info: Any) -> None:
-        self.actor.leave.remote(int(trial.config.get(TRIAL_NUMBER, -1)))
+        self._left(trial)
 
     def on_trial_error(self, iteration: int, trials: Any, trial: Trial, **info: Any) -> None:
-        self.actor.leave.remote(int(trial.config.get(TRIAL_NUMBER, -1)))
+        self._left(trial)

@@ -114,8 +114,10 @@ def _job(
         seed=hpo.seed,
         metric=hpo.objective.metric,
         direction=hpo.objective.direction,
-        # A scheduler compares trials on every epoch's validation score.
-        report_every_epoch=hpo.report_every_epoch or hpo.scheduler.type != "none",
+        # A scheduler and fold racing compare trials on every epoch's validation score.
+        report_every_epoch=(
+            hpo.report_every_epoch or hpo.scheduler.type != "none" or hpo.racing.enabled
+        ),
         fold_score=hpo.fold_score,
         every_epoch=hpo.checkpoint.every_epoch,
         latency=hpo.objective.latency,
@@ -123,14 +125,21 @@ def _job(
 
 
 def _run_backbone(config: PipelineConfig, backbone: BackboneConfig, plan: TrialPlan) -> HpoResult:
-    decision = resolve_variant(
+    with resolve_variant(
         *stage_place(config, "hpo", backbone.name),
         "hpo",
         backbone.name,
         study_key(config, backbone),
         get_run_mode(config.hpo),
         auto_resume=config.hpo.checkpoint.auto_resume,
-    )
+    ) as decision:
+        return _run_variant(config, backbone, plan, decision)
+
+
+def _run_variant(
+    config: PipelineConfig, backbone: BackboneConfig, plan: TrialPlan, decision: Decision
+) -> HpoResult:
+    """Run (or reuse) the variant ``decision`` names, whose lease this run holds."""
     variant, hpo = decision.variant, config.hpo
     if decision.action == "create":
         WorkerStorage.of(config).clear(variant.files.path)
@@ -276,8 +285,10 @@ def _race(
     race = Race(job.direction, job.k_folds, racing.margin)
     finished = [t.folds for t in previous.values() if t.state == "COMPLETE"]
     finished += [o.report.fold_state.folds for o in restored.values() if o.report is not None]
-    for folds in finished:
-        race.completed([f.objective for f in folds])  # only trials with every fold count
+    for folds in finished:  # only trials with every fold count
+        race.completed(
+            [f.objective for f in folds], [[p.validation for p in f.history] for f in folds]
+        )
     return race
 
 

@@ -245,7 +245,9 @@ def run_round(
     lender = idle_cores.start(tune_round.idle_cores_name) if lend else None
     callbacks = [*_callbacks(tune_round), progress_callback(progress, TRIAL_NUMBER)]
     if lender is not None:
-        callbacks.append(idle_cores.LendIdleCores(lender, search, num_samples, progress))
+        callbacks.append(
+            idle_cores.LendIdleCores(tune_round.idle_cores_name, search, num_samples, progress)
+        )
     tuner = tune.Tuner(
         _trainable(tune_round.spec(lend)),
         tune_config=tune.TuneConfig(

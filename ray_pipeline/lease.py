@@ -1,0 +1,153 @@
+"""One writer per variant: a lease file (``<variant>/lease.json``) held by the run working on
+it, with its owner, host, pid and a heartbeat.
+
+A run takes the lease before it creates, resumes, tops up or reuses a variant, and gives it
+back when its stage ends. A second run that finds the lease held exits 2 naming the holder;
+a lease whose holder is gone (its pid is dead on this host, or its heartbeat is older than
+``STALE_AFTER_S``: a holder on another host that stopped) is taken over, with a line that says
+so. Taking over is race-free on one filesystem: the stale file is renamed aside (only one
+taker's rename succeeds) and the new lease created with ``O_EXCL``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import threading
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+from ray_pipeline.artifacts import read_json, write_json
+from ray_pipeline.errors import ConfigError, PipelineError
+
+HEARTBEAT_S = 30.0
+"""How often a holder refreshes its heartbeat."""
+STALE_AFTER_S = 300.0
+"""A lease whose heartbeat is older than this is taken over (a holder that stopped on
+another host, where its pid cannot be checked)."""
+
+
+class LeaseRecord(BaseModel):
+    """Contents of ``lease.json``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    owner: str
+    host: str
+    pid: int
+    since: str
+    heartbeat: str
+
+    def describe(self) -> str:
+        return f"pid {self.pid} on {self.host}, since {self.since}"
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _stamp(moment: datetime) -> str:
+    return moment.isoformat(timespec="seconds")
+
+
+def holder_alive(record: LeaseRecord, now: datetime | None = None) -> bool:
+    """Whether the lease's holder may still be working: its pid alive on this host, or, on
+    another host, a heartbeat younger than ``STALE_AFTER_S``."""
+    age = ((now or _now()) - datetime.fromisoformat(record.heartbeat)).total_seconds()
+    if age > STALE_AFTER_S:
+        return False
+    if record.host != socket.gethostname():
+        return True
+    if record.pid == os.getpid():
+        return False  # this process: an earlier stage of it that did not give it back
+    try:
+        os.kill(record.pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def read_lease(path: Path) -> LeaseRecord | None:
+    """The lease at ``path``, if there is one (None also for a torn or unreadable one)."""
+    try:
+        return read_json(path, LeaseRecord)
+    except (OSError, PipelineError):
+        return None
+
+
+class Lease:
+    """A held lease: refreshed in the background until ``release``."""
+
+    def __init__(self, path: Path, record: LeaseRecord) -> None:
+        self.path, self.record = path, record
+        self._stop = threading.Event()
+        self._beat = threading.Thread(target=self._refresh, name="lease-heartbeat", daemon=True)
+        self._beat.start()
+
+    def _refresh(self) -> None:
+        while not self._stop.wait(HEARTBEAT_S):
+            current = read_lease(self.path)
+            if current is None or current.owner != self.record.owner:
+                return  # taken over (or removed): not ours any more
+            self.record = self.record.model_copy(update={"heartbeat": _stamp(_now())})
+            write_json(self.path, self.record)
+
+    def release(self) -> None:
+        self._stop.set()
+        current = read_lease(self.path)
+        if current is not None and current.owner == self.record.owner:
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+
+
+def new_record() -> LeaseRecord:
+    """A lease for this process, from now."""
+    now = _stamp(_now())
+    return LeaseRecord(
+        owner=uuid.uuid4().hex, host=socket.gethostname(), pid=os.getpid(), since=now, heartbeat=now
+    )
+
+
+def acquire(path: Path, label: str) -> Lease:
+    """Take the lease at ``path`` for the variant ``label``; ConfigError (exit 2) naming the
+    holder when another live run holds it."""
+    record = new_record()
+    for _ in range(3):
+        if _create(path, record):
+            return Lease(path, record)
+        held = read_lease(path)
+        if held is not None and holder_alive(held):
+            raise ConfigError.at(
+                label,
+                f"another run is working on it ({held.describe()}, lease {path}); wait for it "
+                "to end, or stop it; a lease whose holder is gone is taken over",
+            )
+        aside = path.with_name(f".{path.name}.{record.owner}")
+        try:
+            os.rename(path, aside)  # only one taker's rename succeeds
+        except FileNotFoundError:
+            continue
+        aside.unlink(missing_ok=True)
+        gone = held.describe() if held is not None else "an unreadable lease"
+        print(f"{label}: taking over the lease of a run that is gone ({gone})")
+    raise ConfigError.at(label, f"could not take the lease {path}: other runs keep taking it")
+
+
+def _create(path: Path, record: LeaseRecord) -> bool:
+    """Create the lease file with ``record`` if none exists, whole or not at all: written
+    aside, then hard-linked into place (``link`` fails when the name exists)."""
+    aside = path.with_name(f".{path.name}.{record.owner}.new")
+    aside.write_text(record.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    try:
+        os.link(aside, path)
+    except FileExistsError:
+        return False
+    finally:
+        aside.unlink(missing_ok=True)
+    return True
