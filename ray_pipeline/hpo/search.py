@@ -147,12 +147,14 @@ class StudySearch(Searcher):
         from optuna.exceptions import UpdateFinishedTrialError
 
         report = TrialReport.from_metrics(result)
-        if self._latency or report is None or not report.finished:
-            return  # Optuna keeps no intermediate values of two objectives; or no fold yet
+        if self._latency or report is None or math.isnan(report.score):
+            return  # Optuna keeps no intermediate values of two objectives; or no score yet
         if trial_id in self._completed or not self._suggested(trial_id):
             return
         try:
-            self._trial(trial_id).report(report.objective, int(result[TRAINING_ITERATION]))
+            # The running score (finished folds and, mid-fold, the evaluated epoch): a trial a
+            # scheduler or racing stops is PRUNED with its partial mean as its last value.
+            self._trial(trial_id).report(report.score, int(result[TRAINING_ITERATION]))
         except UpdateFinishedTrialError:
             # Restored after its driver died between Optuna's record and Tune's: the trial
             # re-reports its finished result, which Optuna already holds.
