@@ -77,10 +77,15 @@ def test_inside_a_fold_a_trial_is_compared_at_the_same_epoch_of_the_incumbents_f
     # A third of a fold's evidence leaves more room than a whole fold: 0.02 behind goes on.
     assert losing(up, [], INCUMBENT, 3, inside=InFold(1, 3, 0.68), curves=CURVES) is None
     assert losing(up, [0.78], INCUMBENT, 3) is not None  # the same gap at a fold's end stops
-    # Fold 1, epoch 2: the running mean (0.80 + 0.70) / 2 against (0.80 + 0.74) / 2.
+    # Fold 1, epoch 2: the fold in progress counts for the 2/3 of it trained: the running
+    # mean (0.80 + 2/3 0.70) / (5/3) = 0.76 against (0.80 + 2/3 0.74) / (5/3) = 0.776.
     reason = losing(up, [0.80], INCUMBENT, 3, inside=InFold(2, 3, 0.70), curves=CURVES)
     assert reason is not None and "first 1 of 3 folds and epoch 2 of 3 of fold 1" in reason
-    assert "incumbent's 0.7700" in reason
+    assert "racing: 0.7600" in reason and "incumbent's 0.7760" in reason
+    # An early epoch's shortfall does not outweigh a finished fold ahead: 0.83 on fold 0 (the
+    # incumbent's 0.80) and 0.62 after fold 1's first epoch (theirs 0.70) is ahead, weighted
+    # (+0.03 - 0.08 / 3); counted as a whole fold, the epoch would stop it.
+    assert losing(up, [0.83], INCUMBENT, 3, inside=InFold(1, 3, 0.62), curves=CURVES) is None
     # No comparable point: no curves, another epoch count, an epoch it did not evaluate, a
     # fold's last epoch (judged with the fold), no score.
     assert losing(up, [], INCUMBENT, 3, inside=InFold(1, 3, 0.1)) is None

@@ -4,7 +4,8 @@ it is unlikely to end meaningfully better than the incumbent.
 Every trial of a variant is scored on the same folds (they follow from ``hpo.seed``), so two
 trials' scores pair up: after a fold, or after an epoch inside one when the epoch was evaluated
 (``hpo.report_every_epoch``, any scheduler, ``hpo.fold_score: best``), a trial's running mean
-(its finished folds, and the fold in progress at that epoch) is compared with the incumbent's
+(its finished folds, and the fold in progress at that epoch weighted by the share of it
+trained) is compared with the incumbent's
 (the best trial that finished every fold, this round's or an earlier one's) at the same folds
 and epoch; inside a fold only when the incumbent's fold has as many epochs and was evaluated
 at that one.
@@ -136,7 +137,7 @@ def losing(
     if incumbent is None or done >= k_folds:
         return None
     ours, theirs = list(folds), incumbent[:done]
-    evidence = float(done)
+    weights = [1.0] * done
     if inside is not None:
         if not 0 < inside.epochs_done < inside.epochs or curves is None or len(curves) <= done:
             return None  # a fold's last epoch is its end, judged with the fold
@@ -147,12 +148,16 @@ def losing(
             return None
         ours.append(inside.score)
         theirs.append(at)
-        evidence += inside.epochs_done / inside.epochs
+        # The fold in progress counts for the share of it trained: an early epoch's score is
+        # weak evidence, and must not outweigh a finished fold.
+        weights.append(inside.epochs_done / inside.epochs)
     if not ours:
         return None  # no fold finished, no epoch evaluated: nothing to compare
+    evidence = sum(weights)
     sigma = statistics.pstdev(incumbent)
     bound = stopping_gap(sigma, evidence, k_folds, margin)
-    mine, best = statistics.fmean(ours), statistics.fmean(theirs)
+    mine = sum(w * v for w, v in zip(weights, ours, strict=True)) / evidence
+    best = sum(w * v for w, v in zip(weights, theirs, strict=True)) / evidence
     gap = direction.oriented(best) - direction.oriented(mine)
     if math.isnan(gap) or gap <= bound:
         return None
