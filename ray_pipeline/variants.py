@@ -259,8 +259,8 @@ def plan_variant(
 
 
 def check_not_held(variant: Variant) -> None:
-    """ConfigError naming the holder when another live run holds ``variant``'s lease (so
-    ``validate`` and the checks before a run starts see it; taking the lease checks again)."""
+    """ConfigError naming the holder when another live run holds ``variant``'s lease (so a
+    stage refuses before it writes anything; taking the lease checks again)."""
     held = read_lease(variant.files.lease)
     if held is not None and holder_alive(held):
         raise ConfigError.at(
@@ -291,10 +291,14 @@ def resolve_variant(
             variant = create_variant(stage_dir, base, stage, backbone, key, record)
             return Decision("create", variant, Lease(variant.files.lease, record))
         held = acquire(existing.files.lease, existing.name)
-        action, again = plan_variant(stage_dir, base, key, mode, auto_resume=auto_resume)
-        if again is not None and again.path == existing.path:
-            if action == "resume":
-                return Decision("resume", set_status(again, "running"), held)
-            return Decision(action, again, held)
+        try:
+            action, again = plan_variant(stage_dir, base, key, mode, auto_resume=auto_resume)
+            if again is not None and again.path == existing.path:
+                if action == "resume":
+                    return Decision("resume", set_status(again, "running"), held)
+                return Decision(action, again, held)
+        except BaseException:
+            held.release()
+            raise
         held.release()  # another variant is the one to work on now
     raise PipelineError(f"{base}: other runs keep changing its variants; try again")

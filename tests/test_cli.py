@@ -183,14 +183,15 @@ def test_status_lists_variants(
     backbone = cfg.model.backbones[0]
     stage_dir = OutputsLayout(cfg.outputs_root, cfg.experiment.name).stage_dir("hpo", backbone.name)
     base = f"hpo_{backbone.name}"
-    first = resolve_variant(
+    with resolve_variant(
         stage_dir, base, "hpo", backbone.name, study_key(cfg, backbone), "force_new"
-    )
-    set_status(first.variant, "complete")
+    ) as first:
+        set_status(first.variant, "complete")
     changed = load_config(path, ["hpo.seed=1"])
-    resolve_variant(
+    with resolve_variant(
         stage_dir, base, "hpo", backbone.name, study_key(changed, backbone), "force_new"
-    )
+    ):
+        pass
 
     assert main(["status", "--config", str(path), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)

@@ -82,3 +82,21 @@ def test_only_one_worker_cpu_trials_are_lent_cores_and_only_when_asked() -> None
     assert not lends(gpus_per_worker=0.5)  # a GPU trial's threads only feed its GPU
     assert not lends(workers_per_trial=2)  # a DDP worker group keeps its CPUs
     assert not lends(trial_backend="train")
+
+
+def test_nothing_is_lent_until_every_running_trial_has_asked() -> None:
+    import time
+
+    from ray_pipeline.hpo.idle_cores import IdleCores
+
+    ledger = IdleCores()
+    ledger.nodes, ledger.nodes_read = {"a": 4}, time.monotonic()  # one 4-CPU node, read now
+    assert ledger.threads(1, "a", 1) == 1  # trials may still be launched: its own CPU
+    ledger.close([1, 2, 3])  # 2 and 3 run but still load their model: their CPUs are unknown
+    assert ledger.threads(1, "a", 1) == 1
+    assert ledger.threads(2, "a", 1) == 1
+    assert ledger.threads(3, "a", 1) == 1  # all three known: the one free CPU is lent ...
+    assert ledger.threads(1, "a", 1) == 2 and ledger.threads(2, "a", 1) == 1  # ... to trial 1
+    ledger.leave(3)
+    assert ledger.threads(1, "a", 1) == 2 and ledger.threads(2, "a", 1) == 2
+    assert ledger.busy() == 4

@@ -18,16 +18,23 @@ import pytest
 from ray_pipeline.artifacts import read_json, write_json
 from ray_pipeline.errors import ConfigError
 from ray_pipeline.hpo.results import HpoResult
-from ray_pipeline.lease import LeaseRecord, acquire, read_lease
+from ray_pipeline.lease import LeaseRecord, _machine, acquire, read_lease
 from tests.conftest import MakeExp
 from tests.processes import cli_process, kill_started
 from tests.waits import wait_for
 
 
 def _record(pid: int, host: str | None = None, age_s: float = 0.0) -> LeaseRecord:
+    """A lease of ``pid`` on this machine, or on ``host`` (another machine), beating
+    ``age_s`` ago."""
     beat = (datetime.now(timezone.utc) - timedelta(seconds=age_s)).isoformat(timespec="seconds")
     return LeaseRecord(
-        owner=f"o{pid}", host=host or socket.gethostname(), pid=pid, since=beat, heartbeat=beat
+        owner=f"o{pid}",
+        host=host or socket.gethostname(),
+        pid=pid,
+        since=beat,
+        heartbeat=beat,
+        machine=f"{host}:boot" if host else _machine(),
     )
 
 

@@ -30,7 +30,10 @@ OTHER_KEY: dict[str, Any] = {
 
 
 def _resolve(stage_dir: Path, mode: RunMode, key: dict[str, Any] = KEY, **kw: Any) -> Decision:
-    return resolve_variant(stage_dir, "hpo_b", "hpo", "b", key, mode, **kw)
+    """What a stage would be told to do (its lease given back at once, as a stage's is when
+    its ``with`` block ends)."""
+    with resolve_variant(stage_dir, "hpo_b", "hpo", "b", key, mode, **kw) as decision:
+        return decision
 
 
 def _names(stage_dir: Path) -> list[str]:

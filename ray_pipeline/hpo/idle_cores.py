@@ -62,18 +62,24 @@ class IdleCores:
     def __init__(self) -> None:
         self.holders: dict[int, Holder] = {}
         self.launching = True
+        self.waiting: set[int] = set()
+        """Running trials that have not asked yet (their node and CPUs are not known)."""
         self.granted: dict[int, int] = {}
         self.nodes: dict[str, int] = {}
         self.nodes_read = -math.inf
 
-    def close(self) -> None:
-        """The round launches no more trials: freed CPUs may be shared from now on."""
+    def close(self, running: list[int]) -> None:
+        """The round launches no more trials, and ``running`` are its running ones: freed CPUs
+        may be shared once each of them has asked (until then some hold CPUs not yet known)."""
         self.launching = False
+        self.waiting = set(running) - set(self.holders)
 
     def threads(self, number: int, node: str, cpus: int) -> int:
         """Trial ``number`` on ``node`` with ``cpus`` reserved: the threads for its next epoch."""
         self.holders[number] = Holder(node, cpus)
-        threads = cpus if self.launching else shares(self._nodes(), self.holders)[number]
+        self.waiting.discard(number)
+        lend = not self.launching and not self.waiting
+        threads = shares(self._nodes(), self.holders)[number] if lend else cpus
         self.granted[number] = threads
         return threads
 
@@ -86,6 +92,7 @@ class IdleCores:
     def leave(self, number: int) -> None:
         """Trial ``number`` ended (or failed): its CPUs are free."""
         self.holders.pop(number, None)
+        self.waiting.discard(number)
         self.granted.pop(number, None)
 
     def busy(self) -> int:
@@ -186,7 +193,8 @@ class LendIdleCores(Callback):
         waiting = any(t.status == "PENDING" for t in trials)
         launched = len(trials) >= self.num_samples or self.search.stop_reason is not None
         if self.launching and launched and not waiting:
-            actor.close.remote()
+            running = [int(t.config.get(TRIAL_NUMBER, -1)) for t in trials if t.status == "RUNNING"]
+            actor.close.remote(running)
             self.launching = False
         if self.asked is not None and ray.wait([self.asked], timeout=0)[0]:
             try:

@@ -241,7 +241,8 @@ def run_round(
 
     job, plan = tune_round.job, tune_round.plan
     search = _searcher(job, hpo, storage)
-    lend = plan.lend_idle_cores
+    # Not with latency as an objective: a trial times its model with the threads it has.
+    lend = plan.lend_idle_cores and job.latency is None
     lender = idle_cores.start(tune_round.idle_cores_name) if lend else None
     callbacks = [*_callbacks(tune_round), progress_callback(progress, TRIAL_NUMBER)]
     if lender is not None:
