@@ -132,7 +132,8 @@ def test_folds_score_their_best_epoch_and_the_refit_trains_that_many(
     ]
     assert main(["run", "--config", str(path), *overrides]) == 0
     outputs = path.parent / "outputs" / "t"
-    hpo = read_json(outputs / "hpo" / "tiny-bert" / "hpo_tiny-bert" / "hpo.json", HpoResult)
+    hpo_dir = outputs / "hpo" / "tiny-bert" / "hpo_tiny-bert"
+    hpo = read_json(hpo_dir / "hpo.json", HpoResult)
     (trial,) = hpo.trials
     for fold in trial.folds:
         scores = [p.validation for p in fold.history]
@@ -149,7 +150,8 @@ def test_folds_score_their_best_epoch_and_the_refit_trains_that_many(
     _, rows = fold_indices(len(inputs.rows), strata, 2, config.hpo.seed, kept.fold)
     from transformers import AutoModelForSequenceClassification
 
-    model = AutoModelForSequenceClassification.from_pretrained(Path(trial.checkpoint))
+    kept_model = hpo_dir / trial.checkpoint  # recorded relative to the variant
+    model = AutoModelForSequenceClassification.from_pretrained(kept_model)
     labels, task = inputs.splits.labels, config.data.task
     again = evaluate(model, [inputs.rows[i] for i in rows], labels, task, 32, inputs.pad_id)
     assert math.isclose(again["macro_f1"], kept.objective, abs_tol=1e-6), (again, kept)

@@ -14,7 +14,7 @@ from ray_pipeline.cli import main
 from ray_pipeline.data.encode import encode
 from ray_pipeline.data.splits import fold_indices, load_splits
 from ray_pipeline.final.results import FinalMetrics, Lineage
-from ray_pipeline.hpo.results import HpoResult, TrialRecord
+from ray_pipeline.hpo.results import HpoResult, TrialRecord, read_hpo
 from ray_pipeline.loading import load_config
 from ray_pipeline.paths import VariantFiles
 from ray_pipeline.schema import PipelineConfig
@@ -62,7 +62,10 @@ def _assert_best_model_is_the_best_fold(config: PipelineConfig, variant: Path) -
     assert all(t.best_fold == _fold_argmax(t) for t in complete), complete
     best = max(complete, key=lambda t: t.objective_mean or 0.0)
     assert result.best is not None and result.best.number == best.number, result.best
-    assert result.best_checkpoint == str(variant / "best") == result.best.checkpoint
+    # Recorded relative to the variant (the tree may move), read back as a place in this tree.
+    assert result.best_checkpoint == "best" == result.best.checkpoint
+    located = read_hpo(VariantFiles(variant))
+    assert located is not None and located.best_checkpoint == str(variant / "best")
     assert best.best_fold is not None
     fold = best.folds[best.best_fold]
     splits = load_splits(config.data)
@@ -241,10 +244,13 @@ def test_smoke_hpo_ranks_reuses_grows_and_feeds_the_later_stages(
     assert main(later) == 0
     assert read_json(variant / "benchmark.json", BenchmarkResult).trial.number == 2
     selection = read_json(outputs / "t" / "selection" / "selection.json", SelectionResult)
-    assert selection.winner.trial == best
+    # hpo.json holds its checkpoint relative to the variant; a later stage's copy of the
+    # record holds the place it read it as (VariantFiles.located).
+    located = best.model_copy(update={"checkpoint": str(variant / "best")})
+    assert selection.winner.trial == located
     final = outputs / "t" / "final" / "tiny-bert" / "final_tiny-bert"
     lineage = read_json(final / "lineage.json", Lineage)
-    assert lineage.source.trial == best and lineage.training == best.training
+    assert lineage.source.trial == located and lineage.training == best.training
     metrics = read_json(final / "metrics.json", FinalMetrics)
     assert metrics.majority_rate is not None  # the refit learned: it beats the majority class
     assert metrics.test_metrics["accuracy"] > metrics.majority_rate + 0.2, metrics
