@@ -92,7 +92,7 @@ def test_a_second_run_on_a_held_variant_exits_2_and_a_dead_holders_lease_is_take
     smoke_experiment: MakeExp, tmp_path: Path
 ) -> None:
     path = smoke_experiment()
-    args = ["hpo", "--config", str(path), "tracking.enabled=false", "hpo.num_samples=6"]
+    args = ["hpo", "--config", str(path), "tracking.enabled=false", "hpo.num_samples=12"]
     args += ["hpo.training.epochs=4", "resources.max_concurrent_trials=1"]
     first = cli_process(*args, log=tmp_path / "first.log")
     lease = _variant(path) / "lease.json"
@@ -108,7 +108,11 @@ def test_a_second_run_on_a_held_variant_exits_2_and_a_dead_holders_lease_is_take
         )
         assert second.returncode == 2, second.stdout + second.stderr
         assert f"another run is working on it (pid {first.pid} on " in second.stderr
-        assert first.poll() is None  # the first run goes on
+        # The first run goes on, still holding the variant: it is killed mid-search (12
+        # trials one at a time take it far longer than the second run's refusal).
+        assert first.poll() is None
+        held = read_lease(lease)
+        assert held is not None and held.pid == first.pid, held
     finally:
         kill_started([first])  # kill -9 of exactly the run this test started, and its Ray
     third = cli_process(*args, log=tmp_path / "third.log")
@@ -116,5 +120,5 @@ def test_a_second_run_on_a_held_variant_exits_2_and_a_dead_holders_lease_is_take
     log = (tmp_path / "third.log").read_text()
     assert f"taking over the lease of a run that is gone (pid {first.pid} " in log
     result = read_json(_variant(path) / "hpo.json", HpoResult)
-    assert result.finished == 6
+    assert result.finished == 12
     assert not lease.exists()  # given back at the end
