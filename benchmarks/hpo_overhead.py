@@ -73,8 +73,8 @@ def _one_fold(config: dict[str, Any]) -> None:
     import ray.train
 
     from ray_pipeline.hpo.cache import prepared
+    from ray_pipeline.hpo.fold_run import FoldRun
     from ray_pipeline.hpo.jobs import TrialJob
-    from ray_pipeline.hpo.worker import FoldRun
     from ray_pipeline.sessions import TrainSession
 
     job = TrialJob.model_validate(config["job"])

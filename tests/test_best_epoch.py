@@ -16,10 +16,10 @@ from ray_pipeline.cli import main
 from ray_pipeline.data.splits import fold_indices
 from ray_pipeline.final.results import FinalMetrics, Lineage, refit_epochs
 from ray_pipeline.hpo.cache import prepared
+from ray_pipeline.hpo.fold_run import fold_scores, with_best_epoch
 from ray_pipeline.hpo.jobs import TrialJob
 from ray_pipeline.hpo.results import FoldProgress, HpoResult, TrialRecord
 from ray_pipeline.hpo.stage import _job
-from ray_pipeline.hpo.worker import _fold_scores, _with_best_epoch
 from ray_pipeline.identity import stable_hash, study_key
 from ray_pipeline.loading import load_config
 from ray_pipeline.schema import PipelineConfig, TrainingParams
@@ -54,9 +54,9 @@ def _fold(job: TrialJob, scores: list[float]) -> tuple[int, dict[str, float], in
     weights, progress = _Weights(), FoldProgress(fold=0)
     for epoch, score in enumerate(scores[:-1]):
         weights.epoch = epoch + 1
-        progress = _with_best_epoch(job, weights, progress, epoch, {"macro_f1": score})  # type: ignore[arg-type]
+        progress = with_best_epoch(job, weights, progress, epoch, {"macro_f1": score})  # type: ignore[arg-type]
     weights.epoch = len(scores)
-    epoch, chosen = _fold_scores(job, weights, progress, {"macro_f1": scores[-1]})  # type: ignore[arg-type]
+    epoch, chosen = fold_scores(job, weights, progress, {"macro_f1": scores[-1]})  # type: ignore[arg-type]
     return epoch, chosen, weights.epoch
 
 
@@ -170,7 +170,7 @@ def test_the_best_epochs_weights_survive_a_resume_inside_the_fold(
 ) -> None:
     import torch
 
-    from ray_pipeline.hpo.worker import FoldRun
+    from ray_pipeline.hpo.fold_run import FoldRun
     from tests.test_training_settings import _OneProcess
 
     overrides = ["data.max_train_examples=24", "hpo.fold_score=best", "hpo.training.epochs=3"]

@@ -15,10 +15,10 @@ from ray_pipeline.artifacts import read_json
 from ray_pipeline.cli import main
 from ray_pipeline.final.results import FinalMetrics, Lineage
 from ray_pipeline.hpo.cache import prepared
+from ray_pipeline.hpo.fold_run import fit_and_validation
 from ray_pipeline.hpo.jobs import TrialJob
 from ray_pipeline.hpo.results import HpoResult
 from ray_pipeline.hpo.stage import _job
-from ray_pipeline.hpo.worker import _fit_and_validation
 from ray_pipeline.identity import stable_hash, study_key
 from ray_pipeline.loading import load_config
 from ray_pipeline.schema import PipelineConfig
@@ -68,7 +68,7 @@ def test_holdout_is_the_default_with_a_validation_split_and_fits_each_trial_once
     assert config.final_training.data == "train_and_validation"
     job = _job_of(config)
     inputs = prepared(job.study.data, job.study.backbone, 64)
-    fit, scored = _fit_and_validation(job, inputs, 0)
+    fit, scored = fit_and_validation(job, inputs, 0)
     assert fit == list(range(TRAIN_ROWS))  # every training row, once
     assert inputs.validation_rows is not None and scored == inputs.validation_rows
     assert len(scored) == VALIDATION_ROWS
@@ -83,9 +83,9 @@ def test_holdout_without_a_validation_split_holds_out_the_same_stratified_rows(
     config = load_config(smoke_experiment(), ["hpo.evaluation=holdout"])
     job = _job_of(config)
     inputs = prepared(job.study.data, job.study.backbone, 64)
-    fit, scored = _fit_and_validation(job, inputs, 0)
+    fit, scored = fit_and_validation(job, inputs, 0)
     assert len(scored) == round(0.2 * TRAIN_ROWS) and len(fit) == TRAIN_ROWS - len(scored)
-    assert _fit_and_validation(job, inputs, 0)[0] == fit  # the same rows for every trial
+    assert fit_and_validation(job, inputs, 0)[0] == fit  # the same rows for every trial
     strata = inputs.splits.train.strata
     assert strata is not None
     labels = [strata[i] for i in range(TRAIN_ROWS) if i not in set(fit)]

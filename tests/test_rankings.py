@@ -9,8 +9,9 @@ from __future__ import annotations
 import optuna
 import pytest
 
+from ray_pipeline.hpo.collect import collect
 from ray_pipeline.hpo.results import FoldState
-from ray_pipeline.hpo.stage import _collect, _job
+from ray_pipeline.hpo.stage import _job
 from ray_pipeline.hpo.trial_report import TrialOutcome, TrialReport
 from ray_pipeline.identity import study_key
 from ray_pipeline.loading import load_config
@@ -65,7 +66,7 @@ def test_the_best_trial_is_the_extreme_complete_trial(
         outcomes[number] = TrialOutcome(report)
 
     job = _job(config, backbone, variant.name, variant.record.study_key_hash, None)
-    result = _collect(config, job, variant, study, outcomes, {})
+    result = collect(config, job, variant, study, outcomes, {})
 
     means = {t.number: t.objective_mean for t in result.trials if t.state == "COMPLETE"}
     assert len(set(means.values())) == len(means) == 4  # no ties

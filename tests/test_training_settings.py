@@ -19,8 +19,8 @@ from ray_pipeline.errors import ConfigError
 from ray_pipeline.final.results import FinalJob
 from ray_pipeline.final.worker import epoch_checkpoints, run_epochs
 from ray_pipeline.hpo.cache import fresh_model, prepared
+from ray_pipeline.hpo.fold_run import FoldRun
 from ray_pipeline.hpo.jobs import StudyJob, TrialJob
-from ray_pipeline.hpo.worker import FoldRun
 from ray_pipeline.identity import study_key
 from ray_pipeline.layout_names import CHECKPOINT_MODEL, TRAINING_STATE
 from ray_pipeline.loading import load_config

@@ -17,7 +17,7 @@ from ray_pipeline import faults, run_tree, tracking
 from ray_pipeline.artifacts import read_json
 from ray_pipeline.cluster import ctrl_c_unwinds
 from ray_pipeline.data.splits import load_splits
-from ray_pipeline.errors import ConfigError, PipelineError
+from ray_pipeline.errors import PipelineError
 from ray_pipeline.final.export import export
 from ray_pipeline.final.results import (
     FinalJob,
@@ -27,13 +27,11 @@ from ray_pipeline.final.results import (
     SourceTrial,
     refit_epochs,
 )
+from ray_pipeline.final.source import backbone_of, check_source_name, resolve_source
 from ray_pipeline.final.worker import epoch_checkpoints, read_state, train_in_task, train_on_worker
-from ray_pipeline.hpo.results import HpoResult, TrialRecord, read_hpo
-from ray_pipeline.identity import backbone_identity, changed_keys, final_key, stable_hash
+from ray_pipeline.identity import final_key, stable_hash
 from ray_pipeline.layout_names import CHECKPOINT_MODEL
 from ray_pipeline.metrics import BASELINE_METRIC, majority_rate
-from ray_pipeline.naming import variant_number
-from ray_pipeline.paths import OutputsLayout
 from ray_pipeline.resources import (
     TrialPlan,
     cluster_nodes,
@@ -43,14 +41,11 @@ from ray_pipeline.resources import (
 )
 from ray_pipeline.run_mode import get_run_mode
 from ray_pipeline.schema import BackboneConfig, PipelineConfig, TrainingParams
-from ray_pipeline.selection import SelectionResult
 from ray_pipeline.storage import WorkerStorage, join, local_copy
 from ray_pipeline.training import per_worker_batch
 from ray_pipeline.variants import (
     Decision,
     Variant,
-    base_name_for,
-    experiment_variants,
     plan_variant,
     resolve_variant,
     set_status,
@@ -64,7 +59,7 @@ def check_final(config: PipelineConfig, stages: Sequence[str]) -> TrialPlan:
     run.mode would do with the final variant (tracking: ``pipeline.check_inputs``)."""
     load_splits(config.data)
     plan = plan_final(config.final_training.resources, config.resources, cluster_nodes())
-    _check_source_name(config)
+    check_source_name(config)
     from_selection = config.final_training.source.variant is None
     if "hpo" not in stages and not (from_selection and "select" in stages):
         source = resolve_source(config)
@@ -74,77 +69,6 @@ def check_final(config: PipelineConfig, stages: Sequence[str]) -> TrialPlan:
             get_run_mode(config.final_training),
         )
     return plan
-
-
-def _check_source_name(config: PipelineConfig) -> None:
-    """``final_training.source.variant`` names an HPO variant of a configured backbone (it
-    may not exist yet when this run's HPO stage creates it)."""
-    wanted = config.final_training.source.variant
-    if wanted is None:
-        return
-    bases = [base_name_for(config, "hpo", b.name) for b in config.model.backbones]
-    if not any(variant_number(base, wanted) is not None for base in bases):
-        existing = ", ".join(v.name for v in experiment_variants(config, "hpo")) or "none yet"
-        raise ConfigError.at(
-            "final_training.source.variant",
-            f"{wanted!r} is not an HPO variant of a configured backbone (names: "
-            f"{', '.join(f'{b}, {b}_v2, ...' for b in bases)}; existing: {existing})",
-        )
-
-
-def _hpo_variant(config: PipelineConfig, name: str, where: str) -> Variant:
-    existing = experiment_variants(config, "hpo")
-    names = ", ".join(v.name for v in existing) or "none"
-    for variant in existing:
-        if variant.name == name:
-            return variant
-    raise ConfigError.at(where, f"no HPO variant {name!r} in this experiment (existing: {names})")
-
-
-def _trial(hpo: HpoResult, number: int | None, where: str) -> TrialRecord:
-    if number is None:
-        if hpo.best is None:
-            raise ConfigError.at(where, f"{hpo.variant} has no finished trial")
-        return hpo.best
-    for trial in hpo.trials:
-        if trial.number == number and trial.state == "COMPLETE":
-            return trial
-    done = [t.number for t in hpo.trials if t.state == "COMPLETE"]
-    raise ConfigError.at(where, f"{hpo.variant} has no complete trial {number} (complete: {done})")
-
-
-def resolve_source(config: PipelineConfig) -> SourceTrial:
-    """The trial to refit; ConfigError when it cannot be found."""
-    layout = OutputsLayout.of(config)
-    wanted = config.final_training.source
-    selection: SelectionResult | None = None
-    if wanted.variant is not None:
-        where = "final_training.source.variant"
-        variant, number = _hpo_variant(config, wanted.variant, where), wanted.trial
-        where = "final_training.source.trial" if number is not None else where
-    else:
-        if not layout.selection_file.is_file():
-            raise ConfigError.at(
-                "final_training.source",
-                f"no selection yet ({layout.selection_file} missing): run `ray-pipeline select` "
-                "(or `ray-pipeline run`), or name a trial with final_training.source.variant",
-            )
-        selection = read_json(layout.selection_file, SelectionResult)
-        where = f"final_training.source (the winner in {layout.selection_file})"
-        variant = _hpo_variant(config, selection.winner.variant, where)
-        number = selection.winner.trial.number
-    hpo = read_hpo(variant.files) if variant.usable else None
-    if hpo is None:
-        raise ConfigError.at(where, f"{variant.name} is {variant.record.status}")
-    _check_backbone(config, variant)
-    source = SourceTrial(
-        trial=_trial(hpo, number, where),
-        chosen_by="selection" if selection is not None else "config",
-        selection_cache_key=selection.cache_key if selection else None,
-        selection_run_id=selection.mlflow_run_id if selection else None,
-        benchmark_run_id=selection.winner.benchmark_run_id if selection else None,
-    )
-    return source
 
 
 def _training(config: PipelineConfig, source: SourceTrial) -> TrainingParams:
@@ -157,33 +81,10 @@ def _final_key(config: PipelineConfig, source: SourceTrial) -> dict[str, Any]:
     return final_key(config, source.trial.trial_key_hash, _training(config, source))
 
 
-def _backbone(config: PipelineConfig, name: str) -> BackboneConfig:
-    for backbone in config.model.backbones:
-        if backbone.name == name:
-            return backbone
-    raise ConfigError.at(
-        "model.backbones", f"the source trial's backbone {name!r} is not configured"
-    )
-
-
-def _check_backbone(config: PipelineConfig, hpo_variant: Variant) -> None:
-    """The refit starts from the weights the trial started from: the configured backbone of
-    that name must still be the one the HPO variant searched."""
-    name = hpo_variant.record.backbone
-    searched = hpo_variant.record.study_key["backbone"]
-    if backbone_identity(_backbone(config, name)) != searched:
-        changes = "; ".join(changed_keys(searched, backbone_identity(_backbone(config, name))))
-        raise ConfigError.at(
-            "model.backbones",
-            f"backbone {name!r} changed since {hpo_variant.name} searched it ({changes}); "
-            "restore it, or run HPO for the new backbone",
-        )
-
-
 def run_final(config: PipelineConfig, plan: TrialPlan) -> FinalMetrics:
     """Refit, evaluate and export (or reuse a complete final variant)."""
     source = resolve_source(config)
-    backbone = _backbone(config, source.trial.backbone)
+    backbone = backbone_of(config, source.trial.backbone)
     training = _training(config, source)
     key = _final_key(config, source)
     with resolve_variant(

@@ -11,19 +11,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ray_pipeline import faults, run_tree, tracking
+from ray_pipeline import run_tree, tracking
 from ray_pipeline.data.splits import check_foldable, load_splits
 from ray_pipeline.errors import PipelineError
+from ray_pipeline.hpo.collect import collect, previous_trials
 from ray_pipeline.hpo.jobs import StudyJob
-from ray_pipeline.hpo.keep import keep_best, pareto_front
+from ray_pipeline.hpo.keep import keep_best
 from ray_pipeline.hpo.progress import SearchProgress, summary
 from ray_pipeline.hpo.racing import Race
 from ray_pipeline.hpo.results import (
-    ENQUEUED_FROM,
-    FoldState,
     HpoResult,
     TrialRecord,
-    read_hpo,
     write_hpo,
 )
 from ray_pipeline.hpo.starts import enqueue_starts
@@ -35,7 +33,7 @@ from ray_pipeline.hpo.study import (
     study_storage,
 )
 from ray_pipeline.hpo.trial_report import TrialOutcome
-from ray_pipeline.identity import study_key, trial_key_hash
+from ray_pipeline.identity import study_key
 from ray_pipeline.paths import OutputsLayout, in_round_order
 from ray_pipeline.resources import TrialPlan, cluster_nodes, plan_trials
 from ray_pipeline.run_mode import get_run_mode
@@ -44,7 +42,6 @@ from ray_pipeline.storage import WorkerStorage, children, join
 from ray_pipeline.tracking import RunRef
 from ray_pipeline.variants import (
     Decision,
-    Variant,
     VariantStatus,
     plan_variant,
     resolve_variant,
@@ -178,7 +175,7 @@ def _search(
     """Run the variant's missing trials and write ``hpo.json``; the variant's run (when
     tracking) gets the results. Raises PipelineError when trials are missing at the end."""
     variant, hpo, label = decision.variant, config.hpo, f"hpo {job.backbone.name}"
-    previous = _previous(variant)
+    previous = previous_trials(variant)
     try:
         outcomes, stop_reason = _run_rounds(config, job, decision, storage, study, plan)
     except KeyboardInterrupt:
@@ -188,7 +185,7 @@ def _search(
             cut_off = [t.number for t in study.get_trials() if t.state.name == "RUNNING"]
             run_tree.end_trial_runs(job.parent_run, cut_off, "KILLED")
         raise
-    result = _collect(config, job, variant, study, outcomes, previous, stop_reason)
+    result = collect(config, job, variant, study, outcomes, previous, stop_reason)
     if _done(result):  # unfinished trials still need their checkpoints
         where = WorkerStorage.of(config)
         result = keep_best(result, variant, hpo.checkpoint.save_only_best, where)
@@ -258,7 +255,7 @@ def _run_rounds(
     set_status(variant, "running")
     progress = _progress(config, job, plan, study, finished, missing)
     next_round = tune_round(files.round_dir(len(rounds) + 1).name)
-    race = _race(config, job, _previous(variant), outcomes)
+    race = _race(config, job, previous_trials(variant), outcomes)
     grid, stop_reason = tuning.run_round(next_round, hpo, storage, missing, progress, race)
     outcomes |= tuning.round_results(grid, where, race.stopped if race else {})
     fail_running(study)
@@ -331,86 +328,3 @@ def _track_variant(parent: RunRef, result: HpoResult, config_file: Path, hpo_fil
     for path in (config_file, hpo_file):
         if path.is_file():
             tracking.log_artifact(parent, str(path))
-
-
-def _previous(variant: Variant) -> dict[int, TrialRecord]:
-    found = read_hpo(variant.files)
-    return {t.number: t for t in found.trials} if found is not None else {}
-
-
-def _collect(
-    config: PipelineConfig,
-    job: StudyJob,
-    variant: Variant,
-    study: Any,
-    outcomes: dict[int, TrialOutcome],
-    previous: dict[int, TrialRecord],
-    stop_reason: str | None = None,
-) -> HpoResult:
-    """``hpo.json``: every trial of the study as this run's outcomes (else the last
-    ``hpo.json``) left it, and the best."""
-    failures = faults.failures_by_trial(variant.files.failures)
-    trials = [
-        _record(
-            job,
-            frozen,
-            outcomes.get(frozen.number),
-            previous.get(frozen.number),
-            failures.get(frozen.number, []),
-        )
-        for frozen in study.get_trials(deepcopy=False)
-    ]
-    complete = [t for t in trials if t.state == "COMPLETE" and t.objective_mean is not None]
-    best = config.hpo.objective.direction.best(complete, key=lambda t: t.objective_mean or 0.0)
-    front = pareto_front(complete, config.hpo.objective.direction)
-    if config.hpo.objective.latency is None:
-        front = []
-    return HpoResult(
-        variant=variant.name,
-        backbone=job.backbone.name,
-        study_key_hash=job.study_key_hash,
-        metric=config.hpo.objective.metric,
-        direction=config.hpo.objective.direction,
-        num_samples=config.hpo.num_samples,
-        k_folds=job.k_folds,
-        evaluation="cv" if job.holdout is None else "holdout",
-        trials=trials,
-        best=best,
-        best_checkpoint=None,
-        stop_reason=stop_reason,
-        pareto=front,
-        train_examples=len(load_splits(search_data(config)).train),
-    )
-
-
-def _record(
-    job: StudyJob,
-    frozen: Any,
-    outcome: TrialOutcome | None,
-    old: TrialRecord | None,
-    failures: list[str],
-) -> TrialRecord:
-    """Optuna's trial ``frozen`` as its last report in this run (``outcome``) left it, else as
-    the last ``hpo.json`` recorded it (``old``)."""
-    checkpoint = old.checkpoint if old is not None else None
-    epochs = old.epochs_trained if old is not None else None
-    stopped_by = old.stopped_by if old is not None else None
-    state = old.fold_state if old is not None else FoldState()
-    if outcome is not None and outcome.report is not None:
-        state, epochs = outcome.report.fold_state, outcome.report.global_step
-        checkpoint = outcome.checkpoint or checkpoint
-        stopped_by = outcome.stopped_by or stopped_by
-    params = dict(frozen.params)
-    return TrialRecord.of(
-        state,
-        number=frozen.number,
-        trial_state=frozen.state.name,
-        params=params,
-        study=job,
-        trial_key_hash=trial_key_hash(job.study_key_hash, params),
-        checkpoint=checkpoint,
-        failures=failures,
-        epochs_trained=epochs,
-        enqueued_from=frozen.user_attrs.get(ENQUEUED_FROM),
-        stopped_by=stopped_by,
-    )
