@@ -11,7 +11,8 @@ JSON line per failure, written by whichever process saw it).
 
 from __future__ import annotations
 
-import json
+import os
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
@@ -57,7 +58,9 @@ def last_tune_error(error_file: str | None) -> str:
 def record_failure(
     log: Path, trial: int | None, source: Literal["tune", "train", "task"], cause: str
 ) -> None:
-    """Append one failure to ``log`` (an append of one short line: safe across processes)."""
+    """Append one failure to ``log``: one ``write`` of one line to a file opened with O_APPEND,
+    so the line is whole or absent, whichever process writes it. A line that a killed writer
+    left torn (no newline) is ended first, so it spoils only itself."""
     failure = Failure(
         trial=trial,
         source=source,
@@ -65,16 +68,41 @@ def record_failure(
         at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
     log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("a", encoding="utf-8") as handle:
-        handle.write(failure.model_dump_json() + "\n")
+    line = (failure.model_dump_json() + "\n").encode("utf-8")
+    descriptor = os.open(log, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        if _ends_torn(descriptor):
+            line = b"\n" + line
+        os.write(descriptor, line)
+    finally:
+        os.close(descriptor)
+
+
+def _ends_torn(descriptor: int) -> bool:
+    """The file ends inside a line (its last byte is not a newline)."""
+    size = os.fstat(descriptor).st_size
+    return size > 0 and os.pread(descriptor, 1, size - 1) != b"\n"
 
 
 def read_failures(log: Path) -> list[Failure]:
-    """Every failure recorded in ``log`` (none when it does not exist)."""
+    """Every failure recorded in ``log`` (none when it does not exist). A line that does not
+    parse (torn by a writer that was killed, or damaged) is skipped with a warning."""
     if not log.is_file():
         return []
-    lines = log.read_text(encoding="utf-8").splitlines()
-    return [Failure.model_validate(json.loads(line)) for line in lines if line.strip()]
+    failures: list[Failure] = []
+    text = log.read_text(encoding="utf-8", errors="replace")
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            failures.append(Failure.model_validate_json(line))
+        except ValueError:
+            warnings.warn(
+                f"{log}: line {number} is not a failure record (torn?); skipped",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+    return failures
 
 
 def failures_by_trial(log: Path) -> dict[int, list[str]]:

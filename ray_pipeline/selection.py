@@ -20,6 +20,8 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Literal
 
+from pydantic import Field
+
 from ray_pipeline import run_tree, tracking
 from ray_pipeline.artifacts import Record, read_json, write_json
 from ray_pipeline.benchmark.scope import variants_in_scope
@@ -88,6 +90,9 @@ class SelectionResult(Record):
     reasoning: str
     created_at: str
     mlflow_run_id: str | None = None
+    skipped: list[str] = Field(default_factory=list)
+    """The HPO variants that were not candidates, each with why (failed, running, no kept
+    best checkpoint)."""
 
 
 def rules_of(config: PipelineConfig) -> SelectionRules:
@@ -241,9 +246,12 @@ def _objective(best: TrialRecord, metric: str) -> tuple[float, float]:
     return found
 
 
-def gather_candidates(config: PipelineConfig, rules: SelectionRules) -> list[Candidate]:
-    """The candidates on disk; a variant in scope without a current benchmark is an error."""
-    targets, _ = variants_in_scope(config)
+def gather_candidates(
+    config: PipelineConfig, rules: SelectionRules
+) -> tuple[list[Candidate], list[str]]:
+    """The candidates on disk, and a note on each HPO variant that is not one; a variant in
+    scope without a current benchmark is an error."""
+    targets, skipped = variants_in_scope(config)
     problems, out = [], []
     for target in targets:
         bench = target.current
@@ -277,9 +285,11 @@ def gather_candidates(config: PipelineConfig, rules: SelectionRules) -> list[Can
     if not out:
         raise ConfigError.at(
             "selection",
-            "no candidates: no complete HPO variant with a best trial; run `ray-pipeline hpo`",
+            "no candidates: no complete HPO variant with a best trial"
+            + (f" (skipped: {'; '.join(skipped)})" if skipped else "")
+            + "; run `ray-pipeline hpo`",
         )
-    return out
+    return out, skipped
 
 
 def cache_key(candidates: Sequence[Candidate], rules: SelectionRules) -> str:
@@ -297,7 +307,9 @@ def check_select(config: PipelineConfig, stages: Sequence[str]) -> None:
 def run_select(config: PipelineConfig, prepared: object = None) -> SelectionResult:
     """Select (or reuse the cached selection) and write ``selection/selection.json``."""
     rules = rules_of(config)
-    candidates = gather_candidates(config, rules)
+    candidates, skipped = gather_candidates(config, rules)
+    for note in skipped:
+        print(f"select: skipped {note}")
     key = cache_key(candidates, rules)
     path = OutputsLayout.of(config).selection_file
     if get_run_mode(config.selection) == "reuse_if_exists" and path.is_file():
@@ -314,6 +326,7 @@ def run_select(config: PipelineConfig, prepared: object = None) -> SelectionResu
         winner=ranked[0].candidate,
         candidates=ranked,
         reasoning=explain(ranked, rules),
+        skipped=skipped,
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
     with tracking.tracked(_open_run(config, result)) as run:

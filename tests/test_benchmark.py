@@ -14,6 +14,7 @@ from ray_pipeline.hpo.results import HpoResult
 from ray_pipeline.loading import load_config
 from ray_pipeline.paths import VariantFiles
 from ray_pipeline.selection import SelectionResult
+from ray_pipeline.variants import set_status
 from tests.builders import add_hpo_variant
 from tests.conftest import CONFIG_DIR, MakeExp
 from tests.run_outputs import embedded_store, mlflow_runs
@@ -88,12 +89,16 @@ def test_benchmark_fan_out_completeness_and_cached_selection(
     second = _benchmarks(outputs)
     assert {k: v for k, v in second.items() if k != "hpo_tiny-b_v2"} == first
 
+    # A variant that is not complete (here failed, with the best score of all) is not a
+    # candidate, and selection says so instead of dropping it without a word.
+    set_status(add_hpo_variant(config, "tiny-a", 0.95, trial=0), "failed")  # hpo_tiny-a_v3
     assert main(["select", "--config", str(path)]) == 0
     selection_file = outputs / "t" / "selection" / "selection.json"
     chosen = read_json(selection_file, SelectionResult)
     assert (chosen.winner.variant, chosen.winner.trial.number) == ("hpo_tiny-a_v2", 2)
     assert len(chosen.candidates) == 4 and "wins with macro_f1 0.8000" in chosen.reasoning
-    capsys.readouterr()
+    assert chosen.skipped == ["hpo_tiny-a_v3: failed, not a candidate"]
+    assert "select: skipped hpo_tiny-a_v3: failed, not a candidate" in capsys.readouterr().out
 
     assert main(["select", "--config", str(path)]) == 0
     assert "inputs unchanged, reusing" in capsys.readouterr().out

@@ -104,6 +104,36 @@ def test_ctrl_c_during_hpo_exits_130_and_keeps_finished_trials(
 
 
 @pytest.mark.slow
+def test_ctrl_c_during_a_top_up_leaves_the_complete_variant_complete(
+    smoke_experiment: MakeExp, tmp_path: Path
+) -> None:
+    path = smoke_experiment()
+    variant = tmp_path / "outputs" / "t" / "hpo" / "tiny-bert" / "hpo_tiny-bert"
+    log = tmp_path / "first.log"
+    with _cli("hpo", "--config", str(path), "hpo.num_samples=1", log=log) as proc:
+        assert proc.wait(timeout=300) == 0, log.read_text(errors="replace")[-4000:]
+    assert _status(variant) == "complete"
+    recorded = (variant / "hpo.json").read_bytes()
+
+    # num_samples grew: the same variant is topped up, and the top-up is cut off.
+    log = tmp_path / "top_up.log"
+    args = ["hpo", "--config", str(path), "hpo.num_samples=3"]
+    with _cli(*args, "resources.max_concurrent_trials=1", log=log) as proc, showing_log(log):
+        wait_for(
+            lambda: "RUNNING" in dict(study_states(variant / "study.db")).values(),
+            "a top-up trial running",
+            timeout=300,
+            still_running=lambda: proc.poll() is None,
+        )
+        _ctrl_c(proc, log)
+
+    # The finished trial and its record are as they were: the variant is still a candidate.
+    assert _status(variant) == "complete"
+    assert (variant / "hpo.json").read_bytes() == recorded
+    assert (variant / "best").is_dir()
+
+
+@pytest.mark.slow
 def test_ctrl_c_during_final_training_exits_130_and_keeps_earlier_stages(
     smoke_experiment: MakeExp, tmp_path: Path
 ) -> None:

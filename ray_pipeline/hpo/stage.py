@@ -29,8 +29,7 @@ from ray_pipeline.hpo.study import (
     best_so_far,
     count_finished,
     fail_running,
-    load_study,
-    study_storage,
+    open_study,
 )
 from ray_pipeline.hpo.trial_report import TrialOutcome
 from ray_pipeline.identity import study_key
@@ -140,9 +139,9 @@ def _run_variant(
     variant, hpo = decision.variant, config.hpo
     if decision.action == "create":
         WorkerStorage.of(config).clear(variant.files.path)
-    storage = study_storage(variant.files, variant.name, hpo.checkpoint)
-    study = load_study(
-        storage, variant.name, hpo.objective.direction, hpo.objective.latency is not None
+    latency = hpo.objective.latency is not None
+    storage, study = open_study(
+        variant.files, variant.name, hpo.checkpoint, hpo.objective.direction, latency
     )
     if not study.get_trials(deepcopy=False):
         enqueue_starts(config, backbone, variant, study)
@@ -156,7 +155,10 @@ def _run_variant(
         with tracking.tracked(parent, children=True):
             result = _search(config, job, decision, storage, study, plan)
     except BaseException:
-        set_status(variant, "failed")
+        # A complete or stopped variant whose top-up was cut off keeps its finished trials and
+        # its hpo.json: it stays as usable as it was (a later run tops it up again).
+        before = variant.record.status
+        set_status(variant, before if before in ("complete", "stopped") else "failed")
         raise
     status: VariantStatus = "complete" if result.finished >= hpo.num_samples else "stopped"
     set_status(variant, status)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ray_pipeline.direction import Direction
+from ray_pipeline.errors import PipelineError
 from ray_pipeline.paths import VariantFiles
 from ray_pipeline.schema import StudyCheckpoint
 
@@ -27,6 +28,31 @@ def study_storage(files: VariantFiles, variant: str, checkpoint: StudyCheckpoint
 
         return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
     return optuna.storages.RDBStorage(f"sqlite:///{path}")
+
+
+def open_study(
+    files: VariantFiles,
+    variant: str,
+    checkpoint: StudyCheckpoint,
+    direction: Direction,
+    latency: bool = False,
+) -> tuple[BaseStorage, optuna.Study]:
+    """The variant's storage and study (``study_storage``, ``load_study``). A study file that
+    cannot be read (corrupt, not a study, of another Optuna schema) is a PipelineError naming
+    the file and the ways out, before anything is written; the variant's status is untouched."""
+    journal = checkpoint.storage_backend == "journal"
+    path = files.study_file(checkpoint.storage_path, variant, journal)
+    try:
+        storage = study_storage(files, variant, checkpoint)
+        storage.get_all_studies()  # reads the whole file before anything is written to it
+        return storage, load_study(storage, variant, direction, latency)
+    except Exception as error:  # SQLAlchemy's, Optuna's and the journal's errors alike
+        raise PipelineError(
+            f"{variant}: its Optuna study {path} cannot be read ({type(error).__name__}: "
+            f"{str(error).splitlines()[0][:200] if str(error) else 'no message'}); restore the "
+            "file from a backup, or start a new variant with hpo.run.mode=force_new (the "
+            "trials in this variant's hpo.json stay where they are)"
+        ) from error
 
 
 def load_study(

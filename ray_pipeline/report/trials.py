@@ -202,8 +202,13 @@ def _study_plots(config: PipelineConfig, variant: Variant, metric: str) -> str:
     path = variant.files.study_file(checkpoint.storage_path, variant.name, journal)
     if not path.is_file():
         return heading("Optuna study") + note(f"No Optuna study at {path}.")
-    storage = study_storage(variant.files, variant.name, checkpoint)
-    study = optuna.load_study(study_name=variant.name, storage=storage)
+    try:
+        storage = study_storage(variant.files, variant.name, checkpoint)
+        study = optuna.load_study(study_name=variant.name, storage=storage)
+    except Exception as error:  # a corrupt or foreign file: the report shows the rest
+        return heading("Optuna study") + note(
+            f"The Optuna study at {path} cannot be read ({type(error).__name__})."
+        )
     parts = []
     for name, drawn in figures.study_figures(study, metric).items():
         title, caption = PLOT_TITLES[name]
