@@ -13,6 +13,7 @@ from ray_pipeline.hpo.tune_state import (
     checkpoint_index,
     recorded_checkpoints,
     repair_recorded_checkpoints,
+    torn_snapshot,
 )
 
 
@@ -93,3 +94,21 @@ def test_a_missing_checkpoint_with_nothing_newer_is_left_to_tune(tmp_path: Path)
 
 def test_a_round_without_a_snapshot_has_nothing_recorded(tmp_path: Path) -> None:
     assert recorded_checkpoints(tmp_path) == {} and repair_recorded_checkpoints(tmp_path) == []
+
+
+def test_a_torn_newest_snapshot_is_found_and_an_older_torn_one_does_not_matter(
+    tmp_path: Path,
+) -> None:
+    old, new = (
+        "experiment_state-2026-12-01_10-00-00.json",
+        "experiment_state-2026-12-02_10-00-00.json",
+    )
+    _snapshot(tmp_path, new, {"trial_a": ("RUNNING", "checkpoint_000001")})
+    assert torn_snapshot(tmp_path) is None
+    (tmp_path / old).write_text('{"trial_data": [[')  # only the newest is restored from
+    assert torn_snapshot(tmp_path) is None
+    text = (tmp_path / new).read_text()
+    (tmp_path / new).write_text(text[: len(text) // 2])  # a write cut off half-way
+    assert torn_snapshot(tmp_path) == new
+    (tmp_path / new).write_bytes(b"\xff\xfe not text")
+    assert torn_snapshot(tmp_path) == new

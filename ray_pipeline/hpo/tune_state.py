@@ -15,6 +15,7 @@ and where it is not the format read from Ray 2.60 there is no repair (a warning 
 
 from __future__ import annotations
 
+import json
 from os import PathLike
 
 from ray_pipeline import storage
@@ -39,6 +40,20 @@ def checkpoints_after(trial_dir: Place, index: int) -> list[str]:
     """The names of a trial's checkpoints with an index above ``index``, oldest first."""
     found = [(checkpoint_index(n), n) for n in storage.children(trial_dir, TUNE_CHECKPOINT_PREFIX)]
     return [n for i, n in sorted((i, n) for i, n in found if i is not None and i > index)]
+
+
+def torn_snapshot(round_dir: Place) -> str | None:
+    """The name of the round's newest snapshot when it is not JSON (a write cut off, a damaged
+    disk): Tune would fail to restore the round on every resume. None when it reads, or when
+    there is none."""
+    snapshots = tune_snapshots(storage.children(round_dir))
+    if not snapshots:
+        return None
+    try:
+        json.loads(storage.read_text(storage.join(round_dir, snapshots[-1])))
+    except (ValueError, UnicodeDecodeError):  # JSONDecodeError is a ValueError
+        return snapshots[-1]
+    return None
 
 
 def recorded_checkpoints(round_dir: Place) -> dict[str, str]:

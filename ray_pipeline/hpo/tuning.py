@@ -31,7 +31,7 @@ from ray_pipeline.hpo.schedulers import make_scheduler
 from ray_pipeline.hpo.search import TRIAL_NUMBER, Budget, OlderSearchState, StudySearch
 from ray_pipeline.hpo.search_space import DefineSpace, make_sampler
 from ray_pipeline.hpo.trial_report import TrialOutcome, TrialReport
-from ray_pipeline.hpo.tune_state import repair_recorded_checkpoints
+from ray_pipeline.hpo.tune_state import repair_recorded_checkpoints, torn_snapshot
 from ray_pipeline.hpo.worker import run_folds, train_folds
 from ray_pipeline.internals import train_checkpoint_key, trial_failures
 from ray_pipeline.paths import is_uri, trial_name
@@ -346,8 +346,14 @@ def restore_round(tune_round: Round) -> ResultGrid | None:
     place = tune_round.experiment_dir
     if not tune.Tuner.can_restore(place):
         return None
+    label = f"hpo {tune_round.job.backbone.name}"
+    afresh = "its finished trials stay in the study and its unfinished ones start afresh"
+    torn = torn_snapshot(place)
+    if torn is not None:
+        print(f"{label}: Tune's snapshot {torn} is not JSON (cut off?): not restored; {afresh}")
+        return None
     for note in repair_recorded_checkpoints(place):
-        print(f"hpo {tune_round.job.backbone.name}: {note}")
+        print(f"{label}: {note}")
     try:
         tuner = tune.Tuner.restore(
             place,
@@ -356,10 +362,7 @@ def restore_round(tune_round: Round) -> ResultGrid | None:
             resume_errored=False,
         )
     except OlderSearchState as exc:
-        print(
-            f"hpo {tune_round.job.backbone.name}: {exc}: not restored; its finished trials "
-            "stay in the study and its unfinished ones start afresh"
-        )
+        print(f"{label}: {exc}: not restored; {afresh}")
         return None
     return _fit(tuner)
 
