@@ -108,7 +108,8 @@ def check_inputs(
     """The checks that need no cluster, for ``run`` and ``validate`` alike (exit 2, nothing
     written): the outputs root, precision, each backbone (its config read: path, package or
     hub id) with the dropout and ``max_length`` it is given (with a stage that loads it), the
-    search's data (with the HPO stage), worker storage (a probe file written, read back and
+    search's data and the studies of the variants it would continue (with the HPO stage),
+    worker storage (a probe file written, read back and
     removed) and the tracking server. ``offline`` (``validate``): data is read only where it
     is local files already present (the demo's are fetched by ``make demo`` later; a Hub
     dataset is downloaded by the run)."""
@@ -118,10 +119,12 @@ def check_inputs(
         backbones = probe_backbones(config)
         check_dropout(config, backbones)
         check_max_length(config, backbones, stages)
-    if "hpo" in stages and (not offline or local_files_present(config.data)):
-        from ray_pipeline.hpo.stage import check_search_data
+    if "hpo" in stages:
+        from ray_pipeline.hpo.stage import check_search_data, check_studies
 
-        check_search_data(config)
+        check_studies(config)
+        if not offline or local_files_present(config.data):
+            check_search_data(config)
     if set(stages) & {"hpo", "benchmark", "final"}:  # the stages whose workers write there
         check_storage(WorkerStorage.of(config))
     tracking.check_tracking(config)

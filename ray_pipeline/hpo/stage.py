@@ -22,11 +22,14 @@ from ray_pipeline.hpo.racing import Race
 from ray_pipeline.hpo.results import (
     HpoResult,
     TrialRecord,
+    read_hpo,
     write_hpo,
 )
 from ray_pipeline.hpo.starts import enqueue_starts
 from ray_pipeline.hpo.study import (
+    FINISHED_STATES,
     best_so_far,
+    check_study_holds,
     count_finished,
     fail_running,
     open_study,
@@ -42,6 +45,7 @@ from ray_pipeline.tracking import RunRef
 from ray_pipeline.variants import (
     Decision,
     VariantStatus,
+    backbone_variants,
     plan_variant,
     resolve_variant,
     set_status,
@@ -73,6 +77,23 @@ def check_search_data(config: PipelineConfig) -> None:
         check_foldable(splits.train, config.hpo.k_folds)
     elif splits.validation is None:
         check_foldable(splits.train, 2)  # a held-out part and a part to train on
+
+
+def check_studies(config: PipelineConfig) -> None:
+    """The variant each backbone's run.mode would continue keeps its finished trials in the
+    study ``hpo.checkpoint`` points at (``study.check_study_holds``)."""
+    mode = get_run_mode(config.hpo)
+    if mode == "force_new":
+        return
+    for backbone in config.model.backbones:
+        variants = backbone_variants(config, "hpo", backbone.name)
+        latest = variants[-1] if variants else None
+        if latest is None or (mode == "resume_if_incomplete" and latest.complete):
+            continue
+        found = read_hpo(latest.files)
+        finished = sum(t.state in FINISHED_STATES for t in found.trials) if found else 0
+        if finished:
+            check_study_holds(latest.files, latest.name, config.hpo.checkpoint, finished)
 
 
 def search_data(config: PipelineConfig) -> DataConfig:

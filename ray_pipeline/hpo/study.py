@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ray_pipeline.direction import Direction
-from ray_pipeline.errors import PipelineError
+from ray_pipeline.errors import ConfigError, PipelineError
 from ray_pipeline.paths import VariantFiles
 from ray_pipeline.schema import StudyCheckpoint
 
@@ -53,6 +53,49 @@ def open_study(
             "file from a backup, or start a new variant with hpo.run.mode=force_new (the "
             "trials in this variant's hpo.json stay where they are)"
         ) from error
+
+
+def check_study_holds(
+    files: VariantFiles, variant: str, checkpoint: StudyCheckpoint, finished: int
+) -> None:
+    """ConfigError (before anything is written) when ``variant``'s ``hpo.json`` records
+    ``finished`` trials but the study ``hpo.checkpoint`` points at is missing or holds none of
+    them (lost, or stored with another backend or path): the run would start the search over
+    and rewrite ``hpo.json`` without them. A study that cannot be read is left to
+    ``open_study``."""
+    journal = checkpoint.storage_backend == "journal"
+    path = files.study_file(checkpoint.storage_path, variant, journal)
+    if path.is_file() and path.stat().st_size > 0:
+        try:
+            held = _trials_in(study_storage(files, variant, checkpoint), variant)
+        except Exception:  # unreadable: open_study names the file when the stage runs
+            return
+        if held > 0:
+            return
+    other = files.study_file(checkpoint.storage_path, variant, not journal)
+    elsewhere = (
+        f"a study with the other backend is at {other} (hpo.checkpoint.storage_backend="
+        f"{'sqlite' if journal else 'journal'}); "
+        if other.is_file()
+        else ""
+    )
+    state = "holds none of them" if path.is_file() else "is missing"
+    raise ConfigError.at(
+        "hpo.checkpoint",
+        f"{variant}: its hpo.json records {finished} finished trial(s), but its Optuna study "
+        f"{path} {state}; {elsewhere}point hpo.checkpoint.storage_backend and storage_path at "
+        "the study that holds them, or start a new variant with hpo.run.mode=force_new (the "
+        "finished trials are never rerun or dropped)",
+    )
+
+
+def _trials_in(storage: BaseStorage, name: str) -> int:
+    """The number of trials of study ``name`` in ``storage`` (0 when it has no such study)."""
+    try:
+        study_id = storage.get_study_id_from_name(name)
+    except KeyError:  # Optuna's "no such study"
+        return 0
+    return len(storage.get_all_trials(study_id, deepcopy=False))
 
 
 def load_study(
