@@ -9,6 +9,10 @@ from __future__ import annotations
 DEFAULT_STUDY_PATH = "{study_name}/study.db"
 """``hpo.checkpoint.storage_path``'s default, relative to the backbone's HPO directory."""
 
+# Inside the outputs root.
+STORAGE_NAMESPACE = ".storage_namespace.json"
+"""The outputs root's namespace under ``storage.uri`` (``storage.py``), written once."""
+
 # Inside a checkpoint directory.
 CHECKPOINT_MODEL = "model"
 TRAINING_STATE = "training_state.pt"

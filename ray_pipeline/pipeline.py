@@ -29,7 +29,7 @@ from ray_pipeline.models import check_dropout, check_max_length, probe_backbones
 from ray_pipeline.paths import OutputsLayout
 from ray_pipeline.precision import check_config as check_precision
 from ray_pipeline.schema import PipelineConfig
-from ray_pipeline.storage import WorkerStorage
+from ray_pipeline.storage import WorkerStorage, claim_namespace
 
 if TYPE_CHECKING:
     from ray_pipeline.benchmark.results import BenchmarkResult
@@ -186,6 +186,8 @@ def run(
         check_cluster(cfg)
     runs = [stage.checked(cfg, ordered) for stage in built]
     print(f"config: {write_resolved_config(cfg)}")
+    if cfg.storage.uri is not None:
+        claim_namespace(cfg.outputs_root)
     for run_stage in runs:
         run_stage()
     if needs_ray:

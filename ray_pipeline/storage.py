@@ -15,6 +15,7 @@ variables, ``AWS_ENDPOINT_URL`` for an S3-compatible server), never from the con
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import tempfile
 import uuid
@@ -25,6 +26,8 @@ from os import PathLike
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ray_pipeline.artifacts import Record, read_json, write_json
+from ray_pipeline.layout_names import STORAGE_NAMESPACE
 from ray_pipeline.paths import is_uri, staging_for
 
 if TYPE_CHECKING:
@@ -241,17 +244,75 @@ def _first_line(exc: BaseException) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
+class Namespace(Record):
+    """``<outputs_root>/.storage_namespace.json``: the outputs root's own prefix under
+    ``storage.uri``, so that two outputs roots on one URI never touch each other's places."""
+
+    namespace: str
+    """``""``: none (a tree that had places under the URI before namespaces existed)."""
+    root: str
+    """The absolute outputs root it was written for (a copy beside it is told apart)."""
+
+
+def namespace_of(outputs_root: Path) -> str:
+    """The outputs root's namespace under ``storage.uri`` (reads only): the one written into
+    it, or for a copy of a tree whose original still holds the same namespace, one derived
+    from the copy's own path (its records keep reading the original's places, and nothing it
+    creates or clears is the original's). None written yet: ``""`` (``claim_namespace``
+    writes it when a run starts)."""
+    path = outputs_root / STORAGE_NAMESPACE
+    if not path.is_file():
+        return ""
+    found = read_json(path, Namespace)
+    here = str(outputs_root.absolute())
+    if found.root == here or not found.namespace:
+        return found.namespace
+    original = Path(found.root) / STORAGE_NAMESPACE
+    if original.is_file() and read_json(original, Namespace).namespace == found.namespace:
+        return hashlib.sha256(f"{found.namespace}:{here}".encode()).hexdigest()[:12]
+    return found.namespace  # moved (or its original is gone): the places are its own
+
+
+def claim_namespace(outputs_root: Path) -> str:
+    """Write the outputs root's namespace (a run with ``storage.uri`` calls this before its
+    stages) and return it: once, a new random one, or ``""`` for a tree that already holds
+    variants made without one (their places stay where they are); in a copied or moved tree,
+    the one ``namespace_of`` gives it, with the tree's own root, so a copy keeps its own after
+    its original is gone."""
+    path = outputs_root / STORAGE_NAMESPACE
+    if not path.is_file():
+        made_before = any(outputs_root.glob("*/*/*/*/variant.json"))
+        record = Namespace(
+            namespace="" if made_before else uuid.uuid4().hex[:12],
+            root=str(outputs_root.absolute()),
+        )
+        outputs_root.mkdir(parents=True, exist_ok=True)
+        try:
+            with path.open("x", encoding="utf-8") as handle:  # a concurrent run's write wins
+                handle.write(record.model_dump_json(indent=2) + "\n")
+        except FileExistsError:
+            pass
+    current, here = namespace_of(outputs_root), str(outputs_root.absolute())
+    if read_json(path, Namespace).root != here:  # a copy or a move: the file now says so
+        write_json(path, Namespace(namespace=current, root=here))
+    return current
+
+
 @dataclass(frozen=True)
 class WorkerStorage:
     """Maps the outputs tree's worker-written paths to their places: the path itself, or the
-    same relative path under ``storage.uri``."""
+    same relative path under ``storage.uri`` and the outputs root's namespace."""
 
     outputs_root: Path
     uri: str | None = None
+    namespace: str = ""
 
     @classmethod
     def of(cls, config: PipelineConfig) -> WorkerStorage:
-        return cls(config.outputs_root, config.storage.uri)
+        uri = config.storage.uri
+        if uri is None:
+            return cls(config.outputs_root)
+        return cls(config.outputs_root, uri, namespace_of(config.outputs_root))
 
     def located(self, path: str) -> str:
         """A path Ray reports inside this storage's filesystem (a checkpoint's carries no
@@ -272,4 +333,6 @@ class WorkerStorage:
         if self.uri is None:
             return str(local)
         relative = local.absolute().relative_to(self.outputs_root.absolute()).as_posix()
-        return join(self.uri, relative)
+        return (
+            join(self.uri, self.namespace, relative) if self.namespace else join(self.uri, relative)
+        )

@@ -4,6 +4,7 @@ run make, and the place functions on a ``file://`` URI (the code path of ``s3://
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -116,6 +117,51 @@ def test_worker_storage_maps_outputs_paths_to_the_uri(tmp_path: Path) -> None:
     assert not storage.is_dir(on_disk.place(variant))
     with pytest.raises(ValueError):
         remote.place(tmp_path / "elsewhere")
+
+
+def test_two_outputs_roots_on_one_uri_have_their_own_namespaces(tmp_path: Path) -> None:
+    uri = (tmp_path / "bucket").as_uri()
+    roots = [tmp_path / "a", tmp_path / "b"]
+    assert storage.namespace_of(roots[0]) == ""  # reading writes nothing
+    assert not roots[0].exists()
+    spaces = [storage.claim_namespace(root) for root in roots]
+    assert all(len(ns) == 12 for ns in spaces) and spaces[0] != spaces[1]
+    assert storage.claim_namespace(roots[0]) == spaces[0]  # written once, then read
+    a, b = (storage.WorkerStorage(root, uri, ns) for root, ns in zip(roots, spaces, strict=True))
+    same = Path("exp") / "hpo" / "m" / "hpo_m"
+    assert a.place(roots[0] / same) == f"{uri}/{spaces[0]}/exp/hpo/m/hpo_m"
+    # Each root creates "the same" variant: clearing one's never touches the other's.
+    storage.write_text(storage.join(b.place(roots[1] / same), "best", "config.json"), "{}")
+    a.clear(roots[0] / same)
+    assert storage.is_file(storage.join(b.place(roots[1] / same), "best", "config.json"))
+
+
+def test_a_tree_with_variants_from_before_namespaces_keeps_its_places(tmp_path: Path) -> None:
+    root = tmp_path / "outputs"
+    variant = root / "exp" / "hpo" / "m" / "hpo_m"
+    variant.mkdir(parents=True)
+    (variant / "variant.json").write_text("{}")
+    assert storage.claim_namespace(root) == ""
+    uri = (tmp_path / "bucket").as_uri()
+    assert storage.WorkerStorage(root, uri, "").place(variant) == f"{uri}/exp/hpo/m/hpo_m"
+
+
+def test_a_copy_beside_its_original_gets_a_namespace_of_its_own_and_a_move_keeps_it(
+    tmp_path: Path,
+) -> None:
+    original = tmp_path / "a"
+    mine = storage.claim_namespace(original)
+    copy = tmp_path / "b"
+    shutil.copytree(original, copy)
+    copied = storage.namespace_of(copy)
+    assert copied not in ("", mine) and storage.namespace_of(copy) == copied  # stable
+    assert storage.namespace_of(original) == mine
+    assert storage.claim_namespace(copy) == copied  # a run in the copy writes it down
+    moved = tmp_path / "c"
+    original.rename(moved)  # no original left: the places are the moved tree's own
+    assert storage.namespace_of(moved) == mine
+    assert storage.claim_namespace(moved) == mine
+    assert storage.namespace_of(copy) == copied  # its original gone, the copy keeps its own
 
 
 def test_final_epoch_checkpoints_on_a_uri_resume(smoke_experiment: MakeExp, tmp_path: Path) -> None:
