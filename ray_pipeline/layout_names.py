@@ -21,6 +21,7 @@ FOLD_STATE = "fold_state.json"
 FINAL_STATE = "final_state.json"
 
 # Inside a variant directory.
+VARIANT_RECORD = "variant.json"
 LEASE = "lease.json"
 MODEL_CARD = "README.md"
 """The model card inside an exported ``model/`` (the Hugging Face convention)."""

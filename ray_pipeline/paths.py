@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ray_pipeline.layout_names import LEASE, ROUND_PREFIX, TUNE_SNAPSHOT
+from ray_pipeline.layout_names import LEASE, ROUND_PREFIX, TUNE_SNAPSHOT, VARIANT_RECORD
 from ray_pipeline.naming import VariantStage, check_safe_name
 
 if TYPE_CHECKING:
@@ -146,7 +146,7 @@ class VariantFiles:
     @property
     def record(self) -> Path:
         """``variant.json``: the variant's status and study key."""
-        return self.path / "variant.json"
+        return self.path / VARIANT_RECORD
 
     @property
     def lease(self) -> Path:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ray_pipeline.artifacts import Record, read_json, write_json
-from ray_pipeline.layout_names import STORAGE_NAMESPACE
+from ray_pipeline.layout_names import STORAGE_NAMESPACE, VARIANT_RECORD
 from ray_pipeline.paths import is_uri, staging_for
 
 if TYPE_CHECKING:
@@ -281,7 +281,7 @@ def claim_namespace(outputs_root: Path) -> str:
     its original is gone."""
     path = outputs_root / STORAGE_NAMESPACE
     if not path.is_file():
-        made_before = any(outputs_root.glob("*/*/*/*/variant.json"))
+        made_before = any(outputs_root.glob(f"*/*/*/*/{VARIANT_RECORD}"))
         record = Namespace(
             namespace="" if made_before else uuid.uuid4().hex[:12],
             root=str(outputs_root.absolute()),
