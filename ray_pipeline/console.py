@@ -1,4 +1,5 @@
-"""What a run prints: our own progress lines by default, the libraries' output with ``--verbose``.
+"""What a run prints: our own progress lines by default, the libraries' output with ``--verbose``;
+and never a credential written into a URI (``redact``).
 
 By default Ray Tune's trial tables, Ray's start-up lines, MLflow's INFO lines and transformers'
 per-model load reports are off; warnings and errors still show. ``--verbose`` (or
@@ -11,6 +12,8 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
+from typing import Any
 
 VERBOSE_ENV = "RAY_PIPELINE_VERBOSE"
 STATUS_EVERY_S = 30.0
@@ -59,3 +62,31 @@ def duration(seconds: float) -> str:
         return f"{minutes} min"
     hours, minutes = divmod(minutes, 60)
     return f"{hours} h" if minutes == 0 else f"{hours} h {minutes} min"
+
+
+_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/\s]*)@")
+"""``scheme://userinfo@`` in a text; the userinfo runs to the authority's last ``@``."""
+
+
+def redact(text: str) -> str:
+    """``text`` with the credentials of every URI in it masked: the password of
+    ``scheme://user:password@host`` (``postgresql://u:***@db/mlflow``), a bare token of
+    ``scheme://token@host``. The one place that does it: what is printed or recorded (console
+    lines, errors, config.resolved.yaml, MLflow params and tags) passes through here."""
+
+    def mask(match: re.Match[str]) -> str:
+        user, colon, _ = match["userinfo"].partition(":")
+        return f"{match['scheme']}{user}:***@" if colon else f"{match['scheme']}***@"
+
+    return _USERINFO.sub(mask, text)
+
+
+def redacted(data: Any) -> Any:
+    """``data`` (plain data: a dumped config, a record) with ``redact`` applied to every string."""
+    if isinstance(data, str):
+        return redact(data)
+    if isinstance(data, dict):
+        return {key: redacted(value) for key, value in data.items()}
+    if isinstance(data, list | tuple):
+        return [redacted(value) for value in data]
+    return data

@@ -23,6 +23,7 @@ import os
 import types
 import typing
 from collections.abc import Iterator
+from dataclasses import replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from ray_pipeline.console import redact
 from ray_pipeline.errors import ConfigError, Problem
 from ray_pipeline.paths import expand_data_cache
 from ray_pipeline.schema import REMOVED_KEYS, SECTIONS, PathMarker, PipelineConfig
@@ -117,6 +119,8 @@ def read_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError.at(str(path), "not UTF-8 text") from exc
     if data is None:
         return {}
+    if _recursive(data):
+        raise ConfigError.at(str(path), f"holds a value that contains itself; {_WRITE_OUT}")
     if not isinstance(data, dict):
         msg = f"must hold a mapping of keys to values, but holds a {type(data).__name__}"
         raise ConfigError.at(str(path), msg)
@@ -162,14 +166,30 @@ def parse_override(text: str) -> tuple[Loc, Any]:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
+    if _recursive(value):
+        raise ValueError(f"{key.strip()}: the value contains itself; {_WRITE_OUT}")
     return tuple(int(p) if p.isdigit() else p for p in parts), value
+
+
+_WRITE_OUT = "a YAML alias inside its own anchor (&a [*a]) has no end: write the value out"
+
+
+def _recursive(value: Any, inside: frozenset[int] = frozenset()) -> bool:
+    """Whether ``value`` contains itself (what a YAML alias inside its own anchor builds)."""
+    if not isinstance(value, dict | list):
+        return False
+    if id(value) in inside:
+        return True
+    items = value.values() if isinstance(value, dict) else value
+    return any(_recursive(item, inside | {id(value)}) for item in items)
 
 
 def _apply_override(comp: _Composer, text: str) -> None:
     try:
         loc, value = parse_override(text)
     except ValueError as exc:
-        comp.problems.append(Problem(text, str(exc), COMMAND_LINE))
+        shown = text if text.isprintable() else repr(text)  # a newline would break the list
+        comp.problems.append(Problem(redact(shown), redact(str(exc)), COMMAND_LINE))
         return
     node: Any = comp.doc
     for depth, key in enumerate(loc[:-1]):
@@ -210,7 +230,11 @@ def load_config(
     except ValidationError as exc:
         comp.problems.extend(_problems_from(exc, comp))
     if comp.problems:
-        raise ConfigError(comp.problems, header=f"invalid configuration {path}")
+        # a key typed with a newline or another control character would break the list apart
+        shown = [
+            p if p.where.isprintable() else replace(p, where=repr(p.where)) for p in comp.problems
+        ]
+        raise ConfigError(shown, header=f"invalid configuration {path}")
     assert config is not None
     resolved: PipelineConfig = _resolve_paths(config, (), comp)
     return resolved
@@ -272,14 +296,9 @@ def _explain(err: Any, loc: Loc) -> tuple[str, bool]:
 def _allowed_keys(loc: Loc) -> set[str]:
     classes: list[type[BaseModel]] = [PipelineConfig]
     for key in loc:
-        nxt: list[type[BaseModel]] = []
-        for cls in classes:
-            field = cls.model_fields.get(str(key))
-            nxt.extend(nested_models(field.annotation) if field else [])
-        if not nxt:  # a dict key or list index: the value's models are one level down
-            fields = [f for cls in classes for f in cls.model_fields.values()]
-            nxt = [m for f in fields for m in nested_models(f.annotation)]
-        classes = nxt
+        fields = [f for cls in classes if (f := cls.model_fields.get(str(key))) is not None]
+        if fields:  # else a dict key or list index: its value is one of the same models
+            classes = [m for f in fields for m in nested_models(f.annotation)]
     return {name for cls in classes for name in cls.model_fields}
 
 

@@ -21,7 +21,7 @@ import yaml
 from ray_pipeline import tracking
 from ray_pipeline.artifacts import write_text_atomic
 from ray_pipeline.cluster import check_storage
-from ray_pipeline.console import quiet_libraries
+from ray_pipeline.console import quiet_libraries, redacted
 from ray_pipeline.data.splits import local_files_present
 from ray_pipeline.errors import ConfigError
 from ray_pipeline.loading import load_config
@@ -163,10 +163,16 @@ def check_cluster(config: PipelineConfig) -> None:
         )
 
 
+def resolved_yaml(config: PipelineConfig) -> str:
+    """The resolved configuration as YAML, credentials in URIs masked (``console.redacted``):
+    what ``config.resolved.yaml`` holds and ``validate --show`` prints."""
+    return yaml.safe_dump(redacted(config.model_dump(mode="json")), sort_keys=False)
+
+
 def write_resolved_config(config: PipelineConfig) -> Path:
     """``<outputs>/<experiment>/config.resolved.yaml``: what this run actually used."""
     path = OutputsLayout.of(config).resolved_config
-    write_text_atomic(path, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    write_text_atomic(path, resolved_yaml(config))
     return path
 
 

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
+from ray_pipeline.console import redact
 from ray_pipeline.errors import ConfigError
 from ray_pipeline.internals import MLFLOW_EXPERIMENT_KIND_TAG
 from ray_pipeline.paths import OutputsLayout
@@ -96,7 +97,7 @@ def check_tracking_for_nodes(config: PipelineConfig, nodes: int) -> None:
         return
     raise ConfigError.at(
         "tracking.tracking_uri",
-        f"{uri} is on the driver's disk, which the other {nodes - 1} node(s) cannot reach "
+        f"{redact(uri)} is on the driver's disk, which the other {nodes - 1} node(s) cannot reach "
         "(storage.uri is set: the nodes share no filesystem). Run an MLflow server every node "
         "reaches and set tracking.tracking_uri (or MLFLOW_TRACKING_URI) to it, or set "
         "tracking.enabled=false; see docs/cluster.md",
@@ -115,15 +116,17 @@ def check_tracking(config: PipelineConfig) -> None:
         reason = getattr(exc, "reason", exc)
         raise ConfigError.at(
             "tracking.tracking_uri",
-            f"MLflow server {uri} is not reachable ({reason}); start it, fix "
+            f"MLflow server {redact(uri)} is not reachable ({redact(str(reason))}); start it, fix "
             "tracking.tracking_uri / MLFLOW_TRACKING_URI, or set tracking.enabled=false",
         ) from exc
 
 
 def run_tags(kind: RunKind, parent: str | None = None, **values: Any) -> dict[str, str]:
     """Tags of a run: its kind, its parent, and identity values (stage, backbone, variant,
-    study_key_hash, trial, trial_key_hash, fold, lineage ...) under the ``ray_pipeline.`` prefix."""
-    tags = {f"{TAG}kind": kind, **{f"{TAG}{k}": str(v) for k, v in values.items() if v is not None}}
+    study_key_hash, trial, trial_key_hash, fold, lineage ...) under the ``ray_pipeline.`` prefix
+    (``redact``ed: no credential of a URI reaches MLflow)."""
+    values = {k: redact(str(v)) for k, v in values.items() if v is not None}
+    tags = {f"{TAG}kind": kind, **{f"{TAG}{k}": v for k, v in values.items()}}
     if parent is not None:
         tags[PARENT_TAG] = parent
     return tags
@@ -206,6 +209,7 @@ def ui_line(config: PipelineConfig) -> str | None:
     if where is None:
         return None
     uri, exp = where
+    uri = redact(uri)  # a line people read
     page = f"#/experiments/{exp}?workflowType=machine_learning"
     if (urllib.parse.urlsplit(uri).scheme or uri) in SERVER_SCHEMES:
         return f"mlflow: {uri.rstrip('/')}/{page}"
@@ -274,10 +278,10 @@ def log(
     params: dict[str, Any] | None = None,
     step: int = 0,
 ) -> None:
-    """Log numeric metrics (non-numbers skipped) and params to ``run``."""
+    """Log numeric metrics (non-numbers skipped) and params (``redact``ed) to ``run``."""
     from mlflow.entities import Param
 
-    param_list = [Param(k, str(v)) for k, v in (params or {}).items()]
+    param_list = [Param(k, redact(str(v))) for k, v in (params or {}).items()]
     _client(run.tracking_uri).log_batch(
         run.run_id, metrics=_metric_list({step: metrics or {}}), params=param_list
     )
@@ -304,10 +308,10 @@ def _metric_list(points: Mapping[int, Mapping[str, Any]]) -> list[Metric]:
 
 
 def set_tags(run: RunRef, **values: Any) -> None:
-    """Add ``ray_pipeline.`` tags to a run."""
+    """Add ``ray_pipeline.`` tags to a run (``redact``ed)."""
     client = _client(run.tracking_uri)
     for key, value in values.items():
-        client.set_tag(run.run_id, f"{TAG}{key}", str(value))
+        client.set_tag(run.run_id, f"{TAG}{key}", redact(str(value)))
 
 
 def log_artifact(run: RunRef, path: str) -> None:

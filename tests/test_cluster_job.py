@@ -9,7 +9,8 @@ never sees, as on another machine. The smoke pipeline is submitted with `ray job
   stopped with `ray job stop` mid-HPO and resubmitted: the search resumes from the bucket, no
   finished fold trains again, final training runs DDP on two workers from checkpoints in the
   bucket, and the dashboard API and the metrics endpoints show the run. The head has no CPUs:
-  every trial, benchmark actor and DDP worker runs on the worker node.
+  every trial, benchmark actor and DDP worker runs on the worker node;
+- `scripts/submit.sh` sends no MLflow credential with a job and no override to the head's shell.
 """
 
 from __future__ import annotations
@@ -236,6 +237,41 @@ def test_outputs_a_node_cannot_see_stop_the_job_with_exit_2_and_nothing_written(
     assert f"error: outputs_root: {outputs} is not shared storage: 1 of 2 nodes cannot" in logs
     assert "exit code 2" in two_nodes.api("/api/jobs/blind")["message"]
     assert list(two_nodes.unshared.iterdir()) == []  # no outputs, the probe file removed
+
+
+def test_submit_sends_no_credentials_and_no_override_reaches_the_heads_shell(
+    two_nodes: TwoNodes, tmp_path: Path
+) -> None:
+    """Nothing of the MLflow credentials in the submitting shell reaches the job's runtime_env,
+    the dashboard's job API, `ray job list` or the logs (the nodes read ~/.mlflow/credentials);
+    overrides a shell would run reach the CLI as literal arguments (which it refuses)."""
+    password, marker = f"mlflow-password-marker-{secrets.token_hex(4)}", tmp_path / "pwned"
+    env = {**two_nodes.env, "RAY_API_SERVER_ADDRESS": two_nodes.dashboard}
+    env |= {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": password}
+    argv = ["bash", "scripts/submit.sh", "--no-wait", "--submission-id", "quoted"]
+    argv += ["config/experiment/smoke.yaml", f"x=$(touch {marker})", f"a;touch {marker}"]
+    said: list[str] = []
+
+    def submitted() -> bool:
+        done = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        said.append(done.stdout + done.stderr)
+        if done.returncode == 0:
+            return True
+        assert "No available agent to submit job" in done.stderr, done.stderr[-3000:]
+        return False
+
+    poll_until(submitted, "the cluster to accept job 'quoted'", timeout=180, interval=1)
+    assert _wait_until_ended(two_nodes, "quoted", set(), 300) == "FAILED"
+    logs = two_nodes.job("logs", "quoted").stdout
+    assert f"a;touch {marker}" in logs  # one argument, refused by the config loader
+    assert not marker.exists(), "an override ran on the head's shell"
+    job = two_nodes.api("/api/jobs/quoted")
+    assert "exit code 2" in job["message"]
+    assert not (job.get("runtime_env") or {}).get("env_vars"), job["runtime_env"]
+    listing = two_nodes.job("list").stdout
+    everything = [json.dumps(job), json.dumps(two_nodes.api("/api/jobs/")), listing, logs]
+    assert "quoted" in listing
+    assert not [text for text in [*everything, *said] if password in text]
 
 
 def test_a_job_on_object_storage_stopped_mid_hpo_resumes_from_the_bucket(

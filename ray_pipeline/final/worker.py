@@ -120,7 +120,7 @@ def _restore(
     if not found:
         return FinalState()
     with local_copy(found[-1]) as checkpoint:
-        saved = torch.load(checkpoint / TRAINING_STATE, map_location=device)
+        saved = torch.load(checkpoint / TRAINING_STATE, map_location=device, weights_only=True)
     model.load_state_dict(saved["model"])
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])

@@ -150,13 +150,15 @@ class FoldRun:
     def load_training_state(self, path: Path) -> None:
         import torch
 
-        saved = torch.load(path / TRAINING_STATE, map_location=self.device)
+        saved = torch.load(path / TRAINING_STATE, map_location=self.device, weights_only=True)
         self.model.load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
         self.amp.load_state_dict(saved.get("scaler"))
         if (path / BEST_EPOCH_MODEL).is_file():
-            self.best_weights = torch.load(path / BEST_EPOCH_MODEL, map_location="cpu")
+            self.best_weights = torch.load(
+                path / BEST_EPOCH_MODEL, map_location="cpu", weights_only=True
+            )
 
 
 def fold_scores(
