@@ -9,11 +9,12 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-
-import yaml
+from typing import Any
 
 from ray_pipeline import console, pipeline
 from ray_pipeline.data.demo import fetch_demo_data
+from ray_pipeline.data.infer import DataFlags
+from ray_pipeline.data.init_config import InitFlags, format_result, init_experiment
 from ray_pipeline.data.inspect import format_report, inspect_data
 from ray_pipeline.errors import EXIT_INTERRUPTED, EXIT_OK, PipelineError
 from ray_pipeline.loading import default_config_path, load_config
@@ -45,12 +46,67 @@ def _add_verbose_arg(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_init(sub: Any) -> None:
+    init = sub.add_parser(
+        "init",
+        help="write an experiment YAML for your data file (format, task, columns and sizes "
+        "inferred; flags override)",
+    )
+    init.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        help="training data: a CSV, JSONL, "
+        "Parquet or CoNLL file, or a Hugging Face dataset saved with save_to_disk",
+    )
+    init.add_argument("--validation", type=Path, help="validation file (HPO scores trials on it)")
+    init.add_argument("--test", type=Path, help="test file (default: 20%% of --data held out)")
+    init.add_argument(
+        "--format",
+        choices=["csv", "jsonl", "parquet", "conll"],
+        help="the files' format (default: from the file name)",
+    )
+    init.add_argument(
+        "--task",
+        choices=["sequence", "token"],
+        help="sequence (one label per text) or token (one tag per token)",
+    )
+    init.add_argument("--text-column", help="the text column")
+    init.add_argument("--text-pair-column", help="the second text of a sentence pair")
+    init.add_argument("--label-column", help="the label (or tags) column")
+    init.add_argument(
+        "--backbone",
+        help="a shipped model (minilm, tiny_bert, ...), a model "
+        "directory, a package, or a Hub id (default: the demo's offline MiniLM)",
+    )
+    init.add_argument("--out", type=Path, help="the YAML to write (default: ./<name>.yaml)")
+    init.add_argument("--name", help="experiment name (default: from the data file's name)")
+    init.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+
+
+def _init(args: argparse.Namespace) -> int:
+    data = DataFlags(
+        train=args.data,
+        validation=args.validation,
+        test=args.test,
+        format=args.format,
+        task=args.task,
+        text_column=args.text_column,
+        text_pair_column=args.text_pair_column,
+        label_column=args.label_column,
+    )
+    flags = InitFlags(data, args.backbone, args.out, args.name, args.force)
+    print(format_result(init_experiment(flags)))
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ray-pipeline",
         description="Tune, benchmark, select and train Hugging Face classifiers on Ray.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_init(sub)
     run = sub.add_parser("run", help="run the pipeline's stages in order")
     _add_config_args(run)
     run.add_argument(
@@ -91,6 +147,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         fetch_demo_data(deb=args.deb, force=args.force)
         return EXIT_OK
     console.set_verbose(getattr(args, "verbose", False))
+    if args.command == "init":
+        return _init(args)
     config_path: Path = args.config or default_config_path()
     config = load_config(config_path, args.overrides)
     if args.command == "validate":
@@ -98,7 +156,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         names = ", ".join(b.name for b in config.model.backbones)
         print(f"valid: {config_path} (experiment {config.experiment.name}; backbones {names})")
         if args.show:
-            print(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), end="")
+            print(pipeline.resolved_yaml(config), end="")
         return EXIT_OK
     if args.command == "status":
         report = collect_status(config)
