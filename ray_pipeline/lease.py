@@ -90,6 +90,26 @@ def holder_alive(record: LeaseRecord, now: datetime | None = None) -> bool:
     return True
 
 
+def process_identity() -> str:
+    """This process, as ``<machine>/<pid>`` (``_machine``): what ``process_gone`` checks."""
+    return f"{_machine()}/{os.getpid()}"
+
+
+def process_gone(identity: str) -> bool:
+    """Whether the process ``process_identity`` named is known to have ended: on this machine
+    and pid namespace, its pid is dead. Elsewhere (or unreadable) it is not known: False."""
+    machine, _, pid = identity.rpartition("/")
+    if machine != _machine() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
 def read_lease(path: Path) -> LeaseRecord | None:
     """The lease at ``path``, if there is one (None also for a torn or unreadable one)."""
     try:

@@ -192,6 +192,9 @@ def run(
         check_cluster(cfg)
     runs = [stage.checked(cfg, ordered) for stage in built]
     print(f"config: {write_resolved_config(cfg)}")
+    for driver in tracking.end_orphaned_runs(cfg):
+        pid = driver.rpartition("/")[2]
+        print(f"mlflow: runs left RUNNING by a stopped run (pid {pid}) ended KILLED")
     if cfg.storage.uri is not None:
         claim_namespace(cfg.outputs_root)
     for run_stage in runs:

@@ -97,13 +97,18 @@ def open_fold_run(trial_run: RunRef, origin: Origin, fold: int) -> RunRef:
     return open_child(trial_run, "fold", name, stage="hpo", fold=fold, **origin.tags())
 
 
-def open_benchmark_run(config: PipelineConfig, trial: Origin) -> RunRef | None:
-    """The run of one variant's benchmark (a re-benchmark of the same trial reuses it)."""
+def open_benchmark_run(
+    config: PipelineConfig, trial: Origin, device: str, precision: str | None
+) -> RunRef | None:
+    """The run of one trial's benchmark on ``device`` in ``precision`` (a re-benchmark of the
+    same trial there reuses it; on another device or in another precision it has a run of its
+    own, as its params differ)."""
+    key = {"variant": trial.variant, "trial_key_hash": trial.trial_key_hash}
     return open_stage_run(
         config,
         "benchmark",
         f"benchmark_{trial.variant}",
-        {"variant": trial.variant, "trial_key_hash": trial.trial_key_hash},
+        {**key, "device": device, "precision": precision or "fp32"},
         stage="benchmark",
         **_lineage(config, trial),
     )

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict
 from ray_pipeline.console import redact
 from ray_pipeline.errors import ConfigError
 from ray_pipeline.internals import MLFLOW_EXPERIMENT_KIND_TAG
+from ray_pipeline.lease import process_gone, process_identity
 from ray_pipeline.paths import OutputsLayout
 from ray_pipeline.schema import PipelineConfig, resolved
 
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
 
 TAG = "ray_pipeline."
 PARENT_TAG = "mlflow.parentRunId"
+DRIVER_TAG = f"{TAG}driver"
 RunKind = Literal["variant", "trial", "fold", "benchmark", "selection"]
 EndStatus = Literal["FINISHED", "FAILED", "KILLED"]
 _REACH_TIMEOUT_S = 3.0
@@ -50,6 +52,9 @@ class RunRef(BaseModel):
     tracking_uri: str
     experiment_id: str
     run_id: str
+    driver: str | None = None
+    """The driver process (``lease.process_identity``) of the pipeline run that opened it or
+    its top-level run: tagged on every run, so a later run ends the ones it left RUNNING."""
 
 
 R = TypeVar("R", bound=RunRef | None)
@@ -174,17 +179,41 @@ def _find(ref_uri: str, exp: str, tags: dict[str, str]) -> Any | None:
     return runs[0] if runs else None
 
 
-def open_run(uri: str, exp: str, name: str, tags: dict[str, str], key: dict[str, str]) -> RunRef:
-    """The run whose tags include ``key`` (set RUNNING again), or a new one named ``name``."""
+def open_run(
+    uri: str, exp: str, name: str, tags: dict[str, str], key: dict[str, str], driver: str
+) -> RunRef:
+    """The run whose tags include ``key`` (set RUNNING again), or a new one named ``name``;
+    tagged with its ``driver``."""
     client = _client(uri)
+    tags = {**tags, DRIVER_TAG: driver}
     found = _find(uri, exp, key)
     if found is not None:
         client.update_run(found.info.run_id, status="RUNNING")
         for tag, value in tags.items():
             client.set_tag(found.info.run_id, tag, value)
-        return RunRef(tracking_uri=uri, experiment_id=exp, run_id=found.info.run_id)
-    run = client.create_run(exp, run_name=name, tags=tags)
-    return RunRef(tracking_uri=uri, experiment_id=exp, run_id=run.info.run_id)
+        run_id = found.info.run_id
+    else:
+        run_id = client.create_run(exp, run_name=name, tags=tags).info.run_id
+    return RunRef(tracking_uri=uri, experiment_id=exp, run_id=run_id, driver=driver)
+
+
+def end_orphaned_runs(config: PipelineConfig) -> list[str]:
+    """End KILLED every run of the experiment left RUNNING by a pipeline run whose driver is
+    gone (``lease.process_gone``: known only on the machine it ran on); a run of a live
+    driver (a concurrent run) is left alone. Returns the drivers whose runs were ended."""
+    where = _experiment(config)
+    if where is None:
+        return []
+    uri, exp = where
+    client = _client(uri)
+    gone: set[str] = set()
+    query = "attributes.status = 'RUNNING'"
+    for run in client.search_runs([exp], filter_string=query, max_results=5000):
+        driver = run.data.tags.get(DRIVER_TAG)
+        if driver and process_gone(driver):
+            client.set_terminated(run.info.run_id, "KILLED")
+            gone.add(driver)
+    return sorted(gone)
 
 
 def _experiment(config: PipelineConfig) -> tuple[str, str] | None:
@@ -226,7 +255,8 @@ def open_stage_run(
         return None
     uri, exp = where
     key_tags = run_tags(kind, **key)
-    return open_run(uri, exp, name, {**key_tags, **run_tags(kind, **values)}, key_tags)
+    tags = {**key_tags, **run_tags(kind, **values)}
+    return open_run(uri, exp, name, tags, key_tags, process_identity())
 
 
 def register_model(run: RunRef, model_dir: Path, name: str) -> str:
@@ -269,6 +299,7 @@ def open_child(parent: RunRef, kind: RunKind, name: str, **values: Any) -> RunRe
         name,
         run_tags(kind, parent=parent.run_id, **values),
         key,
+        parent.driver or process_identity(),
     )
 
 

@@ -99,7 +99,8 @@ def test_mlflow_params_and_tags_are_redacted(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     exp = tracking.experiment_id(uri, "secrets")
     tags = tracking.run_tags("variant", stage="hpo", source=DB_URI)
-    run = tracking.open_run(uri, exp, "r", tags, tracking.run_tags("variant", stage="hpo"))
+    key = tracking.run_tags("variant", stage="hpo")
+    run = tracking.open_run(uri, exp, "r", tags, key, "machine/1")
     tracking.log(run, params={"store": DB_URI})
     tracking.set_tags(run, failures=f"trial 1: cannot reach {DB_URI}")
     data = MlflowClient(uri).get_run(run.run_id).data

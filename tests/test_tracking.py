@@ -4,6 +4,9 @@ lineage tags: test_hpo_ray.py; against an MLflow server: test_cluster_job.py."""
 from __future__ import annotations
 
 import ast
+import os
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -15,6 +18,7 @@ from mlflow import MlflowClient
 import ray_pipeline
 from ray_pipeline import run_tree, tracking
 from ray_pipeline.errors import ConfigError
+from ray_pipeline.lease import process_identity
 from ray_pipeline.loading import load_config
 from tests.conftest import MakeExp
 from tests.processes import free_port
@@ -178,3 +182,73 @@ def test_cut_off_trials_end_killed_whatever_they_said(smoke_experiment: MakeExp)
     client = MlflowClient(parent.tracking_uri)
     assert client.get_run(trial.run_id).info.status == "KILLED"
     assert client.get_run(fold.run_id).info.status == "KILLED"
+
+
+_ORPHAN = """
+import sys
+from ray_pipeline import run_tree, tracking
+from ray_pipeline.loading import load_config
+
+cfg = load_config(sys.argv[1])
+parent = run_tree.open_variant_run(cfg, "hpo", "tiny-bert", "hpo_tiny-bert", "abc")
+trial = tracking.open_child(parent, "trial", "hpo_tiny-bert_trial_0", trial=0)
+print(parent.run_id, trial.run_id, flush=True)
+"""
+
+
+@pytest.mark.slow  # a child Python process
+def test_runs_a_stopped_driver_left_running_are_ended_by_the_next_run(
+    smoke_experiment: MakeExp,
+) -> None:
+    path = smoke_experiment()
+    cfg = load_config(path)
+    # A driver that opens a variant run and a trial run, then is gone without ending them.
+    child = subprocess.run(
+        [sys.executable, "-c", _ORPHAN, str(path)], capture_output=True, text=True, check=True
+    )
+    left = child.stdout.split()
+    # A live run's (this process's) and a run without a driver tag (an older version's).
+    live = run_tree.open_variant_run(cfg, "hpo", "tiny-bert", "hpo_tiny-bert_v2", "abc")
+    assert live is not None and live.driver == process_identity()
+    client = MlflowClient(live.tracking_uri)
+    untagged = client.create_run(live.experiment_id, run_name="older").info.run_id
+    assert all(client.get_run(r).info.status == "RUNNING" for r in [*left, untagged])
+    # Its trial run carries the driver's identity: this machine, the child's pid.
+    driver = client.get_run(left[1]).data.tags[tracking.DRIVER_TAG]
+    machine, _, pid = driver.rpartition("/")
+    assert machine == process_identity().rpartition("/")[0] and int(pid) != os.getpid()
+
+    gone = tracking.end_orphaned_runs(cfg)
+    assert gone == [driver]
+    assert [client.get_run(r).info.status for r in left] == ["KILLED", "KILLED"]
+    assert client.get_run(live.run_id).info.status == "RUNNING"
+    assert client.get_run(untagged).info.status == "RUNNING"
+    assert tracking.end_orphaned_runs(cfg) == []  # nothing left to end
+
+
+def test_a_benchmark_on_another_device_or_precision_has_a_run_of_its_own(
+    smoke_experiment: MakeExp,
+) -> None:
+    cfg = load_config(smoke_experiment())
+    origin = run_tree.Origin(
+        backbone="tiny-bert",
+        variant="hpo_tiny-bert",
+        study_key_hash="abc",
+        trial=2,
+        trial_key_hash="def",
+    )
+    runs = {}
+    for device, precision in [("cpu", "fp32"), ("cpu", "bf16"), ("cuda", "bf16")]:
+        with tracking.tracked(run_tree.open_benchmark_run(cfg, origin, device, precision)) as run:
+            assert run is not None
+            params = {"device": device, "precision": precision}
+            tracking.log(run, metrics={"p95_ms_b1": 1.0}, params=params)
+        runs[(device, precision)] = run.run_id
+    assert len(set(runs.values())) == 3
+    # The same device and precision again: the same run (params unchanged, no MLflow error).
+    again = run_tree.open_benchmark_run(cfg, origin, "cpu", "bf16")
+    assert again is not None and again.run_id == runs[("cpu", "bf16")]
+    tracking.log(again, params={"device": "cpu", "precision": "bf16"})
+    tracking.end(again)
+    client = MlflowClient(again.tracking_uri)
+    assert {client.get_run(r).info.status for r in runs.values()} == {"FINISHED"}

@@ -240,7 +240,10 @@ def _record(
     config: PipelineConfig, target: BenchmarkTarget, result: BenchmarkResult
 ) -> BenchmarkResult:
     """Write ``result`` (with its MLflow run's id) into the variant and log it to that run."""
-    with tracking.tracked(run_tree.open_benchmark_run(config, result.trial.origin())) as run:
+    opened = run_tree.open_benchmark_run(
+        config, result.trial.origin(), result.device, result.precision
+    )
+    with tracking.tracked(opened) as run:
         if run is not None:
             result = result.model_copy(update={"mlflow_run_id": run.run_id})
         target.benchmark_file.parent.mkdir(parents=True, exist_ok=True)
