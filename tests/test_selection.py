@@ -76,6 +76,23 @@ def test_minimise_direction() -> None:
     assert ranked[1].verdict == "higher loss: 0.8800 vs the winner's 0.8000"
 
 
+def test_a_latency_weight_with_a_minimised_metric_still_prefers_the_lower_loss() -> None:
+    # Losses 0.20 (best) to 0.60 (worst); the fastest model has the worst loss. Normalised with
+    # lower loss = 1: low 1, mid 0.5, high 0; latency: low 1, mid 0.5, high 0 (slowest = 1).
+    low = _candidate("hpo_low", 0.20, latency=30.0)
+    mid = _candidate("hpo_mid", 0.40, latency=20.0)
+    high = _candidate("hpo_high", 0.60, latency=10.0)
+    rules = _rules(metric="loss", direction="minimize", latency_weight=0.4)
+    ranked = select_best([high, mid, low], rules)
+    assert [s.candidate.variant for s in ranked] == ["hpo_low", "hpo_mid", "hpo_high"]
+    assert [s.score for s in ranked] == pytest.approx([0.6, 0.3, 0.0])
+    # A weight above 1 makes the fastest win: latency now counts for more than the loss.
+    heavy = select_best(
+        [high, mid, low], _rules(metric="loss", direction="minimize", latency_weight=2.0)
+    )
+    assert [s.candidate.variant for s in heavy] == ["hpo_high", "hpo_mid", "hpo_low"]
+
+
 def test_ties_go_to_lower_latency_then_smaller_model() -> None:
     fast = _candidate("hpo_fast", 0.9, latency=5.0, parameters=500)
     slow = _candidate("hpo_slow", 0.9, latency=6.0, parameters=10)
