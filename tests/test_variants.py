@@ -86,6 +86,17 @@ def test_resume_if_incomplete(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("mode", ["reuse_if_exists", "resume_if_incomplete"])
+def test_a_stopped_variant_is_continued_not_replaced(tmp_path: Path, mode: RunMode) -> None:
+    # A budget stopped the search: its finished trials stand, and the next run (either mode)
+    # runs the missing ones in the same variant (docs/run-modes.md).
+    stopped = set_status(_resolve(tmp_path, "force_new").variant, "stopped")
+    again = _resolve(tmp_path, mode)
+    assert (again.action, again.variant.name) == ("reuse", "hpo_b")
+    assert again.variant.record.status == "stopped" == stopped.record.status
+    assert _names(tmp_path) == ["hpo_b"]  # no new variant
+
+
+@pytest.mark.parametrize("mode", ["reuse_if_exists", "resume_if_incomplete"])
 def test_changed_study_key_is_refused(tmp_path: Path, mode: RunMode) -> None:
     _resolve(tmp_path, "force_new")
     with pytest.raises(ConfigError) as exc:
