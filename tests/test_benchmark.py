@@ -7,13 +7,17 @@ from typing import Any
 
 import pytest
 
-from ray_pipeline.artifacts import read_json
+from ray_pipeline.artifacts import read_json, write_json
 from ray_pipeline.benchmark.results import BenchmarkResult
+from ray_pipeline.benchmark.scope import variants_in_scope
 from ray_pipeline.cli import main
-from ray_pipeline.hpo.results import HpoResult
+from ray_pipeline.hpo.results import HpoResult, TrialRecord
+from ray_pipeline.identity import benchmark_settings_hash
 from ray_pipeline.loading import load_config
 from ray_pipeline.paths import VariantFiles
+from ray_pipeline.schema import PipelineConfig
 from ray_pipeline.selection import SelectionResult
+from ray_pipeline.timing import LatencyStats
 from ray_pipeline.variants import set_status
 from tests.builders import add_hpo_variant
 from tests.conftest import CONFIG_DIR, MakeExp
@@ -177,3 +181,62 @@ def test_benchmark_device_cuda_without_gpus_exits_2(
     path = smoke_experiment(benchmark={"benchmarking": {"device": "cuda"}})
     assert main(["benchmark", "--config", str(path)]) == 2
     assert "benchmark.benchmarking.device" in capsys.readouterr().err
+
+
+def _measured(config: PipelineConfig, trial: TrialRecord, checkpoint: Path) -> BenchmarkResult:
+    """A benchmark of ``trial`` as an actor would have written it, at the config's settings."""
+    timing = LatencyStats(
+        batch_size=1,
+        iterations=4,
+        mean_ms=2.0,
+        p50_ms=2.0,
+        p95_ms=2.5,
+        mean_ms_per_example=2.0,
+        p50_ms_per_example=2.0,
+        p95_ms_per_example=2.5,
+        throughput=500.0,
+    )
+    return BenchmarkResult(
+        trial=trial,
+        checkpoint=str(checkpoint),
+        settings_hash=benchmark_settings_hash(config.benchmark.benchmarking),
+        device="cpu",
+        precision="fp32",
+        threads=1,
+        max_length=16,
+        latency=[timing],
+        parameters=1000,
+        size_mb=0.1,
+        host="h",
+        pid=1,
+        actor_id="a",
+        started_at="2026-12-03T00:00:00+00:00",
+        seconds=1.0,
+    )
+
+
+def test_a_benchmark_of_a_trial_that_is_no_longer_the_best_is_stale(
+    smoke_experiment: MakeExp, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = smoke_experiment(benchmark={"benchmarking": {"batch_sizes": [1]}})
+    config = load_config(path)
+    variant = add_hpo_variant(config, "tiny-bert", 0.8, trial=0)
+    hpo = read_json(variant.files.hpo_result, HpoResult)
+    assert hpo.best is not None and hpo.best.number == 0
+    write_json(variant.files.benchmark, _measured(config, hpo.best, variant.files.best))
+    (target,), _ = variants_in_scope(config)
+    assert target.current is not None and target.stale is None  # it measured the best
+
+    # A top-up made trial 1 the best: the benchmark of trial 0 is no longer the variant's.
+    best = next(t for t in hpo.trials if t.number == 1)
+    best = best.model_copy(update={"objective_mean": 0.9, "checkpoint": str(variant.files.best)})
+    trials = [best if t.number == 1 else t for t in hpo.trials]
+    write_json(variant.files.hpo_result, hpo.model_copy(update={"trials": trials, "best": best}))
+    (target,), _ = variants_in_scope(config)
+    assert target.current is None
+    assert target.stale == "benchmark measured trial 0, the best is now 1"
+    # Selection refuses to pair the new best with the old trial's latency.
+    assert main(["select", "--config", str(path)]) == 2
+    assert (
+        "hpo_tiny-bert (benchmark measured trial 0, the best is now 1)" in capsys.readouterr().err
+    )
