@@ -412,6 +412,45 @@ def test_a_fold_builds_its_model_and_schedule_from_the_settings(smoke_experiment
     assert other.config.hidden_dropout_prob == 0.1  # not the cached model of other settings
 
 
+class _Rank(_OneProcess):
+    """Rank ``rank`` of a ``world_size``-worker group, as far as the fold loop asks (the DDP
+    wrapping itself is Ray Train's: tests/test_ddp.py)."""
+
+    def __init__(self, rank: int, world_size: int) -> None:
+        self.rank, self.world_size = rank, world_size
+
+
+def test_each_rank_of_a_ddp_trial_fits_its_own_shard_of_the_fold(
+    smoke_experiment: MakeExp,
+) -> None:
+    config = load_config(smoke_experiment(), ["data.max_train_examples=24"])
+    backbone = config.model.backbones[0]
+    study = StudyJob(
+        variant="hpo_t",
+        study_key_hash="k",
+        data=config.data,
+        backbone=backbone,
+        task=config.data.task,
+        training=TrainingParams(epochs=1, batch_size=4, max_length=16),
+        k_folds=2,
+        seed=0,
+        metric="macro_f1",
+        direction="maximize",
+        report_every_epoch=False,
+        every_epoch=None,
+    )
+    job = TrialJob(study=study, trial=0, params={}, trial_key_hash="t")
+    inputs = prepared(config.data, backbone, 16)
+    alone = FoldRun(job, 1, inputs, _OneProcess())
+    ranks = [FoldRun(job, 1, inputs, _Rank(rank, 2)) for rank in range(2)]
+    # The rows are the cached data set's own objects: their identities tell them apart.
+    shards = [{id(row) for row in r.fit_rows} for r in ranks]
+    assert shards[0] and shards[1] and not shards[0] & shards[1]  # no row trained twice
+    assert shards[0] | shards[1] == {id(row) for row in alone.fit_rows}
+    assert all(r.n_fit == alone.n_fit == 12 for r in ranks)  # the fold's rows, all of them
+    assert all(r.val_rows == alone.val_rows for r in ranks)  # rank 0 scores them all
+
+
 def test_the_refit_counts_optimizer_steps_and_exports_its_dropout(
     smoke_experiment: MakeExp, tmp_path: Path
 ) -> None:
