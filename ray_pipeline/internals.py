@@ -116,6 +116,15 @@ def cpu_kernel(operator: str, kernel: Callable[..., Any]) -> Iterator[bool]:
 
 # Ray ------------------------------------------------------------------------------------------
 
+
+def _parameters(method: Any) -> tuple[str, ...]:
+    """The names of ``method``'s parameters; none where it is not a function."""
+    try:
+        return tuple(inspect.signature(method).parameters) if callable(method) else ()
+    except (TypeError, ValueError):
+        return ()
+
+
 MEDIAN_RULE_HOOK = "_on_insufficient_samples"
 """The method Ray Tune's MedianStoppingRule asks whether to pause a trial it cannot judge yet."""
 MEDIAN_RULE_HOOK_PARAMETERS = ("self", "tune_controller", "trial", "time")
@@ -126,12 +135,8 @@ def median_rule_hook() -> str | None:
     was read with; None (Ray's stock rule, which pauses such trials; warned once) elsewhere."""
     from ray.tune.schedulers import MedianStoppingRule
 
-    method = getattr(MedianStoppingRule, MEDIAN_RULE_HOOK, None)
-    try:
-        parameters = tuple(inspect.signature(method).parameters) if callable(method) else ()
-    except (TypeError, ValueError):
-        parameters = ()
-    if parameters == MEDIAN_RULE_HOOK_PARAMETERS:
+    hook = getattr(MedianStoppingRule, MEDIAN_RULE_HOOK, None)
+    if _parameters(hook) == MEDIAN_RULE_HOOK_PARAMETERS:
         return MEDIAN_RULE_HOOK
     import ray
 
@@ -152,6 +157,70 @@ def trial_failures(trial: Any) -> int | None:
         return failures
     _warn_once("num_failures", "Ray Tune's Trial has no num_failures: retries are not numbered")
     return None
+
+
+TUNE_FAILURE_HANDLERS = (
+    ("_actor_failed", ("self", "tracked_actor", "exception")),
+    ("_trial_task_failure", ("self", "trial", "exception")),
+)
+"""The methods of Ray Tune's ``TuneController`` that the loss of a trial process reaches, with
+the parameters they were read with."""
+TUNE_FAILURES_ONCE = "_ray_pipeline_failures_once"
+"""Marks ``TuneController`` as guarded in this process (the guard goes in once)."""
+_HANDLED = "_ray_pipeline_handled"
+"""The (trial, exception) a controller's ``_actor_failed`` last handled for a waiting trial."""
+
+
+def tune_failures_once() -> bool:
+    """Make Ray Tune handle the loss of a reused trial process once in this process (where
+    Tune's controller runs); whether it does. Tune hands a cached trial process to a trial that
+    waits (PENDING) and sends it a ``reset``; where that process is gone (its node lost), Ray
+    2.60 calls two handlers with the one ``RayActorError``: ``TuneController._actor_failed``
+    counts a failure and requeues the trial, then the reset's ``_trial_task_failure`` counts a
+    second one and errors the waiting trial for good, retries left or not. Wrapped here, that
+    second call is skipped for the same trial and exception object. False (warned once) where
+    this Ray's controller has not those methods with those parameters: the caller then turns
+    ``reuse_actors`` off."""
+    from ray.tune.execution.tune_controller import TuneController as Controller
+
+    if getattr(Controller, TUNE_FAILURES_ONCE, False):
+        return True
+    if any(_parameters(getattr(Controller, n, None)) != p for n, p in TUNE_FAILURE_HANDLERS):
+        import ray
+
+        _warn_once(
+            "tune_failures_once",
+            f"ray {ray.__version__}: Tune's controller has no _actor_failed(tracked_actor, "
+            "exception) / _trial_task_failure(trial, exception) to guard (a lost reused trial "
+            "process reaches both, which errors a trial with retries left): each trial starts "
+            "in a fresh process (reuse_actors off, seconds more per trial)",
+        )
+        return False
+    actor_failed, task_failure = Controller._actor_failed, Controller._trial_task_failure
+
+    @functools.wraps(actor_failed)
+    def _actor_failed(self: Any, tracked_actor: Any, exception: Exception) -> None:
+        trial = getattr(self, "_actor_to_trial", {}).get(tracked_actor)
+        waiting = trial is not None and trial.status in ("PENDING", "PAUSED")
+        actor_failed(self, tracked_actor, exception)  # a waiting trial's failure: handled
+        resetting = getattr(self, "_resetting_trials", None)
+        if waiting and isinstance(resetting, set):  # (else Ray's own handling, twice)
+            setattr(self, _HANDLED, (trial, exception))  # the task's handler comes next
+            resetting.discard(trial)  # its reset is over: else the trial waits for it forever
+
+    @functools.wraps(task_failure)
+    def _trial_task_failure(self: Any, trial: Any, exception: Exception) -> None:
+        handled = getattr(self, _HANDLED, None)
+        if handled is not None and handled[0] is trial and handled[1] is exception:
+            setattr(self, _HANDLED, None)  # the same failure, handled already
+            return
+        task_failure(self, trial, exception)
+
+    wrappers = {"_actor_failed": _actor_failed, "_trial_task_failure": _trial_task_failure}
+    for name, wrapper in wrappers.items():
+        setattr(Controller, name, wrapper)
+    setattr(Controller, TUNE_FAILURES_ONCE, True)
+    return True
 
 
 CHECKPOINT_PATH_KEY = "checkpoint_path"
@@ -277,9 +346,19 @@ INTERNALS: tuple[Internal, ...] = (
         "Ray Tune",
         "Trial.num_failures (a property the DeveloperAPI Trial does not document; it reads the "
         "private _TrainingRunMetadata)",
-        "hpo/tuning.py (RecordRetries' retry lines)",
+        "hpo/retries.py (RecordRetries' retry lines)",
         "the attribute is an int",
         "the retry line without its number, warned once",
+    ),
+    Internal(
+        "tune_failures_once",
+        "Ray Tune",
+        "TuneController._actor_failed(tracked_actor, exception) and "
+        "_trial_task_failure(trial, exception), wrapped so that one lost reused trial process "
+        "is handled once (reading _actor_to_trial, clearing the trial from _resetting_trials)",
+        "hpo/retries.py (reuse_trial_processes; FailuresOnce where Tune's controller runs)",
+        "the methods exist with those parameters",
+        "reuse_actors off for the round (a fresh process per trial), warned once",
     ),
     Internal(
         "train_checkpoint_key",

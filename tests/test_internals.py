@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import re
 import types
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from ray_pipeline import internals
+from ray_pipeline.hpo import retries
 from ray_pipeline.hpo.schedulers import make_scheduler
 from ray_pipeline.hpo.trial_report import TrialReport
 from ray_pipeline.hpo.tune_state import repair_recorded_checkpoints
@@ -195,6 +196,88 @@ def test_a_trials_failures_are_read_from_rays_trial() -> None:
 def test_a_trial_without_failures_goes_unnumbered() -> None:
     with pytest.warns(RuntimeWarning, match="not numbered"):
         assert internals.trial_failures(object()) is None
+
+
+@pytest.fixture
+def tune_controller(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Ray Tune's controller class with Ray's own failure handlers and no guard (also where a
+    run in this process put it in place); as it was again after the test."""
+    from ray.tune.execution.tune_controller import TuneController
+
+    for name, _ in internals.TUNE_FAILURE_HANDLERS:
+        method = getattr(TuneController, name)
+        monkeypatch.setattr(TuneController, name, getattr(method, "__wrapped__", method))
+    monkeypatch.setattr(TuneController, internals.TUNE_FAILURES_ONCE, False, raising=False)
+    return TuneController
+
+
+def test_the_guard_on_tunes_failure_handlers_goes_in_once(tune_controller: Any) -> None:
+    rays = [getattr(tune_controller, name) for name, _ in internals.TUNE_FAILURE_HANDLERS]
+    assert internals.tune_failures_once() and internals.tune_failures_once()
+    guarded = [getattr(tune_controller, name) for name, _ in internals.TUNE_FAILURE_HANDLERS]
+    assert [method.__wrapped__ for method in guarded] == rays  # wrapped once
+    assert retries.reuse_trial_processes(True) and not retries.reuse_trial_processes(False)
+    assert internals._warned == set()
+
+
+Calls = list[tuple[str, str, BaseException]]
+
+
+def _stand_ins(controller_class: Any, calls: Calls) -> dict[str, Callable[..., None]]:
+    """Stand-ins for Ray 2.60's two handlers, with their parameters: each records its call;
+    ``_actor_failed`` handles a waiting trial's loss through ``_trial_task_failure``, as
+    Ray's does."""
+
+    def _actor_failed(self: Any, tracked_actor: Any, exception: Exception) -> None:
+        trial = self._actor_to_trial.pop(tracked_actor)
+        calls.append(("actor", trial.status, exception))
+        if trial.status == "PENDING":
+            controller_class._trial_task_failure(self, trial, exception=exception)
+
+    def _trial_task_failure(self: Any, trial: Any, exception: Exception) -> None:
+        calls.append(("task", trial.status, exception))
+
+    return {"_actor_failed": _actor_failed, "_trial_task_failure": _trial_task_failure}
+
+
+@pytest.mark.parametrize("status", ["PENDING", "RUNNING"])
+def test_a_lost_process_is_one_failure_of_its_trial(
+    tune_controller: Any, monkeypatch: pytest.MonkeyPatch, status: str
+) -> None:
+    """Ray 2.60 calls both handlers with one exception: a waiting (PENDING) trial's loss is
+    handled by the first, so the second (its reset's) is skipped; a running trial's by the
+    second (the first only cleans up). Any other failure reaches Ray's handler."""
+    calls: Calls = []
+    for name, stand_in in _stand_ins(tune_controller, calls).items():
+        monkeypatch.setattr(tune_controller, name, stand_in)
+    assert internals.tune_failures_once()
+    trial, actor = _Trial(status), object()
+    controller = types.SimpleNamespace(_actor_to_trial={actor: trial}, _resetting_trials={trial})
+    lost, later = OSError("lost"), OSError("later")
+    tune_controller._actor_failed(controller, actor, lost)
+    tune_controller._trial_task_failure(controller, trial, lost)  # the task's own handler
+    tune_controller._trial_task_failure(controller, trial, later)
+    assert calls == [("actor", status, lost), ("task", status, lost), ("task", status, later)]
+    # A trial whose reset was cut short is no longer waiting for it.
+    assert controller._resetting_trials == (set() if status == "PENDING" else {trial})
+
+
+@pytest.mark.parametrize("change", ["renamed", "other parameters"])
+def test_without_tunes_handlers_trials_get_fresh_processes(
+    tune_controller: Any, monkeypatch: pytest.MonkeyPatch, change: str
+) -> None:
+    if change == "renamed":
+        monkeypatch.delattr(tune_controller, "_actor_failed")
+    else:
+        monkeypatch.setattr(tune_controller, "_trial_task_failure", lambda self, trial: None)
+    rays = {
+        name: getattr(tune_controller, name, None) for name, _ in internals.TUNE_FAILURE_HANDLERS
+    }
+    with pytest.warns(RuntimeWarning, match="reuse_actors off"):
+        assert not retries.reuse_trial_processes(True)
+    assert not internals.tune_failures_once()  # warned once
+    assert {name: getattr(tune_controller, name, None) for name in rays} == rays  # untouched
+    assert not getattr(tune_controller, internals.TUNE_FAILURES_ONCE)
 
 
 def test_ray_train_reports_a_checkpoint_under_the_key_read() -> None:

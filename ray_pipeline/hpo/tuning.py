@@ -1,9 +1,9 @@
 """Ray Tune: the trial (the fold loop in-process, or one TorchTrainer) and the Tuner around it.
 
-The Tune integration lives in hpo/: this module (the Tuner, the trial, its retries),
-search.py (the searcher), schedulers.py and progress.py (a scheduler and a callback); no
-module outside hpo/ imports ``ray.tune`` (but ``internals``, which guards what it reads of
-Tune's internals). A trial's
+The Tune integration lives in hpo/: this module (the Tuner, the trial), retries.py (its
+retries), search.py (the searcher), schedulers.py and progress.py (a scheduler and a
+callback); no module outside hpo/ imports ``ray.tune`` (but ``internals``, which guards what
+it reads of Tune's internals). A trial's
 hyperparameters come from Optuna through ``search.StudySearch`` over the variant's persisted
 study, so finished trials of earlier runs inform the sampler. A one-worker trial runs the fold
 loop inside its Tune trial (``TuneSession``), in a process Tune reuses for the next trial; a
@@ -20,20 +20,19 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ray.tune import Callback
-
 from ray_pipeline import console, faults, tracking
 from ray_pipeline.hpo import idle_cores, trial_runs
 from ray_pipeline.hpo.jobs import StudyJob, TrialJob
 from ray_pipeline.hpo.progress import SearchProgress, progress_callback
 from ray_pipeline.hpo.racing import Race
+from ray_pipeline.hpo.retries import FailuresOnce, RecordRetries, reuse_trial_processes
 from ray_pipeline.hpo.schedulers import make_scheduler
 from ray_pipeline.hpo.search import TRIAL_NUMBER, Budget, OlderSearchState, StudySearch
 from ray_pipeline.hpo.search_space import DefineSpace, make_sampler
 from ray_pipeline.hpo.trial_report import TrialOutcome, TrialReport
 from ray_pipeline.hpo.tune_state import repair_recorded_checkpoints, torn_snapshot
 from ray_pipeline.hpo.worker import run_folds, train_folds
-from ray_pipeline.internals import train_checkpoint_key, trial_failures
+from ray_pipeline.internals import train_checkpoint_key, tune_failures_once
 from ray_pipeline.paths import is_uri, trial_name
 from ray_pipeline.resources import DRIVER_MEMORY_BYTES, TrialPlan, scaling_config
 from ray_pipeline.schema import HpoConfig
@@ -172,27 +171,6 @@ def _trainable(spec: RoundSpec) -> Any:
     return tune.with_resources(driver, {"cpu": 0, "memory": DRIVER_MEMORY_BYTES})
 
 
-class RecordRetries(Callback):
-    """Prints and records (``failures.jsonl``) each failed trial attempt with its cause."""
-
-    def __init__(self, failure_log: str, label: str, max_failures: int) -> None:
-        self.failure_log, self.label, self.max_failures = failure_log, label, max_failures
-
-    def _record(self, trial: Trial, outcome: str) -> None:
-        number = int(trial.config.get(TRIAL_NUMBER, -1))
-        cause = faults.last_tune_error(trial.error_file)
-        print(f"{self.label}: trial {number} failed ({cause}); {outcome}")
-        faults.record_failure(Path(self.failure_log), number, "tune", cause)
-
-    def on_trial_recover(self, iteration: int, trials: Any, trial: Trial, **info: Any) -> None:
-        attempt, most = trial_failures(trial), self.max_failures
-        retry = f"a retry (of {most})" if attempt is None else f"retry {attempt} of {most}"
-        self._record(trial, f"{retry} from its last checkpoint")
-
-    def on_trial_error(self, iteration: int, trials: Any, trial: Trial, **info: Any) -> None:
-        self._record(trial, f"no retries left (resources.max_failures={self.max_failures})")
-
-
 def _dirname(trial: Trial) -> str:
     return trial_name(int(trial.config.get(TRIAL_NUMBER, -1)))
 
@@ -261,7 +239,7 @@ def run_round(
             trial_name_creator=_dirname,
             trial_dirname_creator=_dirname,
             # The next trial reuses a finished trial's process and its cached data and model.
-            reuse_actors=plan.in_process,
+            reuse_actors=reuse_trial_processes(plan.in_process),
         ),
         run_config=tune.RunConfig(
             name=name_of(tune_round.experiment_dir),
@@ -327,7 +305,7 @@ def _fit(tuner: Any) -> ResultGrid:
 
 
 def _callbacks(tune_round: Round) -> list[Any]:
-    """Tune's JSON and CSV result files and the retry recorder."""
+    """Tune's JSON and CSV result files, the retry recorder and the guard on retries."""
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
     label = f"hpo {tune_round.job.backbone.name}"
@@ -335,6 +313,7 @@ def _callbacks(tune_round: Round) -> list[Any]:
         JsonLoggerCallback(),  # type: ignore[no-untyped-call]
         CSVLoggerCallback(),  # type: ignore[no-untyped-call]
         RecordRetries(str(tune_round.failure_log), label, tune_round.plan.max_failures),
+        FailuresOnce(),
     ]
 
 
@@ -354,6 +333,9 @@ def restore_round(tune_round: Round) -> ResultGrid | None:
         return None
     for note in repair_recorded_checkpoints(place):
         print(f"{label}: {note}")
+    # A restored round keeps the reuse_actors it started with; its callbacks (FailuresOnce
+    # since there is one) come back too, but the guard is wanted here whatever they are.
+    tune_failures_once()
     try:
         tuner = tune.Tuner.restore(
             place,
