@@ -1,8 +1,8 @@
 """A retried trial resumes inside the fold it was in and trains each epoch once (issue 36):
 the fold loop (``hpo/worker.run_folds``) run in this process, in a session that keeps the last
 checkpoint reported and is "killed" after a given report, then run again from that checkpoint
-as Ray Tune would restore it (Ray starts only because a fold records its node). (Resumes after real kills on a real cluster:
-tests/test_faults.py and tests/test_hpo_resume.py.)"""
+as Ray Tune would restore it (a Ray cluster only because a fold records its node). Resumes
+after real kills on a real cluster: tests/test_faults.py and tests/test_hpo_resume.py."""
 
 from __future__ import annotations
 
