@@ -31,7 +31,7 @@ import pytest
 from ray_pipeline.artifacts import read_json
 from ray_pipeline.final.results import FinalMetrics
 from ray_pipeline.hpo.results import HpoResult
-from ray_pipeline.storage import children, is_dir, size_of, write_text
+from ray_pipeline.storage import children, claim_namespace, is_dir, size_of, write_text
 from tests.conftest import REPO
 from tests.processes import (
     RAY,
@@ -283,9 +283,12 @@ def test_a_job_on_object_storage_stopped_mid_hpo_resumes_from_the_bucket(
     root = outputs / "smoke"
     variant = root / "hpo" / "tiny-bert" / "hpo_tiny-bert"
     study = variant / "study.journal"
-    # What a lost driver disk's variant of the same name left in the bucket: a new variant
-    # must not take it for its own (a final "checkpoint" after epoch 9).
-    stale = f"{STORAGE}/smoke/final/tiny-bert/final_tiny-bert/checkpoints/epoch_0009"
+    # The outputs root's namespace under the URI, claimed as a run claims it (here first, so
+    # the test knows where the places are).
+    bucket = f"{STORAGE}/{claim_namespace(outputs)}"
+    # What an earlier life of this tree's variant of the same name left in the bucket: a new
+    # variant must not take it for its own (a final "checkpoint" after epoch 9).
+    stale = f"{bucket}/smoke/final/tiny-bert/final_tiny-bert/checkpoints/epoch_0009"
     write_text(f"{stale}/final_state.json", "{}")
     with running_mlflow_server(tmp_path, f"s3://{BUCKET}/mlartifacts", two_nodes.env) as mlflow:
         # Trials long enough (6 epochs per fold) for the stop to land mid-search; final
@@ -359,10 +362,10 @@ def test_a_job_on_object_storage_stopped_mid_hpo_resumes_from_the_bucket(
     # The bucket holds the Tune round (trial checkpoints), the kept model and final training's
     # checkpoints (the stale one cleared); the driver's disk its records and the exported model.
     print(f"bytes written: {size_of(STORAGE)} to {STORAGE}, {size_of(outputs)} under outputs_root")
-    remote = f"{STORAGE}/smoke/hpo/tiny-bert/hpo_tiny-bert"
+    remote = f"{bucket}/smoke/hpo/tiny-bert/hpo_tiny-bert"
     # A trial the study had started but Tune had not launched is replaced in a later round.
     assert children(f"{remote}/tune")[0] == "round_1" and is_dir(f"{remote}/best")
-    epochs = f"{STORAGE}/smoke/final/tiny-bert/final_tiny-bert/checkpoints"
+    epochs = f"{bucket}/smoke/final/tiny-bert/final_tiny-bert/checkpoints"
     assert children(epochs) == ["epoch_0001", "epoch_0002"], children(epochs)
     assert not list(outputs.rglob("checkpoint_0*")), "a trial checkpoint on the driver"
     assert not (variant / "tune").exists() and (variant / "best" / "config.json").is_file()
