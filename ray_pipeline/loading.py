@@ -167,7 +167,7 @@ def parse_override(text: str) -> tuple[Loc, Any]:
     except yaml.YAMLError:
         value = raw
     if _recursive(value):
-        raise ValueError(f"{key.strip()}: the value contains itself; {_WRITE_OUT}")
+        raise ValueError(f"the value contains itself; {_WRITE_OUT}")
     return tuple(int(p) if p.isdigit() else p for p in parts), value
 
 

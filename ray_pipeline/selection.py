@@ -242,7 +242,12 @@ def _objective(best: TrialRecord, metric: str) -> tuple[float, float]:
     """The rules' metric of a variant's best trial: its mean and spread over the folds."""
     found = best.objective_of(metric)
     if found is None:
-        raise ConfigError.at("selection.objective.metric", f"{best.label} recorded no {metric}")
+        recorded = sorted({k for fold in best.folds for k in fold.metrics}) or ["none"]
+        raise ConfigError.at(
+            "selection.objective.metric",
+            f"{best.label} recorded no {metric} (its folds recorded: {', '.join(recorded)}); "
+            "choose one of those, or leave selection.objective unset to use the search's",
+        )
     return found
 
 

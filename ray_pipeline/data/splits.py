@@ -47,6 +47,12 @@ def load_splits(data: DataConfig) -> DatasetSplits:
     if "test" in read:
         test = read["test"][0]
     else:
+        if len(train) < 2:
+            raise ConfigError.at(
+                sources["train"],
+                f"{len(train)} training example(s): too few to carve a test split out of "
+                "(data.test_size); give data.test_file, or more examples",
+            )
         train, test = carve_test(train, data.test_size, data.seed)
         sources["test"] = f"{data.test_size:.0%} of {sources['train']} (seed {data.seed})"
     train = take(train, data.max_train_examples, data.seed)

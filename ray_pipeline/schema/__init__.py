@@ -12,6 +12,7 @@ from pathlib import Path
 
 from pydantic import Field, model_validator
 
+from ray_pipeline.naming import unsafe_name_reason
 from ray_pipeline.run_mode import benchmark_run_mode
 from ray_pipeline.schema.base import (
     BenchmarkRunSection,
@@ -119,6 +120,24 @@ class PipelineConfig(Section):
             )
         for field, section in resolved.items():
             object.__setattr__(self, field, section)  # frozen: set while validating
+        return self
+
+    @model_validator(mode="after")
+    def _study_names_are_safe(self) -> PipelineConfig:
+        """The study name template, filled in with each backbone's name, names a directory
+        (the template alone is checked with a one-letter name in its place)."""
+        template = self.hpo.checkpoint.study_name
+        if template is None:
+            return self
+        for backbone in self.model.backbones:
+            name = template.replace("{backbone}", backbone.name)
+            reason = unsafe_name_reason(name)
+            if reason is not None:
+                raise ValueError(
+                    f"hpo.checkpoint.study_name {template!r} makes backbone {backbone.name!r} "
+                    f"the study name {name!r}, which {reason}; shorten the template or the "
+                    "backbone name"
+                )
         return self
 
     @model_validator(mode="after")

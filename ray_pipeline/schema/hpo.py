@@ -14,11 +14,13 @@ from ray_pipeline.layout_names import DEFAULT_STUDY_PATH
 from ray_pipeline.naming import check_safe_name
 from ray_pipeline.schema.base import PositiveInt, RunSection, Section, Seed
 from ray_pipeline.schema.search import (
+    GRID_LIMIT,
     CategoricalParam,
     FloatParam,
     ParamSpec,
+    check_conditions,
     condition_holds,
-    grid_values,
+    grid_size,
     in_space,
 )
 from ray_pipeline.schema.training import TrainingParams
@@ -92,7 +94,8 @@ class SamplerConfig(Section):
     type: SamplerType = "tpe"
     """Optuna sampler: tpe, random, cmaes (CMA-ES; float/int only), gp (Gaussian process),
     qmc (Sobol quasi-random; float/int only), nsga2, or grid (every combination of
-    categorical/int values). Seeded with ``hpo.seed``."""
+    categorical/int values, and stepped float ranges; at most 100,000). Seeded with
+    ``hpo.seed``."""
     n_startup_trials: int | None = Field(default=None, ge=0)
     """tpe, gp and cmaes: random trials before the model takes over (at least 1 for tpe and
     gp). null resolves to 10 for tpe and gp (Optuna's default), 0 for cmaes; other samplers
@@ -293,7 +296,7 @@ def check_search(hpo: HpoConfig) -> None:
     parameters that are not unconditional categorical ones, a sampler that cannot sample the
     space, a scheduler comparing trials whose epoch counts differ, and enqueued points that lie
     outside the space."""
-    _check_conditions(hpo.search_space)
+    check_conditions(hpo.search_space)
     _check_sampler(hpo)
     if hpo.scheduler.type != "none" and "epochs" in hpo.search_space:
         raise ValueError(
@@ -309,31 +312,13 @@ def check_search(hpo: HpoConfig) -> None:
         )
 
 
-def _check_conditions(space: dict[str, ParamSpec]) -> None:
-    """A ``when`` names another, unconditional, categorical parameter and its choices."""
-    for name, spec in space.items():
-        for parent, values in (spec.when or {}).items():
-            ref = space.get(parent)
-            if not isinstance(ref, CategoricalParam) or ref.when or parent == name:
-                raise ValueError(
-                    f"search_space.{name}.when: {parent} must be another, unconditional, "
-                    "categorical parameter of the search space"
-                )
-            missing = [v for v in values if v not in ref.choices]
-            if missing:
-                raise ValueError(
-                    f"search_space.{name}.when: {missing} not among the choices of "
-                    f"{parent}: {ref.choices}"
-                )
-
-
 def _check_sampler(hpo: HpoConfig) -> None:
     """The sampler can sample the space (``SPACE_LIMITS``); grid has enough combinations."""
     space, kind = hpo.search_space, hpo.sampler.type
     problems = {
         "categorical": sorted(n for n, s in space.items() if isinstance(s, CategoricalParam)),
         "conditional": sorted(n for n, s in space.items() if s.when),
-        "continuous": sorted(n for n, s in space.items() if grid_values(s) is None),
+        "continuous": sorted(n for n, s in space.items() if grid_size(s) is None),
         "one": list(space) if len(space) < 2 else [],
         "two_objectives": ["objective.latency"] if hpo.objective.latency else [],
     }
@@ -357,11 +342,15 @@ def _check_sampler(hpo: HpoConfig) -> None:
             "sampler: grid runs every combination itself; drop enqueue and warm_start, or use "
             "another sampler"
         )
-    size = 1
-    for spec in space.values():
-        size *= len(grid_values(spec) or [])
+    size = math.prod(grid_size(spec) or 0 for spec in space.values())
     if hpo.num_samples > size:
         raise ValueError(f"num_samples: {hpo.num_samples} exceeds the grid's {size} combinations")
+    if size > GRID_LIMIT:
+        raise ValueError(
+            f"sampler: grid has more than {GRID_LIMIT:,} combinations (the product of the "
+            "parameters' value counts), and Optuna lists them all in memory; take larger "
+            "steps or fewer choices, or use tpe or random"
+        )
 
 
 def _check_enqueued(hpo: HpoConfig) -> None:
@@ -389,7 +378,9 @@ def _check_brackets(hpo: HpoConfig) -> None:
         return
     total = hpo.folds * hpo.training.epochs
     grace = min(scheduler.grace_period, total)
-    most = math.floor(math.log(total / grace) / math.log(scheduler.reduction_factor) + 1e-9) + 1
+    # logs of the ints, not of their ratio: a ratio of ints past 1e308 is no float
+    spread = (math.log(total) - math.log(grace)) / math.log(scheduler.reduction_factor)
+    most = math.floor(spread + 1e-9) + 1
     if scheduler.brackets > most:
         raise ValueError(
             f"scheduler.brackets: {scheduler.brackets} brackets need more epochs per trial; with "

@@ -1,6 +1,7 @@
 """Search-space entries (``hpo.search_space``): a float or int range or a list of choices,
 optionally conditional on another parameter; the values each can take, as Optuna samples them.
-What a whole space and its sampler must satisfy is ``schema.hpo.check_search``."""
+Conditions between entries: ``check_conditions``; what a space and its sampler must satisfy:
+``schema.hpo.check_search``."""
 
 from __future__ import annotations
 
@@ -64,10 +65,25 @@ class CategoricalParam(Conditional):
 
 
 def _check_range(low: float, high: float, log: bool, step: float | None) -> None:
-    if step is not None and step <= 0:
+    if step is not None and not step > 0:  # nan too
         raise ValueError(
             f"step must be > 0 (the distance between values), but got step={step:g}; "
             "give a positive step, or drop it for a continuous range"
+        )
+    given = {"low": low, "high": high, "step": step}
+    endless = [
+        f"{k}={v}" for k, v in given.items() if isinstance(v, float) and not math.isfinite(v)
+    ]
+    if endless:
+        raise ValueError(
+            f"low, high and step must be finite numbers, but got {', '.join(endless)}; give "
+            "the largest and smallest values to try (YAML reads .inf and .nan as numbers)"
+        )
+    if isinstance(low, float) and not math.isfinite((high - low) / (step or 1.0)):
+        what = f"(high - low) / step, with step={step:g}," if step else "high - low"
+        raise ValueError(
+            f"{what} overflows a float with low={low} and high={high}; narrow the range"
+            + (" or take a larger step" if step else "")
         )
     if low > high:
         raise ValueError(f"low <= high must hold, but got low={low} and high={high}")
@@ -78,6 +94,38 @@ def _check_range(low: float, high: float, log: bool, step: float | None) -> None
 
 
 ParamSpec = Annotated[FloatParam | IntParam | CategoricalParam, Field(discriminator="type")]
+
+
+def check_conditions(space: dict[str, ParamSpec]) -> None:
+    """A ``when`` names another, unconditional, categorical parameter and its choices."""
+    for name, spec in space.items():
+        for parent, values in (spec.when or {}).items():
+            ref = space.get(parent)
+            if not isinstance(ref, CategoricalParam) or ref.when or parent == name:
+                raise ValueError(
+                    f"search_space.{name}.when: {parent} must be another, unconditional, "
+                    "categorical parameter of the search space"
+                )
+            missing = [v for v in values if v not in ref.choices]
+            if missing:
+                raise ValueError(
+                    f"search_space.{name}.when: {missing} not among the choices of "
+                    f"{parent}: {ref.choices}"
+                )
+
+
+GRID_LIMIT = 100_000
+"""The most combinations a grid search may have: Optuna's GridSampler lists them in memory."""
+
+
+def grid_size(spec: ParamSpec) -> int | None:
+    """How many values a grid search tries for ``spec`` (None: no finite grid), counted
+    without ``len`` (which cannot exceed ``sys.maxsize``)."""
+    if isinstance(spec, CategoricalParam):
+        return len(spec.choices)
+    if isinstance(spec, IntParam):
+        return (spec.high - spec.low) // spec.step + 1
+    return None if spec.step is None else _steps(spec.low, spec.high, spec.step) + 1
 
 
 def grid_values(spec: ParamSpec) -> Sequence[Any] | None:
@@ -120,10 +168,11 @@ def _steps(low: float, high: float, step: float) -> int:
 
 def top_of(spec: FloatParam | IntParam) -> float:
     """The largest value the parameter takes: ``high``, or its last step below it."""
-    if isinstance(spec, FloatParam) and spec.step is None:
+    if isinstance(spec, IntParam):  # exact for ints of any size
+        return spec.low + (spec.high - spec.low) // spec.step * spec.step
+    if spec.step is None:
         return spec.high
-    step = spec.step or 1
-    return spec.low + _steps(spec.low, spec.high, step) * step
+    return spec.low + _steps(spec.low, spec.high, spec.step) * spec.step
 
 
 def in_space(spec: ParamSpec, value: Any) -> bool:
