@@ -35,7 +35,7 @@ from ray_pipeline.hpo.study import (
     open_study,
 )
 from ray_pipeline.hpo.trial_report import TrialOutcome
-from ray_pipeline.identity import study_key
+from ray_pipeline.identity import stable_hash, study_key
 from ray_pipeline.paths import OutputsLayout, in_round_order
 from ray_pipeline.resources import TrialPlan, cluster_nodes, plan_trials
 from ray_pipeline.run_mode import get_run_mode
@@ -90,6 +90,8 @@ def check_studies(config: PipelineConfig) -> None:
         latest = variants[-1] if variants else None
         if latest is None or (mode == "resume_if_incomplete" and latest.complete):
             continue
+        if latest.record.study_key_hash != stable_hash(study_key(config, backbone)):
+            continue  # another study: plan_variant refuses it, naming the changed keys
         found = read_hpo(latest.files)
         finished = sum(t.state in FINISHED_STATES for t in found.trials) if found else 0
         if finished:
