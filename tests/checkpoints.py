@@ -53,22 +53,24 @@ def inside_fold(
 def fold_histories(outputs: Path) -> dict[str, list[int]]:
     """Per MLflow run name of experiment ``t``: for a trial run, the steps at which it logged
     ``fold_objective``; for a fold run, a 1 per time it logged its ``objective`` (a retrained
-    fold would log twice). Fails if a run was left RUNNING."""
+    fold would log twice). Runs that share a name add up (a fold trained in two runs shows
+    ``[1, 1]``), so these count runs, not names. Fails if a run was left RUNNING."""
     from mlflow import MlflowClient
 
     uri = embedded_store(outputs, "t")
     client, runs = MlflowClient(uri), mlflow_runs(uri, "t")
     assert not [r.info.run_name for r in runs if r.info.status == "RUNNING"]
-    out = {}
+    out: dict[str, list[int]] = {}
     for run in runs:
         kind = run.data.tags.get("ray_pipeline.kind")
         if kind == "fold":
-            out[run.info.run_name] = [1] * len(
-                client.get_metric_history(run.info.run_id, "objective")
-            )
+            logged = [1] * len(client.get_metric_history(run.info.run_id, "objective"))
         elif kind == "trial":
             history = client.get_metric_history(run.info.run_id, "fold_objective")
-            out[run.info.run_name] = sorted(m.step for m in history)
+            logged = [m.step for m in history]
+        else:
+            continue
+        out[run.info.run_name] = sorted(out.get(run.info.run_name, []) + logged)
     return out
 
 

@@ -97,7 +97,8 @@ def test_killed_benchmark_actor_is_restarted_and_every_benchmark_lands(
     ray_with_state_api: None, smoke_experiment: MakeExp, tmp_path: Path
 ) -> None:
     import ray
-    from ray.util.state import list_tasks
+    from ray.util.state import list_actors, list_tasks
+    from ray.util.state.common import TaskState
 
     path = smoke_experiment(
         benchmark={"benchmarking": {"batch_sizes": [1], "iterations": 3000, "max_length": 16}},
@@ -108,23 +109,27 @@ def test_killed_benchmark_actor_is_restarted_and_every_benchmark_lands(
         add_hpo_variant(config, "tiny-bert", score, trial=trial)
     run = InThread(main, ["benchmark", "--config", str(path)])
 
-    def measuring() -> list[object]:
+    def measuring() -> list[TaskState]:
         tasks = list_tasks(
             this_cluster(), filters=[("name", "=", "BenchmarkActor.run"), ("state", "=", "RUNNING")]
         )
         return list(tasks)
 
-    wait_for(measuring, "a benchmark actor measuring", timeout=120, still_running=run.running)
-    name = f"benchmark-t-{os.getpid()}-0"
-    ray.kill(ray.get_actor(name), no_restart=False)  # like a lost node: Ray may restart it
+    # Kill the actor that is measuring now (not a pool member by name, which may be idle).
+    task = wait_for(measuring, "a benchmark actor measuring", 120, run.running)[0]
+    (actor,) = list_actors(this_cluster(), filters=[("actor_id", "=", str(task.actor_id))])
+    assert actor.name, actor  # the pool's actors are named
+    ray.kill(ray.get_actor(actor.name), no_restart=False)  # like a lost node: Ray may restart it
 
     assert run.result(timeout=300) == 0
     found = sorted(p.parent.name for p in (tmp_path / "outputs").glob("t/hpo/*/*/benchmark.json"))
     assert found == ["hpo_tiny-bert", "hpo_tiny-bert_v2", "hpo_tiny-bert_v3"]
-    from ray.util.state import list_actors
-
-    (actor,) = list_actors(this_cluster(), filters=[("name", "=", name)], detail=True)
-    assert actor.num_restarts == 1  # restarted once after the kill, then ended by the stage
+    # The measurement the kill cut off failed and was measured again (a retry of the task).
+    attempts = list_tasks(this_cluster(), filters=[("task_id", "=", task.task_id)], detail=True)
+    states = sorted((t.attempt_number, t.state) for t in attempts)
+    assert states == [(0, "FAILED"), (1, "FINISHED")], states
+    (after,) = list_actors(this_cluster(), filters=[("name", "=", actor.name)], detail=True)
+    assert after.num_restarts == 1  # restarted once after the kill, then ended by the stage
 
 
 def _final_task_pids(name: str) -> list[int]:

@@ -113,6 +113,17 @@ def test_sigkilled_driver_is_resumed_by_reuse_if_exists_inside_the_fold_it_was_i
     runs = mlflow_runs(embedded_store(outputs, "t"), "t")
     parents = [r for r in runs if r.data.tags.get("ray_pipeline.kind") == "variant"]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"  # continued, not duplicated
+    # The retry record sits on the retried trial's run, and only there.
+    trial_runs = {
+        r.data.tags["ray_pipeline.trial"]: r
+        for r in runs
+        if r.data.tags.get("ray_pipeline.kind") == "trial"
+    }
+    assert sorted(trial_runs) == ["0", "1"]
+    assert trial_runs["1"].data.tags.get("ray_pipeline.resumed_at") == resume
+    assert trial_runs["1"].data.metrics.get("retries") == 1.0
+    untouched = trial_runs["0"].data
+    assert "ray_pipeline.resumed_at" not in untouched.tags and "retries" not in untouched.metrics
 
 
 def test_sigterm_ends_open_runs_killed(smoke_experiment: MakeExp, tmp_path: Path) -> None:
