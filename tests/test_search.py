@@ -5,7 +5,12 @@ rows)."""
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -96,6 +101,45 @@ def test_a_new_variant_runs_the_earlier_best_and_the_enqueued_points_first(
     assert all(t.state == "COMPLETE" for t in v2.trials)
 
 
+class _Holder:
+    """An actor that holds the CPUs it was placed with for as long as it lives."""
+
+    def ready(self) -> bool:
+        return True
+
+
+@contextmanager
+def _no_cpu_until_asked(study_db: Path, hold_s: float) -> Iterator[None]:
+    """Every CPU of the Ray cluster held from now until ``hold_s`` seconds after the study at
+    ``study_db`` holds a trial: its searcher asked for it, after starting the time budget's
+    clock, and it cannot start (let alone finish) before the CPUs are free again."""
+    import ray
+
+    cpus = ray.cluster_resources()["CPU"]  # type: ignore[no-untyped-call]
+    holder: Any = ray.remote(num_cpus=cpus)(_Holder).remote()
+    assert ray.get(holder.ready.remote(), timeout=120)  # placed: every CPU is taken
+    ended = threading.Event()
+
+    def release() -> None:
+        try:
+            deadline = time.monotonic() + 600  # a search that never asks fails, never hangs
+            while not ended.is_set() and time.monotonic() < deadline:
+                if study_states(study_db):
+                    ended.wait(hold_s)
+                    break
+                time.sleep(0.05)
+        finally:
+            ray.kill(holder)
+
+    thread = threading.Thread(target=release, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        ended.set()
+        thread.join()
+
+
 def test_a_time_budget_stops_launching_trials_and_a_later_run_continues(
     ray_cluster: None, smoke_experiment: MakeExp, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -103,11 +147,13 @@ def test_a_time_budget_stops_launching_trials_and_a_later_run_continues(
     base = ["hpo", "--config", path, *QUICK, "hpo.num_samples=3"]
     base += ["resources.max_concurrent_trials=1"]  # the next trial asks after one has finished
     base += ["hpo.max_train_examples=100"]  # the search sees a subset of the 160 rows
-    # A trial takes longer than a second (two folds), so the budget is spent when the second
-    # would start: one trial runs, the search stops.
-    assert main([*base, "hpo.time_budget_s=1"]) == 0
-    out = capsys.readouterr().out
+    # The budget's clock starts when the first trial is asked; that trial cannot start until
+    # 1.5 s later (the test holds every CPU), so it finishes after the 1 s budget is spent
+    # however fast the machine trains: when the second would start, the search stops.
     variant = _variant(tmp_path)
+    with _no_cpu_until_asked(variant / "study.db", hold_s=1.5):
+        assert main([*base, "hpo.time_budget_s=1"]) == 0
+    out = capsys.readouterr().out
     stopped = read_json(variant / "hpo.json", HpoResult)
     assert [t.state for t in stopped.trials] == ["COMPLETE"]
     assert stopped.stop_reason is not None
