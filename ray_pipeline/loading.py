@@ -119,8 +119,9 @@ def read_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError.at(str(path), "not UTF-8 text") from exc
     if data is None:
         return {}
-    if _recursive(data):
-        raise ConfigError.at(str(path), f"holds a value that contains itself; {_WRITE_OUT}")
+    unending = _unending(data)
+    if unending:
+        raise ConfigError.at(str(path), f"holds a value that {unending}")
     if not isinstance(data, dict):
         msg = f"must hold a mapping of keys to values, but holds a {type(data).__name__}"
         raise ConfigError.at(str(path), msg)
@@ -166,22 +167,55 @@ def parse_override(text: str) -> tuple[Loc, Any]:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
-    if _recursive(value):
-        raise ValueError(f"the value contains itself; {_WRITE_OUT}")
+    unending = _unending(value)
+    if unending:
+        raise ValueError(f"the value {unending}")
     return tuple(int(p) if p.isdigit() else p for p in parts), value
 
 
-_WRITE_OUT = "a YAML alias inside its own anchor (&a [*a]) has no end: write the value out"
+ALIAS_LIMIT = 100_000
+"""The most values a YAML value may expand to through aliases (``*a``) repeating anchors."""
 
 
-def _recursive(value: Any, inside: frozenset[int] = frozenset()) -> bool:
-    """Whether ``value`` contains itself (what a YAML alias inside its own anchor builds)."""
-    if not isinstance(value, dict | list):
-        return False
-    if id(value) in inside:
-        return True
-    items = value.values() if isinstance(value, dict) else value
-    return any(_recursive(item, inside | {id(value)}) for item in items)
+def _unending(value: Any) -> str | None:
+    """What makes ``value`` unfit to load, as the end of a sentence, or None when it is fine:
+    it contains itself (a YAML alias inside its own anchor, ``&a [*a]``), or its aliases
+    repeat anchors that repeat anchors, so that it expands to more than ``ALIAS_LIMIT``
+    values ("billion laughs": a few lines that every later step would walk for hours).
+
+    Each list and mapping is sized once (memoised by identity) and the walk uses no
+    recursion, so this takes time in the size of the YAML text, not of its expansion."""
+    sizes: dict[int, int] = {}  # id -> expanded size, of every container walked to the end
+    open_: set[int] = set()  # the containers on the current path (an alias of one: a loop)
+    shared = False  # some container is reached twice (only aliases do that)
+    stack: list[tuple[Any, bool]] = [(value, False)]
+    while stack:
+        node, children_done = stack.pop()
+        if not isinstance(node, dict | list):
+            continue
+        key = id(node)
+        items = list(node.values() if isinstance(node, dict) else node)
+        if children_done:
+            open_.discard(key)
+            sizes[key] = 1 + sum(sizes.get(id(i), 1) for i in items)
+            if shared and sizes[key] > ALIAS_LIMIT:
+                return (
+                    f"expands to more than {ALIAS_LIMIT:,} values: its YAML aliases (*a) "
+                    "repeat anchors (&a) that repeat anchors; write the value out"
+                )
+            continue
+        if key in open_:
+            return (
+                "contains itself; a YAML alias inside its own anchor (&a [*a]) has no end: "
+                "write the value out"
+            )
+        if key in sizes:
+            shared = True
+            continue
+        open_.add(key)
+        stack.append((node, True))
+        stack.extend((item, False) for item in items)
+    return None
 
 
 def _apply_override(comp: _Composer, text: str) -> None:
@@ -193,6 +227,10 @@ def _apply_override(comp: _Composer, text: str) -> None:
         return
     node: Any = comp.doc
     for depth, key in enumerate(loc[:-1]):
+        if isinstance(node, list) and isinstance(key, int) and key >= len(node):
+            where = ".".join(map(str, loc[: depth + 1]))
+            comp.problems.append(Problem(where, "no such list position", COMMAND_LINE))
+            return
         child = node[key] if isinstance(node, list) and isinstance(key, int) else None
         if isinstance(node, dict):
             if node.get(str(key)) is None:  # missing or null: setting a key beneath creates it

@@ -22,7 +22,7 @@ from ray_pipeline import tracking
 from ray_pipeline.artifacts import write_text_atomic
 from ray_pipeline.cluster import check_storage
 from ray_pipeline.console import quiet_libraries, redacted
-from ray_pipeline.data.splits import local_files_present
+from ray_pipeline.data.splits import check_local_files
 from ray_pipeline.errors import ConfigError
 from ray_pipeline.loading import load_config
 from ray_pipeline.models import check_dropout, check_max_length, probe_backbones
@@ -112,7 +112,8 @@ def check_inputs(
     worker storage (a probe file written, read back and
     removed) and the tracking server. ``offline`` (``validate``): data is read only where it
     is local files already present (the demo's are fetched by ``make demo`` later; a Hub
-    dataset is downloaded by the run)."""
+    dataset is downloaded by the run); a missing local file outside the data cache is
+    refused all the same."""
     check_outputs_root(config)
     check_precision(config)
     if set(stages) & {"hpo", "benchmark", "final"}:  # the stages that load the backbones
@@ -123,7 +124,7 @@ def check_inputs(
         from ray_pipeline.hpo.stage import check_search_data, check_studies
 
         check_studies(config)
-        if not offline or local_files_present(config.data):
+        if not offline or check_local_files(config.data):
             check_search_data(config)
     if set(stages) & {"hpo", "benchmark", "final"}:  # the stages whose workers write there
         check_storage(WorkerStorage.of(config))

@@ -24,6 +24,16 @@ class Node:
 
     cpus: float
     gpus: float
+    cuda: bool = True
+    """Whether torch can use its GPUs, as far as the driver can tell (``cluster_nodes``): the
+    defaults that choose GPUs (the refit's ``gpus_per_worker``, the benchmark's ``device``)
+    and the benchmark's ``device: cuda`` count only such nodes' GPUs; ``gpus_per_worker`` set
+    explicitly is placed on any declared GPU."""
+
+    @property
+    def cuda_gpus(self) -> float:
+        """The GPUs that the defaults may choose."""
+        return self.gpus if self.cuda else 0.0
 
 
 @dataclass(frozen=True)
@@ -114,7 +124,7 @@ def plan_final(final: FinalResources, trials: ResourcesConfig, nodes: Sequence[N
         raise ConfigError.at("final_training.resources", "the Ray cluster has no alive nodes")
     gpw = final.gpus_per_worker
     if gpw is None:
-        gpw = 1.0 if any(n.gpus >= 1 for n in nodes) else 0.0
+        gpw = 1.0 if any(n.cuda_gpus >= 1 for n in nodes) else 0.0
     cpw = final.cpus_per_worker
     if cpw is None and gpw > 0:  # a GPU worker's CPUs feed it; leave every GPU one
         per_gpu = min((n.cpus / n.gpus for n in nodes if n.gpus >= gpw), default=1.0)
@@ -171,11 +181,29 @@ def match_threads() -> int:
 
 
 def cluster_nodes() -> list[Node]:
-    """The alive nodes of the connected Ray cluster."""
+    """The alive nodes of the connected Ray cluster, each with whether torch can use its GPUs
+    (``torch_uses_gpus``)."""
     import ray
 
-    return [
-        Node(cpus=float(n["Resources"].get("CPU", 0)), gpus=float(n["Resources"].get("GPU", 0)))
-        for n in ray.nodes()  # type: ignore[no-untyped-call]
-        if n.get("Alive")
-    ]
+    here = ray.get_runtime_context().get_node_id()
+    nodes = []
+    for n in ray.nodes():  # type: ignore[no-untyped-call]
+        if not n.get("Alive"):
+            continue
+        gpus = float(n["Resources"].get("GPU", 0))
+        cuda = gpus > 0 and torch_uses_gpus(on_this_node=n["NodeID"] == here)
+        nodes.append(Node(cpus=float(n["Resources"].get("CPU", 0)), gpus=gpus, cuda=cuda))
+    return nodes
+
+
+def torch_uses_gpus(on_this_node: bool) -> bool:
+    """Whether torch can use the GPUs Ray declares on a node, as far as this process can tell:
+    not with a torch built without CUDA (the nodes of a cluster run one environment: a CPU
+    build of torch on a GPU machine, say, where Ray still detects the GPUs), nor on this
+    process's own node when torch here sees no CUDA device (GPUs declared to Ray but hidden
+    from CUDA, or not there). Other nodes' GPUs are taken as declared."""
+    import torch
+
+    if not torch.backends.cuda.is_built():  # type: ignore[no-untyped-call]
+        return False
+    return torch.cuda.is_available() if on_this_node else True

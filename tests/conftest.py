@@ -1,6 +1,22 @@
 """Shared fixtures and names: the repository's config files, YAML and experiment writers, local
 Ray clusters, and two per-test checks: tests that start Ray are marked ``slow``, and no test
-writes into the repository checkout (or the working directory it was started in)."""
+writes into the repository checkout (or the working directory it was started in).
+
+GPUs: none for a test unless it asks. Importing this module sets CUDA_VISIBLE_DEVICES="" in
+os.environ (``tests/gpus.py``), before any test starts a Ray cluster or a child process, so
+torch in this process, in Ray's workers, in `ray start` nodes and in the CLI run as a child sees
+no GPU, and Ray detects none; the clusters the fixtures start declare ``num_gpus=0``. With
+RAY_PIPELINE_TEST_FAKE_GPUS=1 they declare two fake GPUs instead (Ray counts them, torch cannot
+use them): what the pipeline does by default on a cluster with GPUs must not reach the tests
+that train on CPUs. Tests marked ``gpu`` skip unless a CUDA GPU is at hand; they get one back
+in child processes only (``tests.gpus.gpu_env``: the host's CUDA_VISIBLE_DEVICES, recorded
+before the hiding, narrowed to one GPU), where the CLI starts a local Ray cluster that declares
+it: `pytest -m gpu` runs them, and `make test` skips them on a machine without a CUDA GPU.
+
+CPU dropout masks: RAY_PIPELINE_CPU_DROPOUT_MASKS=numpy (read by the schema, so inherited by
+every process that loads a config) runs the whole suite with ``hpo.training.cpu_dropout_masks:
+numpy`` wherever a config does not set it; the header of the run says whether the kernel then
+replaces torch's on this CPU (``ray_pipeline.dropout_masks``)."""
 
 from __future__ import annotations
 
@@ -17,10 +33,12 @@ import pytest
 import yaml
 
 from ray_pipeline.data.demo import demo_dir
+from tests import gpus
 
 # Tests never reach a model or dataset hub.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
+gpus.hide()  # before any test starts a cluster or a process: see the module's docstring
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG_DIR = REPO / "config"
@@ -104,21 +122,22 @@ def _local_ray(dashboard: bool) -> Iterator[None]:
     from ray_pipeline.cluster import TRAIN_POLL_ENV, TRAIN_POLL_SECONDS
 
     os.environ.setdefault(TRAIN_POLL_ENV, TRAIN_POLL_SECONDS)  # as ensure_ray() does
-    ray.init(num_cpus=2, include_dashboard=dashboard)
+    gpus.start_ray(num_cpus=2, include_dashboard=dashboard)
     yield
     ray.shutdown()
 
 
 @pytest.fixture(scope="module")
 def ray_cluster() -> Iterator[None]:
-    """A real local Ray cluster with 2 CPUs, shared by one test module."""
+    """A real local Ray cluster with 2 CPUs (and no GPU, or two fake ones: ``tests.gpus``),
+    shared by one test module."""
     yield from _local_ray(dashboard=False)
 
 
 @pytest.fixture(scope="module")
 def ray_with_state_api() -> Iterator[None]:
-    """A 2-CPU local cluster with its dashboard, so the state API tells which process runs
-    which actor (fault tests kill exactly the process they mean)."""
+    """A 2-CPU local cluster (GPUs as ``ray_cluster``'s) with its dashboard, so the state API
+    tells which process runs which actor (fault tests kill exactly the process they mean)."""
     yield from _local_ray(dashboard=True)
 
 
@@ -132,6 +151,32 @@ def this_cluster() -> str:
     import ray
 
     return str(ray.get_runtime_context().gcs_address)
+
+
+def pytest_report_header() -> list[str]:
+    """What the switches of this run (tests/conftest.py's docstring) make of this machine."""
+    from ray_pipeline.dropout_masks import torch_draws_serially
+    from ray_pipeline.schema.training import DROPOUT_MASKS_ENV
+
+    declared = gpus.declared_gpus()
+    masks = os.environ.get(DROPOUT_MASKS_ENV) or "torch"
+    if masks != "numpy":
+        kernel = "torch's kernel"
+    elif torch_draws_serially():
+        kernel = "NumPy's kernel replaces torch's on this CPU"
+    else:
+        kernel = "torch's kernel stays on this CPU (Intel with MKL)"
+    return [
+        f"GPUs: hidden (CUDA_VISIBLE_DEVICES={os.environ[gpus.VISIBLE]!r}), test clusters "
+        f"declare {declared}{' fake' if declared else ''}; `gpu` tests: one host GPU",
+        f"CPU dropout masks ({DROPOUT_MASKS_ENV}): {masks}, {kernel}",
+    ]
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A test marked ``gpu`` skips without a CUDA GPU (asked once, of a child process)."""
+    if item.get_closest_marker("gpu") is not None and (why := gpus.cuda_missing()):
+        pytest.skip(why)
 
 
 @pytest.hookimpl(trylast=True)  # after -k and -m have deselected

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.gpus import declared_gpus
 from tests.waits import wait_for
 
 RAY = str(Path(sys.executable).parent / "ray")
@@ -246,10 +247,11 @@ def two_node_cluster(
 ) -> Iterator[Cluster]:
     """A head and a worker node, each with its own temp dir (short paths: Ray's socket paths
     under it must stay under 108 bytes); the worker's `ray start` runs under
-    ``worker_prefix`` (e.g. a mount namespace). On exit exactly these two `ray start`s and
-    what they started are killed."""
+    ``worker_prefix`` (e.g. a mount namespace). Each declares the suite's GPUs (tests/gpus.py:
+    none, or fake ones). On exit exactly these two `ray start`s and what they started are
+    killed."""
     port = free_port()
-    common = ["--block", "--disable-usage-stats"]
+    common = ["--block", "--disable-usage-stats", f"--num-gpus={declared_gpus()}"]
     head_args = [f"--port={port}", "--include-dashboard=false", f"--temp-dir={head_dir}"]
     head_args.append(f"--ray-client-server-port={free_port()}")  # not 10001: another head has it
     head = start_logged(

@@ -10,12 +10,15 @@ import pytest
 from ray_pipeline.artifacts import read_json, write_json
 from ray_pipeline.benchmark.results import BenchmarkResult
 from ray_pipeline.benchmark.scope import variants_in_scope
+from ray_pipeline.benchmark.stage import ActorPlan, plan_actors
 from ray_pipeline.cli import main
+from ray_pipeline.errors import ConfigError
 from ray_pipeline.hpo.results import HpoResult, TrialRecord
 from ray_pipeline.identity import benchmark_settings_hash
 from ray_pipeline.loading import load_config
 from ray_pipeline.paths import VariantFiles
-from ray_pipeline.schema import PipelineConfig
+from ray_pipeline.resources import Node
+from ray_pipeline.schema import BenchmarkSettings, PipelineConfig
 from ray_pipeline.selection import SelectionResult
 from ray_pipeline.timing import LatencyStats
 from ray_pipeline.variants import set_status
@@ -171,6 +174,18 @@ def test_select_alone_without_benchmarks_exits_2_and_writes_nothing(
     assert "hpo_tiny-bert (no benchmark yet)" in err and "ray-pipeline benchmark" in err
     assert not (tmp_path / "outputs" / "t" / "selection").exists()
     assert not (tmp_path / "outputs" / "t" / "config.resolved.yaml").exists()
+
+
+def test_actors_take_a_gpu_each_where_torch_can_use_the_gpus() -> None:
+    default, cuda = BenchmarkSettings(), BenchmarkSettings(device="cuda")
+    assert plan_actors(default, [Node(cpus=4, gpus=2)]) == ActorPlan(slots=2, cpus=0.0, gpus=1.0)
+    # GPUs declared to Ray that torch cannot use (a CPU build of torch, CUDA hidden): CPUs.
+    unusable = [Node(cpus=4, gpus=2, cuda=False)]
+    assert plan_actors(default, unusable) == ActorPlan(slots=4, cpus=1.0, gpus=0.0)
+    with pytest.raises(ConfigError, match=r"torch cannot use the Ray cluster's 2 GPU\(s\)"):
+        plan_actors(cuda, unusable)
+    with pytest.raises(ConfigError, match="cuda was asked for, but the Ray cluster has no GPUs"):
+        plan_actors(cuda, [Node(cpus=4, gpus=0)])
 
 
 @pytest.mark.slow

@@ -33,6 +33,7 @@ from ray_pipeline.final.results import FinalMetrics
 from ray_pipeline.hpo.results import HpoResult
 from ray_pipeline.storage import children, claim_namespace, is_dir, size_of, write_text
 from tests.conftest import REPO
+from tests.gpus import declared_gpus
 from tests.processes import (
     RAY,
     free_port,
@@ -135,7 +136,7 @@ def two_nodes(tmp_path_factory: pytest.TempPathFactory, s3: dict[str, str]) -> I
     # driver's outputs (with a CPU on the head, Tune placed every trial there in one run).
     head_dir, node_dir = tmp_path_factory.mktemp("head"), tmp_path_factory.mktemp("node2")
     unshared = tmp_path_factory.mktemp("unshared")
-    head = [RAY, "start", "--head", "--block", f"--port={gcs}", "--num-cpus=0"]
+    head = [RAY, "start", "--head", "--block", f"--port={gcs}", "--num-cpus=0", "--num-gpus=0"]
     head.append(f"--ray-client-server-port={free_port()}")  # not 10001: another head has it
     head += [
         "--dashboard-host=127.0.0.1",
@@ -147,6 +148,7 @@ def two_nodes(tmp_path_factory: pytest.TempPathFactory, s3: dict[str, str]) -> I
     mount = 'mount -t tmpfs tmpfs "$0" && exec "$@"'
     worker = ["unshare", "--mount", "--propagation", "private", "sh", "-c", mount, str(unshared)]
     worker += [RAY, "start", "--block", f"--address=127.0.0.1:{gcs}", "--num-cpus=2"]
+    worker.append(f"--num-gpus={declared_gpus()}")  # tests/gpus.py: none, or fake ones
     worker += [f"--metrics-export-port={m2}"]
     nodes = TwoNodes(env, f"http://127.0.0.1:{dash}", token, (m1, m2), unshared, s3)
     started: list[subprocess.Popen[bytes]] = []

@@ -14,8 +14,12 @@ import torch
 
 import ray_pipeline.dropout_masks as dropout_masks
 from ray_pipeline.dropout_masks import numpy_dropout_masks
+from ray_pipeline.errors import ConfigError
+from ray_pipeline.loading import load_config
 from ray_pipeline.schema import TrainingParams
+from ray_pipeline.schema.training import DROPOUT_MASKS_ENV
 from ray_pipeline.training import batches, make_optimizer, train_epoch
+from tests.conftest import MakeExp
 from tests.test_training_settings import _model, _rows
 
 DROP = 0.1
@@ -131,6 +135,25 @@ def test_the_kernel_is_in_place_for_every_forward_pass_of_an_epoch(serial_cpu: N
     )
     assert len(seen) == 4 and all(seen), seen
     assert not dropout_masks._active  # and out of place after it
+
+
+def test_a_machine_may_choose_the_masks_of_configs_that_leave_them_out(
+    monkeypatch: pytest.MonkeyPatch, smoke_experiment: MakeExp
+) -> None:
+    """RAY_PIPELINE_CPU_DROPOUT_MASKS (the suite runs with and without it): the masks of a
+    config that does not set them; a config's own value wins, a record's training settings
+    keep the default they were written with, and a bad value names the variable."""
+    path = smoke_experiment()
+    monkeypatch.setenv(DROPOUT_MASKS_ENV, "numpy")
+    assert load_config(path).hpo.training.cpu_dropout_masks == "numpy"
+    torch_set = load_config(path, ["hpo.training.cpu_dropout_masks=torch"])
+    assert torch_set.hpo.training.cpu_dropout_masks == "torch"
+    assert TrainingParams().cpu_dropout_masks == "torch"
+    monkeypatch.setenv(DROPOUT_MASKS_ENV, "mkl")
+    with pytest.raises(ConfigError, match=f"{DROPOUT_MASKS_ENV}='mkl' in the environment"):
+        load_config(path)
+    monkeypatch.delenv(DROPOUT_MASKS_ENV)
+    assert load_config(path).hpo.training.cpu_dropout_masks == "torch"
 
 
 def test_the_training_loop_keeps_torchs_kernel_by_default(serial_cpu: None) -> None:

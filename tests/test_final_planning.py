@@ -1,6 +1,6 @@
 """Final training's resources: the refit's own plan (the whole cluster by default), the batch
 rule that keeps the source trial's effective batch, the epoch order shared by every rank, and
-the plan on a real local Ray cluster that declares four GPUs (this machine has none), and
+the plan on a real local Ray cluster that declares four fake GPUs (``tests.gpus``), and
 metrics.json files written before the refit was recorded."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from ray_pipeline import resources
 from ray_pipeline.cli import main
 from ray_pipeline.errors import ConfigError
 from ray_pipeline.final.results import upgrade_metrics
@@ -21,6 +22,7 @@ from ray_pipeline.schema import FinalResources, ResourcesConfig
 from ray_pipeline.training import batches, epoch_shard, per_worker_batch
 from tests.builders import add_hpo_variant
 from tests.conftest import MakeExp
+from tests.gpus import start_ray
 
 LAPTOP = [Node(cpus=2, gpus=0)]
 TRIALS = ResourcesConfig()
@@ -58,6 +60,11 @@ def test_on_gpus_the_refit_takes_one_worker_per_gpu() -> None:
     assert _plan(gpus, gpus_per_worker=0.5) == (1, 1.0, 0.5, True)  # never DDP on one GPU
     plan = plan_final(FinalResources(), ResourcesConfig(max_failures=5), gpus)
     assert plan.max_failures == 5 and plan.max_concurrent_trials == 1
+    # GPUs torch cannot use (a CPU build of torch, CUDA hidden): the default trains on CPUs;
+    # GPUs asked for are placed on them.
+    unusable = [Node(cpus=8, gpus=4, cuda=False), Node(cpus=8, gpus=4, cuda=False)]
+    assert _plan(unusable) == (2, 8.0, 0.0, False)
+    assert _plan(unusable, gpus_per_worker=1) == (8, 1.0, 1.0, False)
 
 
 def test_impossible_requests_name_the_key_what_was_asked_and_what_exists() -> None:
@@ -103,7 +110,7 @@ def test_every_rank_takes_its_share_of_one_shuffled_epoch() -> None:
 def four_declared_gpus() -> Iterator[None]:
     import ray
 
-    ray.init(num_cpus=2, num_gpus=4, include_dashboard=False)
+    start_ray(num_cpus=2, num_gpus=4, include_dashboard=False)
     yield
     ray.shutdown()
 
@@ -114,11 +121,17 @@ def test_on_a_cluster_with_four_gpus_the_refit_plans_four_workers(
     smoke_experiment: MakeExp,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     path = smoke_experiment()
     add_hpo_variant(load_config(path), "tiny-bert", 0.5)
     named = "final_training.source.variant=hpo_tiny-bert"
     stages = ("final",)
+    # Torch here sees none of the four: the default trains on the CPUs, one worker on both.
+    plan = check_final(load_config(path, [named]), stages)
+    assert (plan.workers, plan.gpus_per_worker, plan.cpus_per_worker) == (1, 0.0, 2.0)
+    # GPUs torch can use (as on a GPU machine): one DDP worker per GPU.
+    monkeypatch.setattr(resources, "torch_uses_gpus", lambda on_this_node: True)
     plan = check_final(load_config(path, [named]), stages)
     assert (plan.workers, plan.gpus_per_worker, plan.cpus_per_worker) == (4, 1.0, 0.5)
     plan = check_final(load_config(path, [named, "final_training.resources.max_workers=2"]), stages)

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from ray_pipeline.cli import main
+from ray_pipeline.loading import parse_override
 from ray_pipeline.schema import IntParam
 from ray_pipeline.schema.search import grid_values
 from tests.conftest import CONFIG_DIR, MakeExp, WriteYaml
@@ -295,3 +296,80 @@ def test_the_shipped_smoke_configs_stay_valid(tmp_path: Path, capsys: Capsys) ->
     for name in ("smoke.yaml", "smoke_ner.yaml"):
         exp = CONFIG_DIR / "experiment" / name
         assert main(_validate(exp, f"outputs_root={tmp_path}")) == 0, capsys.readouterr().err
+
+
+# --------------------------------------------------------------- 9. data files validate reads
+
+
+def test_validate_refuses_a_missing_local_data_file(
+    smoke_experiment: MakeExp, tmp_path: Path, capsys: Capsys
+) -> None:
+    """``run`` refuses it when the search reads the data; ``validate`` refuses it too."""
+    missing = tmp_path / "no_such" / "train.csv"
+    exp = smoke_experiment()
+    for key in ("train_file", "validation_file", "test_file"):
+        _refused(capsys, _validate(exp, f"data.{key}={missing}"), f"data.{key}", str(missing))
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_validate_leaves_data_cache_files_to_be_fetched(
+    smoke_experiment: MakeExp, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Capsys
+) -> None:
+    """A file under ``{data_cache}`` (the demo's, fetched later) is no error for validate."""
+    monkeypatch.setenv("RAY_PIPELINE_DATA_CACHE", str(tmp_path / "cache"))
+    exp = smoke_experiment()
+    assert main(_validate(exp, "data.train_file={data_cache}/later/train.csv")) == 0, (
+        capsys.readouterr().err
+    )
+    # run reads the data before anything is written, and says how to fetch it
+    _refused(
+        capsys,
+        ["hpo", "--config", str(exp), "data.train_file={data_cache}/later/train.csv"],
+        "data.train_file",
+        "fetch-demo",
+    )
+    assert not (tmp_path / "outputs").exists()
+
+
+# --------------------------------------------------------------- 10. YAML alias bombs
+
+
+def _alias_bomb(levels: int = 9, width: int = 9) -> str:
+    """Billion laughs: each anchor repeats the one before ``width`` times (width**levels
+    values once expanded, a few hundred characters written)."""
+    rows = ["&l0 [" + ", ".join(["x"] * width) + "]"]
+    rows += [f"&l{i} [" + ", ".join([f"*l{i - 1}"] * width) + "]" for i in range(1, levels)]
+    return "[" + ", ".join(rows) + "]"
+
+
+def test_a_yaml_alias_bomb_in_a_file_is_refused(
+    smoke_experiment: MakeExp, tmp_path: Path, capsys: Capsys
+) -> None:
+    exp = smoke_experiment()
+    text = exp.read_text(encoding="utf-8") + f"bomb: {_alias_bomb()}\n"
+    exp.write_text(text, encoding="utf-8")
+    _refused(capsys, ["run", "--config", str(exp)], str(exp), "100,000", "write the value out")
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_a_yaml_alias_bomb_in_an_override_is_refused(
+    smoke_experiment: MakeExp, tmp_path: Path, capsys: Capsys
+) -> None:
+    override = f"hpo.enqueue={_alias_bomb()}"
+    err = _refused(capsys, ["run", "--config", str(smoke_experiment()), override], "100,000")
+    assert "command line: hpo.enqueue=" in err and "write the value out" in err
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_yaml_aliases_that_stay_small_still_load() -> None:
+    """An anchor used many times is fine while the value it makes stays small."""
+    loc, value = parse_override("hpo.enqueue=" + _alias_bomb(4, 4))
+    assert loc == ("hpo", "enqueue") and value[3][0][0][0] == ["x"] * 4
+
+
+def test_an_override_past_the_end_of_a_list_is_refused(
+    smoke_experiment: MakeExp, capsys: Capsys
+) -> None:
+    """``model.backbones.5.name=x`` with one backbone: no such list position, no traceback."""
+    err = _refused(capsys, _validate(smoke_experiment(), "model.backbones.5.name=x"))
+    assert "command line: model.backbones.5: no such list position" in err

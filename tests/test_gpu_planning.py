@@ -1,6 +1,6 @@
-"""GPU placement on a real local Ray cluster that declares two GPUs (this machine has none):
-fractional GPUs pack several one-worker trials on one GPU; DDP trials on a shared GPU are
-refused at validation."""
+"""GPU placement on a real local Ray cluster that declares two fake GPUs (``tests.gpus``: Ray
+hands them out, torch sees none): fractional GPUs pack several one-worker trials on one GPU;
+DDP trials on a shared GPU are refused at validation. tests/test_gpu.py trains on a real one."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from ray_pipeline.hpo.results import HpoResult
 from ray_pipeline.loading import load_config
 from ray_pipeline.resources import cluster_nodes, plan_trials
 from tests.conftest import MakeExp
+from tests.gpus import fake_ids, start_ray
 
 pytestmark = pytest.mark.slow
 
@@ -24,7 +25,7 @@ pytestmark = pytest.mark.slow
 def two_declared_gpus() -> Iterator[None]:
     import ray
 
-    ray.init(num_cpus=4, num_gpus=2, include_dashboard=False)
+    start_ray(num_cpus=4, num_gpus=2, include_dashboard=False)
     yield
     ray.shutdown()
 
@@ -42,7 +43,7 @@ def test_half_a_gpu_per_trial_packs_four_trials_on_two_gpus(
     trials = read_json(variant / "hpo.json", HpoResult).trials
     assert [t.state for t in trials] == ["COMPLETE"] * 4
     per_gpu = Counter(gpu for t in trials for gpu in t.folds[0].gpu_ids)
-    assert per_gpu == {"0": 2, "1": 2}, per_gpu  # two half-GPU trials on each GPU
+    assert per_gpu == dict.fromkeys(fake_ids(2).split(","), 2), per_gpu  # two on each GPU
 
 
 def test_ddp_on_a_shared_gpu_is_refused_at_validate(

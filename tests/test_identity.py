@@ -21,7 +21,16 @@ from ray_pipeline.identity import (
 )
 from ray_pipeline.loading import load_config
 from ray_pipeline.schema import PipelineConfig, SamplerConfig
+from ray_pipeline.schema.training import DROPOUT_MASKS_ENV
 from tests.conftest import SMOKE, MakeExp
+
+
+@pytest.fixture(autouse=True)
+def schema_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keys of configs as they are written, without this machine's choice of CPU dropout masks
+    (RAY_PIPELINE_CPU_DROPOUT_MASKS, which the suite may run with: tests/conftest.py)."""
+    monkeypatch.delenv(DROPOUT_MASKS_ENV, raising=False)
+
 
 _HASH_SCRIPT = """
 import sys

@@ -50,13 +50,19 @@ class BenchmarkInputs:
 
 
 def plan_actors(settings: BenchmarkSettings, nodes: list[Node]) -> ActorPlan:
-    """One actor per device slot: a GPU each on CUDA, ``cpus_per_actor`` CPUs each otherwise."""
-    gpus = sum(math.floor(n.gpus) for n in nodes)
+    """One actor per device slot: a GPU each on CUDA, ``cpus_per_actor`` CPUs each otherwise.
+    CUDA counts the GPUs torch can use (``Node.cuda``): ``device`` null is CUDA where it can."""
+    gpus = sum(math.floor(n.cuda_gpus) for n in nodes)
     if settings.device == "cuda" or (settings.device is None and gpus > 0):
         if gpus == 0:
+            declared = sum(math.floor(n.gpus) for n in nodes)
             raise ConfigError.at(
                 "benchmark.benchmarking.device",
-                "cuda was asked for, but the Ray cluster has no GPUs; set device: cpu or null",
+                f"cuda was asked for, but torch cannot use the Ray cluster's {declared} GPU(s) "
+                "(torch is built without CUDA, or sees no CUDA device on this node); set "
+                "device: cpu or null"
+                if declared
+                else "cuda was asked for, but the Ray cluster has no GPUs; set device: cpu or null",
             )
         return ActorPlan(slots=gpus, cpus=0.0, gpus=1.0)
     need = settings.cpus_per_actor

@@ -7,6 +7,7 @@ and machine computes the same splits: a fold's indices follow from (data, seed, 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -79,6 +80,23 @@ def local_files_present(data: DataConfig) -> bool:
     return data.format != "huggingface" and all(p.is_file() for p in files if p is not None)
 
 
+def check_local_files(data: DataConfig) -> bool:
+    """For ``validate``: refuse (exit 2, as reading the data in ``run`` would) a configured
+    split file that does not exist, unless it lies in the data cache (``{data_cache}``: the
+    demo's files, fetched later by ``ray-pipeline data fetch-demo``). Returns whether the
+    data is local files that all exist, so that reading them is cheap and offline."""
+    if data.format != "huggingface":
+        for role in ("train", "validation", "test"):
+            path: Path | None = getattr(data, f"{role}_file")
+            if path is not None and not path.is_file() and not _in_data_cache(path):
+                _check_exists(path, f"data.{role}_file")
+    return local_files_present(data)
+
+
+def _in_data_cache(path: Path) -> bool:
+    return Path(os.path.abspath(path)).is_relative_to(os.path.abspath(data_cache_dir()))
+
+
 def read_labelled_file(
     data: DataConfig, path: Path, where: str, labels: tuple[str, ...]
 ) -> Examples:
@@ -97,7 +115,7 @@ def _check_exists(path: Path, where: str) -> None:
     if path.is_file():
         return
     fix = f"check {where}"
-    if path.is_relative_to(data_cache_dir()):
+    if _in_data_cache(path):
         fix = "fetch the demo data first: `ray-pipeline data fetch-demo`"
     raise ConfigError.at(where, f"{path} not found; {fix}")
 

@@ -4,8 +4,9 @@ settings: ``schema/training.py``)."""
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
@@ -23,7 +24,7 @@ from ray_pipeline.schema.search import (
     grid_size,
     in_space,
 )
-from ray_pipeline.schema.training import TrainingParams
+from ray_pipeline.schema.training import DROPOUT_MASKS_ENV, DropoutMasks, TrainingParams
 
 
 class LatencyObjective(Section):
@@ -233,6 +234,25 @@ class HpoConfig(Section):
     def folds(self) -> int:
         """Fits per trial: ``k_folds`` with cv, one with holdout."""
         return 1 if self.evaluation == "holdout" else self.k_folds
+
+    @model_validator(mode="before")
+    @classmethod
+    def _machine_dropout_masks(cls, data: Any) -> Any:
+        """``training.cpu_dropout_masks`` from $RAY_PIPELINE_CPU_DROPOUT_MASKS where the config
+        leaves it out. Applied to configs only: a record's training settings keep the default
+        they were written with."""
+        masks = os.environ.get(DROPOUT_MASKS_ENV)
+        if not masks or not isinstance(data, dict):
+            return data
+        if masks not in get_args(DropoutMasks):
+            raise ValueError(
+                f"{DROPOUT_MASKS_ENV}={masks!r} in the environment: set it to torch or numpy, "
+                "or unset it"
+            )
+        training = data.get("training", {})
+        if not isinstance(training, dict) or "cpu_dropout_masks" in training:
+            return data
+        return {**data, "training": {**training, "cpu_dropout_masks": masks}}
 
     @field_validator("sampler", mode="before")
     @classmethod

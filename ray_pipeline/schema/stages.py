@@ -48,7 +48,8 @@ class BenchmarkSettings(Section):
     """Sequence length of the timed inputs (null: each trial's own ``max_length``, as when
     latency is an HPO objective and ``max_length`` is searched)."""
     device: Literal["cpu", "cuda"] | None = None
-    """null: CUDA if the cluster has GPUs, else CPU."""
+    """null: CUDA if the cluster has GPUs that torch can use (``resources.torch_uses_gpus``),
+    else CPU."""
     precision: Precision | None = None
     """Precision of the timed inference (the model is cast to it). null: the precision the
     trial trained in, ``auto`` resolved on the benchmark's device (bf16 on GPUs that have it,
@@ -136,7 +137,8 @@ class FinalResources(Section):
     """CPUs each worker reserves and trains with as torch threads (null: on CPUs the largest
     node's cores; on GPUs ``resources.cpus_per_worker``, at most the CPUs per GPU)."""
     gpus_per_worker: float | None = Field(default=None, ge=0)
-    """GPUs each worker reserves (null: 1 when the cluster has GPUs, else 0)."""
+    """GPUs each worker reserves (null: 1 when the cluster has GPUs that torch can use, else 0:
+    ``resources.torch_uses_gpus``)."""
 
     @model_validator(mode="after")
     def _whole_gpus(self) -> FinalResources:

@@ -19,6 +19,10 @@ LrSchedule = Literal["linear", "cosine", "constant_with_warmup"]
 DropoutMasks = Literal["torch", "numpy"]
 """Who draws dropout's masks while training on a CPU: ``ray_pipeline.dropout_masks``."""
 
+DROPOUT_MASKS_ENV = "RAY_PIPELINE_CPU_DROPOUT_MASKS"
+"""This machine's ``hpo.training.cpu_dropout_masks`` for a config that does not set it (the
+schema's ``HpoConfig`` applies it; unset: ``torch``)."""
+
 
 class TrainingParams(Section):
     learning_rate: float = Field(default=5e-5, gt=0)
@@ -75,7 +79,9 @@ class TrainingParams(Section):
     EPYC it saved ~72 ms of a ~580 ms two-thread MiniLM step (the demo's refit took 0.578x of
     one thread's time with it, 0.611x without: docs/final-training.md). Seeded results then
     depend on the CPU's vendor (NumPy's masks on AMD, torch's on Intel). No effect on GPUs.
-    Not part of the study key while torch."""
+    Not part of the study key while torch. A config that does not set it takes
+    $RAY_PIPELINE_CPU_DROPOUT_MASKS where that is set (a machine's choice: the test suite runs
+    with either)."""
 
     @property
     def evaluation_batch(self) -> int:
