@@ -167,4 +167,4 @@ def test_killed_final_training_process_resumes_from_its_epoch_checkpoint(
     assert [e.epoch for e in metrics.epochs] == list(range(epochs))  # each epoch exactly once
     assert len(metrics.failures) == 1, metrics.failures  # the lost process, recorded once
     assert metrics.refit is not None and metrics.refit.backend == "task"
-    assert_model_classifies(variant / "model")
+    assert_model_classifies(variant / "model", learned=True)  # 15 epochs at 2e-4
