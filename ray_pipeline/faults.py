@@ -126,15 +126,19 @@ def train_failure_config(max_failures: int) -> Any:
 
 def train_failure_callback(log: Path | None, trial: int | None, label: str, then: str) -> Any:
     """A Ray Train callback that prints (``label: ... failed (cause); then``) and records each
-    worker-group failure in ``log`` (None: prints only)."""
+    worker-group failure in ``log`` (None: prints only): once, with the cause of every rank
+    that raised (a lost rank 1 also fails rank 0's all-reduce: one failure, not two)."""
     from ray.train.v2.api.callback import UserCallback
 
     class _RecordFailures(UserCallback):
         def after_exception(self, run_context: Any, worker_exceptions: dict[int, Any]) -> None:
-            for rank, error in sorted(worker_exceptions.items()):
-                cause = f"rank {rank}: {cause_of(error)}"
-                print(f"{label}: worker group failed ({cause}); {then}")
-                if log is not None:
-                    record_failure(log, trial, "train", cause)
+            causes = [
+                f"rank {rank}: {cause_of(error)}"
+                for rank, error in sorted(worker_exceptions.items())
+            ]
+            cause = "; ".join(causes)
+            print(f"{label}: worker group failed ({cause}); {then}")
+            if log is not None:
+                record_failure(log, trial, "train", cause)
 
     return _RecordFailures()
