@@ -318,6 +318,12 @@ def log(
     )
 
 
+def logged(run: RunRef, key: str) -> dict[int, float]:
+    """What ``run`` logged as metric ``key``: the latest value at each step."""
+    history = _client(run.tracking_uri).get_metric_history(run.run_id, key)
+    return {m.step: m.value for m in sorted(history, key=lambda m: m.timestamp)}
+
+
 def log_history(run: RunRef, points: Mapping[int, Mapping[str, Any]]) -> None:
     """Log learning curves to ``run`` in one call: each step's numeric metrics at that step
     (``{epoch: {"train_loss": ..., ...}}``; None and other non-numbers skipped)."""

@@ -18,10 +18,14 @@ M = TypeVar("M", bound=BaseModel)
 def last_checkpoints(root: Path, trial_run: str | None, tune_trial: str = "*") -> list[Path]:
     """The checkpoints a retry would resume from: for a Ray Train run (``trial_run`` under
     ``root``), the latest one its controller registered (it can lag behind what is on disk);
-    for Tune trials, every one on disk under ``root/<tune_trial>/`` (Tune registers a trial's
-    report before it returns)."""
+    for Tune trials, the oldest one on disk under each ``root/<tune_trial>/``. A trial persists
+    a checkpoint before Tune registers it, and reports the next only after that
+    (``synchronous_result_reporting``); Tune deletes the older one once it registered the newer
+    (``num_to_keep=1``). So a second checkpoint on disk is one not registered yet, which a kill
+    would lose (the retry resumes from the first)."""
     if trial_run is None:
-        return list(root.glob(f"{tune_trial}/checkpoint_*"))
+        oldest = [min(t.glob("checkpoint_*"), default=None) for t in root.glob(tune_trial)]
+        return [c for c in oldest if c is not None]
     try:
         snapshot = json.loads((root / trial_run / "checkpoint_manager_snapshot.json").read_text())
     except (OSError, ValueError):

@@ -1,5 +1,6 @@
 """The HPO stage on a real local Ray cluster: results, run modes, resources, DDP workers; and the
-fold loop's choice of a trial's best fold, on fold scores given by the test."""
+fold loop's choice of a trial's best fold, on fold scores given by the test, and its tracking
+of a fold a retry trained again."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 
+from ray_pipeline import run_tree, tracking
 from ray_pipeline.artifacts import read_json
 from ray_pipeline.benchmark.results import BenchmarkResult
 from ray_pipeline.cli import main
@@ -18,9 +20,11 @@ from ray_pipeline.data.splits import fold_indices, load_splits
 from ray_pipeline.direction import Direction
 from ray_pipeline.final.results import FinalMetrics, Lineage
 from ray_pipeline.hpo.results import FoldState, HpoResult, TrialRecord, read_hpo
-from ray_pipeline.hpo.worker import _with_fold
+from ray_pipeline.hpo.trial_report import fold_run_metrics
+from ray_pipeline.hpo.worker import _track_fold, _with_fold
 from ray_pipeline.loading import load_config
 from ray_pipeline.paths import VariantFiles
+from ray_pipeline.run_tree import Origin
 from ray_pipeline.schema import PipelineConfig
 from ray_pipeline.selection import SelectionResult
 from ray_pipeline.training import evaluate
@@ -352,6 +356,41 @@ def test_the_best_fold_is_the_argmax_of_its_folds(
     assert [f.objective for f in state.folds] == scores
     assert (best_model / "model").read_text() == (best_model / "tokenizer").read_text()
     assert (best_model / "model").read_text() == str(chosen)  # that fold's model, no other
+
+
+def test_a_fold_logged_before_its_process_was_lost_is_not_logged_again(tmp_path: Path) -> None:
+    # A trial process lost after logging a fold and before Tune registered the fold's
+    # checkpoint trains the fold's last epoch again on its retry and tracks the fold again.
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    exp = tracking.experiment_id(uri, "t", (tmp_path / "artifacts").as_uri())
+    tags = tracking.run_tags("variant", variant="hpo_x")
+    parent = tracking.open_run(uri, exp, "hpo_x", tags, tags, "driver")
+    origin = Origin(backbone="x", variant="hpo_x", study_key_hash="s", trial=0, trial_key_hash="k")
+    trial_run = run_tree.open_trial_run(parent, origin)
+    job = SimpleNamespace(
+        trial_run=trial_run, origin=lambda: origin, study=SimpleNamespace(metric="macro_f1")
+    )
+    client = MlflowClient(uri)
+
+    def objectives(fold: int) -> list[float]:
+        fold_run = run_tree.open_fold_run(trial_run, origin, fold)
+        return [m.value for m in client.get_metric_history(fold_run.run_id, "objective")]
+
+    track = cast(Any, _track_fold)
+    track(job, fold_result(0, 0.8))
+    track(job, fold_result(0, 0.8))  # the retry scored the same: logged once
+    # Lost between the fold's run and the trial's fold_objective: only the latter is missing.
+    fold_1 = run_tree.open_fold_run(trial_run, origin, 1)
+    tracking.log(fold_1, metrics=fold_run_metrics(fold_result(1, 0.6)))
+    track(job, fold_result(1, 0.6))
+    track(job, fold_result(2, 0.5))
+    track(job, fold_result(2, 0.55))  # the retry scored differently: the latest counts
+    assert [objectives(f) for f in range(3)] == [[0.8], [0.6], [0.5, 0.55]]
+    history = client.get_metric_history(trial_run.run_id, "fold_objective")
+    assert sorted((m.step, m.value) for m in history) == [(0, 0.8), (1, 0.6), (2, 0.5), (2, 0.55)]
+    assert tracking.logged(trial_run, "fold_objective") == {0: 0.8, 1: 0.6, 2: 0.55}
 
 
 @pytest.mark.slow

@@ -260,14 +260,26 @@ def _with_last_validation(
 
 
 def _track_fold(job: TrialJob, result: FoldResult) -> None:
-    """The fold's MLflow run under the trial's run (rank 0 holds the fold's metrics)."""
+    """The fold's MLflow run under the trial's run (rank 0 holds the fold's metrics). A fold
+    that logged this objective already is not logged again: its process was lost after
+    logging it and before Tune registered the fold's checkpoint, and the retry trained the
+    fold's last epoch again from the epoch checkpoint before. A retry that scored differently
+    logs again: the latest value is the one ``hpo.json`` holds."""
     if job.trial_run is None:
         return
     opened = run_tree.open_fold_run(job.trial_run, job.origin(), result.fold)
     with tracking.tracked(opened) as run:
-        tracking.log(run, metrics=fold_run_metrics(result))
-        tracking.log_history(run, result.curves(job.study.metric))
-    tracking.log(job.trial_run, metrics={"fold_objective": result.objective}, step=result.fold)
+        if not _logged_as(tracking.logged(run, "objective").get(0), result.objective):
+            tracking.log(run, metrics=fold_run_metrics(result))
+            tracking.log_history(run, result.curves(job.study.metric))
+    earlier = tracking.logged(job.trial_run, "fold_objective").get(result.fold)
+    if not _logged_as(earlier, result.objective):
+        tracking.log(job.trial_run, metrics={"fold_objective": result.objective}, step=result.fold)
+
+
+def _logged_as(logged: float | None, value: float) -> bool:
+    """Whether a value MLflow holds (None: nothing logged) is ``value`` (NaN is NaN)."""
+    return logged is not None and (logged == value or (math.isnan(logged) and math.isnan(value)))
 
 
 def train_folds(config: dict[str, Any]) -> None:
