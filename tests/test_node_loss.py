@@ -28,6 +28,7 @@ from ray_pipeline import faults
 from ray_pipeline.artifacts import read_json
 from ray_pipeline.hpo.results import FoldState, HpoResult
 from ray_pipeline.hpo.trial_report import TrialReport
+from tests.checkpoints import checkpoint_state
 from tests.conftest import REPO, SMOKE
 from tests.processes import (
     CLI,
@@ -57,20 +58,15 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 
 def _trial_between_folds_on(node: str, tune_dir: Path) -> FoldState | None:
-    """The checkpointed state of an unfinished trial whose first fold trained on ``node``: a
-    trial none of whose checkpoints holds more than one fold (an earlier checkpoint of a trial
-    that has since finished must not count: that trial has nothing left to lose)."""
-    states: dict[Path, list[FoldState]] = {}
-    for path in tune_dir.glob("round_1/trial_*/checkpoint_*/fold_state.json"):
-        try:
-            state = FoldState.model_validate_json(path.read_text())
-        except (OSError, ValueError):
-            continue
-        states.setdefault(path.parent.parent, []).append(state)
-    for trial in states.values():
-        done = max(trial, key=lambda s: len(s.folds))  # the checkpoint furthest along
-        if len(done.folds) == 1 and done.folds[0].node == node:
-            return done
+    """The state of a trial inside its second fold whose first fold trained on ``node``: its
+    only checkpoint on disk holds that one fold. Only that one is registered by Tune for sure
+    (a second one on disk may not be yet: ``tests.checkpoints.last_checkpoints``), and the
+    trial has a whole fold left to train, so a kill now makes it resume at fold 1."""
+    for trial in tune_dir.glob("round_1/trial_*"):
+        checkpoints = list(trial.glob("checkpoint_*"))
+        state = checkpoint_state(checkpoints[0], FoldState) if len(checkpoints) == 1 else None
+        if state is not None and len(state.folds) == 1 and state.folds[0].node == node:
+            return state
     return None
 
 
