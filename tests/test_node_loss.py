@@ -34,6 +34,7 @@ from tests.processes import (
     CLI,
     Cluster,
     alive_nodes,
+    kill_started,
     ray_node_env,
     start_logged,
     two_node_cluster,
@@ -58,14 +59,21 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 
 def _trial_between_folds_on(node: str, tune_dir: Path) -> FoldState | None:
-    """The state of a trial inside its second fold whose first fold trained on ``node``: its
-    only checkpoint on disk holds that one fold. Only that one is registered by Tune for sure
-    (a second one on disk may not be yet: ``tests.checkpoints.last_checkpoints``), and the
-    trial has a whole fold left to train, so a kill now makes it resume at fold 1."""
+    """The state of a trial early in its second fold whose first fold trained on ``node``,
+    as of a checkpoint Tune has registered. A trial's only checkpoint on disk is registered
+    when it is not the trial's first: Tune deletes the one before (``num_to_keep=1``) only once
+    it registered the newer (``tests.checkpoints.last_checkpoints``). The smoke search takes a
+    checkpoint after every epoch, so that is at the end of fold 0 or a few epochs into fold 1;
+    with most of fold 1 left, a kill now makes the trial resume in fold 1, never in fold 0 and
+    never too late (a trial that reported its last epoch is done and is not retried)."""
     for trial in tune_dir.glob("round_1/trial_*"):
         checkpoints = list(trial.glob("checkpoint_*"))
-        state = checkpoint_state(checkpoints[0], FoldState) if len(checkpoints) == 1 else None
-        if state is not None and len(state.folds) == 1 and state.folds[0].node == node:
+        if len(checkpoints) != 1 or checkpoints[0].name == "checkpoint_000000":
+            continue
+        state = checkpoint_state(checkpoints[0], FoldState)
+        if state is None or len(state.folds) != 1 or state.folds[0].node != node:
+            continue
+        if state.current is None or state.current.epochs_done <= 3:
             return state
     return None
 
@@ -86,8 +94,10 @@ def test_worker_node_lost_mid_hpo_every_trial_completes(cluster: Cluster, tmp_pa
             timeout=240,
             still_running=lambda: driver.poll() is None,
         )
-        os.killpg(cluster.worker.pid, signal.SIGKILL)  # the node goes, as a spot node would
-        cluster.worker.wait()
+        # The node goes, as a spot node would: its `ray start` and every process it started
+        # (the trial's among them: in a session of the raylet's, out of reach of os.killpg,
+        # it would go on training until it noticed its raylet gone, and could finish).
+        kill_started([cluster.worker])
         assert driver.wait(timeout=400) == 0, log.read_text()[-4000:]
     finally:
         with contextlib.suppress(OSError):
