@@ -21,6 +21,7 @@ import os
 import socket
 import threading
 import uuid
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -195,6 +196,21 @@ def acquire(path: Path, label: str) -> Lease:
         gone = held.describe() if held is not None else "an unreadable lease"
         print(f"{label}: taking over the lease of a run that is gone ({gone})")
     raise ConfigError.at(label, f"could not take the lease {path}: other runs keep taking it")
+
+
+@contextlib.contextmanager
+def holding(leases: list[tuple[Path, str]]) -> Iterator[None]:
+    """Hold every lease of ``leases`` (a lease file and its variant's label) for the block, or
+    none: ConfigError (``acquire``) at the first that another live run holds, after giving
+    back those taken."""
+    held: list[Lease] = []
+    try:
+        for path, label in leases:
+            held.append(acquire(path, label))
+        yield
+    finally:
+        for lease in reversed(held):
+            lease.release()
 
 
 def _young(path: Path) -> bool:

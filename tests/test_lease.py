@@ -16,9 +16,12 @@ from pathlib import Path
 import pytest
 
 from ray_pipeline.artifacts import read_json, write_json
+from ray_pipeline.cli import main
 from ray_pipeline.errors import ConfigError
 from ray_pipeline.hpo.results import HpoResult
 from ray_pipeline.lease import LeaseRecord, _machine, acquire, read_lease
+from ray_pipeline.loading import load_config
+from tests.builders import add_hpo_variant
 from tests.conftest import MakeExp
 from tests.processes import cli_process, kill_started
 from tests.waits import wait_for
@@ -122,3 +125,34 @@ def test_a_second_run_on_a_held_variant_exits_2_and_a_dead_holders_lease_is_take
     result = read_json(_variant(path) / "hpo.json", HpoResult)
     assert result.finished == 12
     assert not lease.exists()  # given back at the end
+
+
+@pytest.mark.slow
+def test_a_benchmark_of_a_variant_another_run_holds_exits_2_and_writes_nothing(
+    ray_cluster: None, smoke_experiment: MakeExp, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = smoke_experiment()
+    config = load_config(path)
+    free, held = (
+        add_hpo_variant(config, "tiny-bert", 0.8),
+        add_hpo_variant(config, "tiny-bert", 0.7),
+    )
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        holders = _record(holder.pid)
+        write_json(held.files.lease, holders)
+        assert main(["benchmark", "--config", str(path)]) == 2
+        said = "".join(capsys.readouterr())
+        assert f"{held.name}: another run is working on it (pid {holder.pid} " in said, said
+        # Nothing measured, and the lease it took on the free variant first is given back.
+        assert not free.files.benchmark.exists() and not held.files.benchmark.exists()
+        assert not free.files.lease.exists()
+        assert read_lease(held.files.lease) == holders
+    finally:
+        holder.kill()  # exactly the process this test started
+        holder.wait()
+    assert main(["benchmark", "--config", str(path)]) == 0
+    said = "".join(capsys.readouterr())
+    assert f"taking over the lease of a run that is gone (pid {holder.pid} " in said, said
+    assert free.files.benchmark.is_file() and held.files.benchmark.is_file()
+    assert not free.files.lease.exists() and not held.files.lease.exists()  # given back

@@ -25,6 +25,7 @@ from ray_pipeline.data.splits import load_splits, read_labelled_file, take
 from ray_pipeline.errors import ConfigError, PipelineError
 from ray_pipeline.hpo.results import TrialRecord
 from ray_pipeline.identity import benchmark_settings_hash
+from ray_pipeline.lease import holding
 from ray_pipeline.resources import Node, cluster_nodes, threads_for
 from ray_pipeline.run_mode import get_run_mode
 from ray_pipeline.schema import BenchmarkSettings, PipelineConfig
@@ -144,28 +145,42 @@ def _key(trial: TrialRecord) -> tuple[str, int]:
 
 
 def run_benchmark(config: PipelineConfig, inputs: BenchmarkInputs) -> list[BenchmarkResult]:
-    """Benchmark every variant in scope that needs it; return the benchmark of every variant
-    in scope (measured now or kept)."""
+    """Benchmark every variant in scope that needs it, holding the leases of the variants it
+    writes to (``lease.holding``: exit 2 naming the holder when another run works on one);
+    return the benchmark of every variant in scope (measured now or kept)."""
     mode = get_run_mode(config.benchmark)  # the schema resolved a null to HPO's
     targets, notes = variants_in_scope(config)
-    current = {_key(t.trial): t.current for t in targets}
+    todo = _todo(targets, mode)
+    written = {t.variant.path: t.variant for t, _ in todo}
+    with holding([(v.files.lease, v.name) for _, v in sorted(written.items())]):
+        if written:  # planned again under the leases: a run that held one may have changed it
+            targets, notes = variants_in_scope(config)
+            todo = _todo(targets, mode)
+            if not {t.variant.path for t, _ in todo} <= written.keys():
+                raise PipelineError("benchmark: other runs changed the HPO variants; try again")
+        current = {_key(t.trial): t.current for t in targets}
+        for note in notes:
+            print(f"benchmark: skipping {note}")
+        print(
+            f"benchmark: {len(targets)} trial(s) in scope, {len(todo)} to benchmark, "
+            f"{len(targets) - len(todo)} up to date ({mode})"
+        )
+        for target, reason in todo:
+            print(f"  {target.trial.label}: {reason}")
+        if todo:
+            measured = _fan_out(config, inputs, todo)
+            current.update({_key(r.trial): r for r in measured})
+    return [r for t in targets if (r := current[_key(t.trial)]) is not None]
+
+
+def _todo(targets: list[BenchmarkTarget], mode: str) -> list[tuple[BenchmarkTarget, str]]:
+    """The targets to measure, each with why."""
     todo: list[tuple[BenchmarkTarget, str]] = []
     for target in targets:
         reason = "run.mode force_new" if mode == "force_new" else target.stale
         if reason is not None:
             todo.append((target, reason))
-    for note in notes:
-        print(f"benchmark: skipping {note}")
-    print(
-        f"benchmark: {len(targets)} trial(s) in scope, {len(todo)} to benchmark, "
-        f"{len(targets) - len(todo)} up to date ({mode})"
-    )
-    for target, reason in todo:
-        print(f"  {target.trial.label}: {reason}")
-    if todo:
-        measured = _fan_out(config, inputs, todo)
-        current.update({_key(r.trial): r for r in measured})
-    return [r for t in targets if (r := current[_key(t.trial)]) is not None]
+    return todo
 
 
 def _fan_out(
