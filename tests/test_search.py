@@ -1,7 +1,7 @@
 """The search on a real local Ray cluster: samplers run the smoke study through Tune, a new
-variant starts from the earlier one's best and from hand-written points, a time budget stops
-launching trials and a later run continues the same study (searching on a subset of the
-rows)."""
+variant starts from the earlier one's best, hand-written points and the untuned recipe, a time
+budget stops launching trials and a later run continues the same study (searching on a subset
+of the rows)."""
 
 from __future__ import annotations
 
@@ -75,7 +75,7 @@ def test_samplers_run_the_smoke_study(
     assert not (tmp_path / "outputs" / "t" / "mlflow.db").exists()  # tracking off: no store
 
 
-def test_a_new_variant_runs_the_earlier_best_and_the_enqueued_points_first(
+def test_a_new_variant_runs_the_earlier_best_the_enqueued_points_and_the_recipe_first(
     ray_cluster: None, smoke_experiment: MakeExp, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = str(smoke_experiment())
@@ -84,20 +84,30 @@ def test_a_new_variant_runs_the_earlier_best_and_the_enqueued_points_first(
     assert earlier.best is not None
     scores = [t.objective_mean for t in earlier.trials]
     assert len(set(scores)) == 2, scores  # trials that differ: "the best" means something
-    capsys.readouterr()
+    # the smoke space starts at 1e-4: the schema's learning rate 5e-5 lies outside it
+    assert (
+        "defaults_first: not run, the search space leaves out hpo.training's learning_rate 5e-05"
+        in capsys.readouterr().out
+    )
+    assert all(t.enqueued_from is None for t in earlier.trials)
 
-    args = ["hpo", "--config", path, *QUICK, "hpo.num_samples=3", "hpo.run.mode=force_new"]
+    # a recipe inside the space (learning rate 0.003, weight decay 0) runs after the others
+    args = ["hpo", "--config", path, *QUICK, "hpo.num_samples=4", "hpo.run.mode=force_new"]
     args += ["hpo.warm_start=1", "hpo.enqueue=[{learning_rate: 0.0005}]"]
+    args += ["hpo.training.learning_rate=0.003"]
     assert main(args) == 0
     out = capsys.readouterr().out
     v2 = read_json(_variant(tmp_path, "hpo_tiny-bert_v2") / "hpo.json", HpoResult)
-    first, second, third = v2.trials
+    first, second, third, fourth = v2.trials
     assert first.params == earlier.best.params
     assert first.enqueued_from == earlier.best.label
     assert f"warm start from {earlier.best.label}" in out
     assert second.params["learning_rate"] == 0.0005 and "weight_decay" in second.params
     assert second.enqueued_from == "hpo.enqueue[0]"
-    assert third.enqueued_from is None  # sampled
+    assert third.params == {"learning_rate": 0.003, "weight_decay": 0.0}
+    assert third.enqueued_from == "hpo.training (defaults_first)"
+    assert "trial 2 runs hpo.training's values first" in out
+    assert fourth.enqueued_from is None  # sampled
     assert all(t.state == "COMPLETE" for t in v2.trials)
 
 

@@ -19,6 +19,7 @@ from ray_pipeline.hpo.results import TrialRecord
 from ray_pipeline.hpo.search import Budget
 from ray_pipeline.hpo.search_space import DefineSpace, fit_point, make_sampler
 from ray_pipeline.hpo.stage import search_data
+from ray_pipeline.hpo.starts import untuned_point
 from ray_pipeline.identity import study_key
 from ray_pipeline.loading import load_config
 from ray_pipeline.schema import HpoConfig, SamplerConfig
@@ -314,6 +315,43 @@ def test_points_the_search_would_ignore_or_choke_on_are_refused() -> None:
     _hpo(search_space=conditional, enqueue=[{"lr_schedule": "cosine", "warmup_ratio": 0.1}])
     with pytest.raises(ValueError, match=r"enqueue\[0\].warmup_ratio: 0.15 is outside"):
         _hpo(enqueue=[{"warmup_ratio": 0.15}])  # between the steps 0.1 and 0.2
+
+
+def test_the_untuned_point_is_hpo_trainings_values_when_the_space_holds_every_one() -> None:
+    # SPACE holds the schema's defaults (learning rate 5e-5, warm-up 0, batch 16)
+    assert untuned_point(_hpo()) == (
+        {"learning_rate": 5e-5, "warmup_ratio": 0.0, "batch_size": 16},
+        [],
+    )
+    # the file's own fixed values are the recipe, not the schema's
+    tuned = _hpo(training={"learning_rate": 3e-3, "warmup_ratio": 0.1, "batch_size": 8})
+    assert untuned_point(tuned)[0] == {"learning_rate": 3e-3, "warmup_ratio": 0.1, "batch_size": 8}
+    # one value outside the space: nothing to run, and the caller is told which
+    narrow = {**SPACE, "learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2}}
+    assert untuned_point(_hpo(search_space=narrow)) == (
+        {"warmup_ratio": 0.0, "batch_size": 16},
+        ["learning_rate 5e-05"],
+    )
+    off_grid = _hpo(training={"warmup_ratio": 0.15})  # between the steps 0.1 and 0.2
+    assert untuned_point(off_grid)[1] == ["warmup_ratio 0.15"]
+    # a conditional parameter counts only where its condition holds at the recipe's values
+    conditional = {
+        **SPACE,
+        "lr_schedule": {"type": "categorical", "choices": ["linear", "cosine"]},
+        "warmup_ratio": {
+            "type": "float",
+            "low": 0.05,
+            "high": 0.2,
+            "when": {"lr_schedule": ["cosine"]},
+        },
+    }
+    linear = _hpo(search_space=conditional)  # warm-up 0 is outside, but linear never samples it
+    assert untuned_point(linear) == (
+        {"learning_rate": 5e-5, "batch_size": 16, "lr_schedule": "linear"},
+        [],
+    )
+    cosine = _hpo(search_space=conditional, training={"lr_schedule": "cosine"})
+    assert untuned_point(cosine)[1] == ["warmup_ratio 0.0"]
 
 
 def _trial(number: int, objective: float, latency: float) -> TrialRecord:
