@@ -13,7 +13,7 @@ from ray_pipeline.artifacts import read_json
 from ray_pipeline.hpo.results import FoldState, HpoResult
 from ray_pipeline.hpo.tune_state import checkpoint_index, checkpoints_after, recorded_checkpoints
 from ray_pipeline.layout_names import TUNE_CHECKPOINT_PREFIX
-from ray_pipeline.paths import trial_name
+from ray_pipeline.paths import trial_name, tune_snapshots
 from tests.checkpoints import checkpoint_state, fold_histories, resumed_at
 from tests.conftest import MakeExp
 from tests.processes import cli_process, kill_started
@@ -154,3 +154,54 @@ def test_sigterm_ends_open_runs_killed(smoke_experiment: MakeExp, tmp_path: Path
     assert not [kind for kind, status in final if status == "RUNNING"]
     variant = tmp_path / "outputs" / "t" / "hpo" / "tiny-bert" / "hpo_tiny-bert" / "variant.json"
     assert '"status": "failed"' in variant.read_text()  # resume_if_incomplete continues it
+
+
+def test_a_lowered_num_samples_caps_the_round_a_resume_restores(
+    smoke_experiment: MakeExp, tmp_path: Path
+) -> None:
+    """Tune restores an interrupted round with the trial count its run wanted (50 here); the
+    resumed run's num_samples (3) still caps it: no trial is launched past it."""
+    path = smoke_experiment()
+    variant = tmp_path / "outputs" / "t" / "hpo" / "tiny-bert" / "hpo_tiny-bert"
+    db, tune = variant / "study.db", variant / "tune" / "round_1"
+    quick = ["hpo.training.epochs=1", "tracking.enabled=false"]
+    first = _hpo(path, "hpo.num_samples=50", *quick, log=tmp_path / "first.log")
+
+    def finished() -> int:
+        return sum(state in ("COMPLETE", "PRUNED") for _, state in study_states(db))
+
+    def three_and_a_snapshot() -> bool:  # a round Tune can restore, past the lowered count
+        return finished() >= 3 and bool(
+            tune.is_dir() and tune_snapshots([p.name for p in tune.iterdir()])
+        )
+
+    wait_for(
+        three_and_a_snapshot,
+        "3 finished trials and a Tune snapshot",
+        240,
+        lambda: first.poll() is None,
+    )
+    kill_started([first])  # the driver and everything it started, its Ray cluster too
+    asked = [number for number, _ in study_states(db)]
+    assert len(asked) < 50
+
+    log = tmp_path / "second.log"
+    second = _hpo(path, "hpo.num_samples=3", *quick, log=log)
+
+    def ended_or_grew() -> bool:  # fails fast: a new trial shows before the run could end
+        return second.poll() is not None or len(study_states(db)) > len(asked)
+
+    try:
+        wait_for(ended_or_grew, "the resumed run to end", 300)
+    finally:
+        if second.poll() is None:
+            kill_started([second])
+    output = log.read_text()
+    assert [number for number, _ in study_states(db)] == asked, output[-3000:]  # none launched
+    assert second.returncode == 0, output[-3000:]
+    assert "resuming hpo_tiny-bert (round_1)" in output
+    assert "reach hpo.num_samples 3: the restored round launches no new trial" in output
+    states = dict(study_states(db))
+    assert all(state in ("COMPLETE", "PRUNED", "FAIL") for state in states.values()), states
+    result = read_json(variant / "hpo.json", HpoResult)
+    assert result.finished >= 3 and result.num_samples == 3

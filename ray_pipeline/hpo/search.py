@@ -24,7 +24,7 @@ from ray.tune.search import Searcher
 from ray_pipeline import monitoring
 from ray_pipeline.direction import Direction
 from ray_pipeline.hpo.search_space import DefineSpace
-from ray_pipeline.hpo.study import load_study
+from ray_pipeline.hpo.study import TRIAL_CAP, load_study, trials_taken
 from ray_pipeline.hpo.trial_report import TrialReport
 
 if TYPE_CHECKING:
@@ -137,6 +137,9 @@ class StudySearch(Searcher):
         if reason is not None:
             self.stop_reason = reason
             return Searcher.FINISHED
+        cap = self._study.user_attrs.get(TRIAL_CAP)
+        if cap is not None and trials_taken(self._study) >= cap:
+            return Searcher.FINISHED  # a restored round of a run that wanted more trials
         trial = self._study.ask()
         self._space(trial)
         self._numbers[trial_id], self._trials[trial_id] = trial.number, trial

@@ -28,11 +28,13 @@ from ray_pipeline.hpo.results import (
 from ray_pipeline.hpo.starts import enqueue_starts
 from ray_pipeline.hpo.study import (
     FINISHED_STATES,
+    TRIAL_CAP,
     best_so_far,
     check_study_holds,
     count_finished,
     fail_running,
     open_study,
+    trials_taken,
 )
 from ray_pipeline.hpo.trial_report import TrialOutcome
 from ray_pipeline.identity import stable_hash, study_key
@@ -262,8 +264,15 @@ def _run_rounds(
 
     outcomes: dict[int, TrialOutcome] = {}
     rounds = in_round_order(children(tune_dir))
+    study.set_user_attr(TRIAL_CAP, hpo.num_samples)  # this run's, also for a restored round
     if decision.action == "resume" and rounds:
         print(f"{label}: resuming {variant.name} ({rounds[-1]})")
+        taken = trials_taken(study)
+        if taken >= hpo.num_samples:
+            print(
+                f"{label}: {taken} trial(s) finished or running reach hpo.num_samples "
+                f"{hpo.num_samples}: the restored round launches no new trial"
+            )
         grid = tuning.restore_round(tune_round(rounds[-1]))
         outcomes |= tuning.round_results(grid, where) if grid is not None else {}
     stale = fail_running(study)
