@@ -40,10 +40,11 @@ browser:
 # it is missing. The tests run in TEST_WORKERS pytest-xdist processes, a module per process at a
 # time (its Ray cluster fixture is the module's), then those marked `alone` (`ray start` nodes, a
 # 2-worker DDP group) one by one. On 2 cores 2 workers kept both cores busy (1.86 of 2, one
-# process: 1.28).
+# process: 1.28). --no-loadscope-reorder keeps the order tests/conftest.py gives the modules
+# (the longest first); xdist's own order (most tests first) left the one-test demo module last.
 TEST_WORKERS ?= 2
 test: lint demo-data browser
-	RAY_PIPELINE_REQUIRE_DEMO=1 $(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile -m "not alone" --durations=15
+	RAY_PIPELINE_REQUIRE_DEMO=1 $(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "not alone" --durations=15
 	RAY_PIPELINE_REQUIRE_DEMO=1 $(BIN)/pytest -m alone --durations=6
 
 # The whole pipeline on the embedded demo (6-12 min on 2 CPU cores), then the report.

@@ -179,12 +179,40 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         pytest.skip(why)
 
 
+LONGEST_FIRST = (
+    "test_exit_codes.py",
+    "test_hpo_resume.py",
+    "test_hpo_ray.py",
+    "test_pipeline_demo.py",
+    "test_lease.py",
+    "test_benchmark.py",
+    "test_faults.py",
+    "test_best_epoch.py",
+    "test_holdout.py",
+    "test_relocatable.py",
+    "test_search.py",
+    "test_gpu_planning.py",
+    "test_init.py",
+)
+"""The modules whose tests took longest in CI (``--durations`` of a fresh clone, cc307b6), the
+longest first: started first, so that no long one is left for the end while the other xdist
+process has nothing to do (``make test`` passes ``--no-loadscope-reorder``: xdist's default
+order, most tests first, put the one-test modules such as the demo's last)."""
+
+
 @pytest.hookimpl(trylast=True)  # after -k and -m have deselected
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """A selected test that asks for a Ray cluster must be marked ``slow``. Modules with a
-    slow test run first, so that under pytest-xdist the quick ones fill in at the end."""
+    """A selected test that asks for a Ray cluster must be marked ``slow``. The longest modules
+    run first (``LONGEST_FIRST``), then the others with a slow test, so that under
+    pytest-xdist the quick ones fill in at the end."""
     slow_modules = {item.path for item in items if item.get_closest_marker("slow") is not None}
-    items.sort(key=lambda item: item.path not in slow_modules)  # stable: order kept within
+
+    def order(item: pytest.Item) -> tuple[int, bool]:
+        name = item.path.name
+        rank = LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+        return rank, item.path not in slow_modules
+
+    items.sort(key=order)  # stable: the order within a module is kept
     unmarked = [
         item.nodeid
         for item in items
