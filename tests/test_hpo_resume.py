@@ -200,7 +200,7 @@ def test_a_lowered_num_samples_caps_the_round_a_resume_restores(
     assert [number for number, _ in study_states(db)] == asked, output[-3000:]  # none launched
     assert second.returncode == 0, output[-3000:]
     assert "resuming hpo_tiny-bert (round_1)" in output
-    assert "reach hpo.num_samples 3: the restored round launches no new trial" in output
+    assert "finished reach hpo.num_samples 3: a restored round launches no new trial" in output
     states = dict(study_states(db))
     assert all(state in ("COMPLETE", "PRUNED", "FAIL") for state in states.values()), states
     result = read_json(variant / "hpo.json", HpoResult)

@@ -175,7 +175,8 @@ class TrialRecord(Record):
     at batch 1 and its ``max_length``."""
     enqueued_from: str | None = None
     """Where its parameters came from when they were enqueued rather than sampled: an earlier
-    variant's trial (``hpo.warm_start``) or ``hpo.enqueue[i]``."""
+    variant's trial (``hpo.warm_start``), ``hpo.enqueue[i]``, or ``hpo.training
+    (defaults_first)`` (the untuned recipe)."""
     stopped_by: str | None = None
     """Why it stopped before its last fold, when fold racing stopped it (``hpo.racing``); a
     scheduler's stop (``hpo.scheduler``) is told by ``epochs_trained``."""

@@ -24,7 +24,7 @@ from ray.tune.search import Searcher
 from ray_pipeline import monitoring
 from ray_pipeline.direction import Direction
 from ray_pipeline.hpo.search_space import DefineSpace
-from ray_pipeline.hpo.study import TRIAL_CAP, load_study, trials_taken
+from ray_pipeline.hpo.study import FINISHED_STATES, TRIAL_CAP, load_study
 from ray_pipeline.hpo.trial_report import TrialReport
 
 if TYPE_CHECKING:
@@ -138,13 +138,22 @@ class StudySearch(Searcher):
             self.stop_reason = reason
             return Searcher.FINISHED
         cap = self._study.user_attrs.get(TRIAL_CAP)
-        if cap is not None and trials_taken(self._study) >= cap:
+        if cap is not None and self._taken() >= cap:
             return Searcher.FINISHED  # a restored round of a run that wanted more trials
         trial = self._study.ask()
         self._space(trial)
         self._numbers[trial_id], self._trials[trial_id] = trial.number, trial
         monitoring.trial_event(self._study_name, "started")
         return self._config(trial_id)
+
+    def _taken(self) -> int:
+        """Trials that count against ``TRIAL_CAP``: the study's finished ones and this search's
+        running ones (a trial a stopped run asked after Tune's last snapshot is not restored:
+        it does not count)."""
+        states = {t.number: t.state.name for t in self._study.get_trials(deepcopy=False)}
+        live = {n for i, n in self._numbers.items() if i not in self._completed}
+        finished = sum(state in FINISHED_STATES for state in states.values())
+        return finished + sum(states.get(n) == "RUNNING" for n in live)
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         from optuna.exceptions import UpdateFinishedTrialError

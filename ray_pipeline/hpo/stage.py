@@ -34,7 +34,6 @@ from ray_pipeline.hpo.study import (
     count_finished,
     fail_running,
     open_study,
-    trials_taken,
 )
 from ray_pipeline.hpo.trial_report import TrialOutcome
 from ray_pipeline.identity import stable_hash, study_key
@@ -267,11 +266,11 @@ def _run_rounds(
     study.set_user_attr(TRIAL_CAP, hpo.num_samples)  # this run's, also for a restored round
     if decision.action == "resume" and rounds:
         print(f"{label}: resuming {variant.name} ({rounds[-1]})")
-        taken = trials_taken(study)
-        if taken >= hpo.num_samples:
+        done = count_finished(study)
+        if done >= hpo.num_samples:
             print(
-                f"{label}: {taken} trial(s) finished or running reach hpo.num_samples "
-                f"{hpo.num_samples}: the restored round launches no new trial"
+                f"{label}: {done} trial(s) finished reach hpo.num_samples {hpo.num_samples}: a "
+                "restored round launches no new trial"
             )
         grid = tuning.restore_round(tune_round(rounds[-1]))
         outcomes |= tuning.round_results(grid, where) if grid is not None else {}

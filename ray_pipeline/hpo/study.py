@@ -17,8 +17,8 @@ FINISHED_STATES = ("COMPLETE", "PRUNED")
 
 TRIAL_CAP = "ray_pipeline.num_samples"
 """Study user attribute: the ``hpo.num_samples`` of the run searching it. The searcher stops
-launching trials once the study's finished and running trials reach it, also in a Tune round
-restored from a run that wanted more (Tune restores the round's own trial count)."""
+launching trials once the study's finished trials and its own running ones reach it, also in a
+Tune round restored from a run that wanted more (Tune restores the round's own trial count)."""
 
 
 def study_storage(files: VariantFiles, variant: str, checkpoint: StudyCheckpoint) -> BaseStorage:
@@ -133,13 +133,6 @@ def load_study(
 def count_finished(study: optuna.Study) -> int:
     """Trials that ran to the end or were stopped early by the scheduler."""
     return sum(t.state.name in FINISHED_STATES for t in study.get_trials(deepcopy=False))
-
-
-def trials_taken(study: optuna.Study) -> int:
-    """Trials that finished or are running: what counts against ``TRIAL_CAP`` (a failed trial
-    leaves its place to another; a running one Tune retries keeps its number)."""
-    taken = (*FINISHED_STATES, "RUNNING")
-    return sum(t.state.name in taken for t in study.get_trials(deepcopy=False))
 
 
 def fail_running(study: optuna.Study) -> list[int]:

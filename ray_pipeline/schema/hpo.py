@@ -230,9 +230,10 @@ class HpoConfig(Section):
     defaults_first: bool = True
     """A new variant also runs the untuned recipe, ``hpo.training``'s own values of the
     searched parameters, right after the warm start and ``enqueue`` (once, unless one of them
-    is that point), when every one of those values lies in the search space; the search then
-    never ends below the recipe its user would run without it, by its own score. Skipped with
-    the grid sampler, which runs every combination (docs/hpo.md#search-options)."""
+    is that point), when every one of those values lies in the search space; run to its end, it
+    keeps the search from ending below the recipe its user would run without it, by its own
+    score. Skipped with the grid sampler, which runs every combination
+    (docs/hpo.md#search-options)."""
     checkpoint: StudyCheckpoint = Field(default_factory=StudyCheckpoint)
     """Study naming and storage."""
 
