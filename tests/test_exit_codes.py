@@ -113,6 +113,8 @@ def test_ctrl_c_during_a_top_up_leaves_the_complete_variant_complete(
     with _cli("hpo", "--config", str(path), "hpo.num_samples=1", log=log) as proc:
         assert proc.wait(timeout=300) == 0, log.read_text(errors="replace")[-4000:]
     assert _status(variant) == "complete"
+    # The suite's RAY_PIPELINE_INCLUDE_DASHBOARD=0 (tests/conftest.py) reached the CLI's cluster.
+    assert "; dashboard: not running" in log.read_text(errors="replace")
     recorded = (variant / "hpo.json").read_bytes()
 
     # num_samples grew: the same variant is topped up, and the top-up is cut off.

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from ray_pipeline.cluster import DASHBOARD_ENV
 from tests.conftest import DEMO
 from tests.run_outputs import assert_model_classifies
 
@@ -62,7 +64,9 @@ def _stamps(root: Path) -> dict[str, int]:
 
 
 def _cli(*args: str, cwd: Path) -> tuple[int, str]:
+    """The CLI as a user runs it: with the dashboard the suite turns off elsewhere."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", **MARKERS, "MLFLOW_TRACKING_USERNAME": "admin"}
+    env.pop(DASHBOARD_ENV, None)
     argv = [sys.executable, "-m", "ray_pipeline", *args]
     done = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
     return done.returncode, done.stdout + done.stderr
@@ -73,6 +77,7 @@ def test_reduced_demo_end_to_end_then_reused(tmp_path: Path) -> None:
     args = ("--config", str(DEMO), f"outputs_root={tmp_path / 'outputs'}", *REDUCED)
     code, first = _cli("run", *args, cwd=tmp_path)
     assert code == 0, first[-4000:]
+    assert re.search(r"^ray: \d+ CPUs, \d+ GPUs; dashboard: http://127\.0\.0\.1:\d+", first, re.M)
     root = tmp_path / "outputs" / "demo"
     hpo = root / "hpo" / "minilm" / "hpo_minilm"
     final = root / "final" / "minilm" / "final_minilm"
