@@ -29,10 +29,11 @@ of a worker group (DDP or trial_backend=train trials, final training) waits for 
 trials report through Tune and do not."""
 
 DASHBOARD_ENV = "RAY_PIPELINE_INCLUDE_DASHBOARD"
-"""0: a local cluster this process starts has no dashboard (Ray's ``include_dashboard=False``):
-about 4 CPU-seconds and a few processes less per start, for CI and shared machines. Unset or
-anything else: Ray's default (the dashboard, where ray[default] is installed). A cluster the run
-connects to keeps what its `ray start` chose."""
+"""0: a local cluster this process starts has no dashboard (Ray's ``include_dashboard=False``:
+its head process still runs, without the module subprocesses that serve the UI; about 2
+CPU-seconds and about ten processes less per start), for CI and shared machines. Unset or anything
+else: Ray's default (the dashboard, where ray[default] is installed). A cluster the run connects
+to keeps what its `ray start` chose."""
 
 
 def ensure_ray(address: str | None = None) -> None:

@@ -19,12 +19,10 @@ numpy`` wherever a config does not set it; the header of the run says whether th
 replaces torch's on this CPU (``ray_pipeline.dropout_masks``).
 
 Lighter clusters: the suite is CPU-bound on 2 cores, so the local clusters the CLI starts (as a
-child process, or in a test's process) have no dashboard (RAY_PIPELINE_INCLUDE_DASHBOARD=0) and
-no Ray cluster prestarts idle workers when its first driver connects
-(RAY_prestart_worker_first_driver=0: workers start when a task or actor needs one). Each is set
-only where the environment does not set it already; together they took about 10% off the CPU
-time of tests/test_exit_codes.py. tests/test_pipeline_demo.py runs the CLI as a user does, with
-the dashboard."""
+child process, or in a test's process) have no dashboard (RAY_PIPELINE_INCLUDE_DASHBOARD=0, set
+here unless the environment sets it): its head process's module subprocesses took about 37
+CPU-seconds of the suite. tests/test_pipeline_demo.py runs the CLI as a user does, with the
+dashboard."""
 
 from __future__ import annotations
 
@@ -48,7 +46,6 @@ from tests import gpus
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault(DASHBOARD_ENV, "0")
-os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
 gpus.hide()  # before any test starts a cluster or a process: see the module's docstring
 
 REPO = Path(__file__).resolve().parent.parent
