@@ -5,7 +5,7 @@ the passes, the failures and the total time (the figures for the issue's accepta
     python benchmarks/node_loss_loop.py [--runs 10] [--stop-at-failure] [--test NODE_ID]
 
 Exit 0 when every run passed, 1 otherwise. Runs take minutes each: the machine should be
-otherwise quiet (the test is marked ``alone``).
+otherwise quiet.
 """
 
 from __future__ import annotations

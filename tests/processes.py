@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -157,6 +159,20 @@ def _end_group(process: subprocess.Popen[bytes]) -> None:
         with contextlib.suppress(OSError):
             os.killpg(process.pid, signal.SIGKILL)
         process.wait()
+
+
+@contextlib.contextmanager
+def short_temp_dir(prefix: str) -> Iterator[Path]:
+    """A new directory directly under /tmp, removed on exit: the temp dir of a `ray start`
+    node. Ray's socket paths under it (``session_<date>_<pid>/sockets/dash_MetricsHead``)
+    must stay under 108 bytes, and a pytest temp dir under pytest-xdist
+    (``/tmp/pytest-of-<user>/pytest-<n>/popen-gw0/<name>0``) left the dashboard one byte over:
+    its MetricsHead did not start, and the head's Ray Client server gave up a minute later."""
+    directory = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    try:
+        yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 @contextlib.contextmanager

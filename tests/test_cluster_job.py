@@ -41,12 +41,13 @@ from tests.processes import (
     ray_node_env,
     running_mlflow_server,
     running_s3_server,
+    short_temp_dir,
     start_logged,
 )
 from tests.run_outputs import assert_model_classifies, mlflow_runs, study_states
 from tests.waits import poll_until, showing_log, wait_for
 
-pytestmark = [pytest.mark.slow, pytest.mark.alone]
+pytestmark = [pytest.mark.slow, pytest.mark.heavy]
 
 
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
@@ -127,6 +128,14 @@ class TwoNodes:
 
 @pytest.fixture(scope="module")
 def two_nodes(tmp_path_factory: pytest.TempPathFactory, s3: dict[str, str]) -> Iterator[TwoNodes]:
+    # Short temp dirs (tests.processes.short_temp_dir): the head runs the dashboard.
+    with short_temp_dir("head-") as head_dir, short_temp_dir("node2-") as node_dir:
+        yield from _two_nodes(tmp_path_factory.mktemp("unshared"), s3, head_dir, node_dir)
+
+
+def _two_nodes(
+    unshared: Path, s3: dict[str, str], head_dir: Path, node_dir: Path
+) -> Iterator[TwoNodes]:
     token = secrets.token_hex(16)
     env = {**ray_node_env(token), **s3}
     gcs, dash, m1, m2 = (free_port() for _ in range(4))
@@ -134,8 +143,6 @@ def two_nodes(tmp_path_factory: pytest.TempPathFactory, s3: dict[str, str]) -> I
     # find, and two nodes on one machine do not delete each other's runtime_env files. The head
     # has no CPUs: all that trains runs on the worker node, the one that cannot see the
     # driver's outputs (with a CPU on the head, Tune placed every trial there in one run).
-    head_dir, node_dir = tmp_path_factory.mktemp("head"), tmp_path_factory.mktemp("node2")
-    unshared = tmp_path_factory.mktemp("unshared")
     head = [RAY, "start", "--head", "--block", f"--port={gcs}", "--num-cpus=0", "--num-gpus=0"]
     head.append(f"--ray-client-server-port={free_port()}")  # not 10001: another head has it
     head += [
@@ -143,13 +150,17 @@ def two_nodes(tmp_path_factory: pytest.TempPathFactory, s3: dict[str, str]) -> I
         f"--dashboard-port={dash}",
         f"--metrics-export-port={m1}",
     ]
+    # Each node's dashboard agent on a port of its own: at Ray's 52365 another test's cluster
+    # may have it first, and the head's agent, which runs the jobs, then serves no HTTP (every
+    # `ray job submit` answered "No available agent" until the test timed out).
+    head.append(f"--dashboard-agent-listen-port={free_port()}")
     # The worker node: in a private mount namespace, a tmpfs over `unshared`, then (exec, the
     # same pid) `ray start`.
     mount = 'mount -t tmpfs tmpfs "$0" && exec "$@"'
     worker = ["unshare", "--mount", "--propagation", "private", "sh", "-c", mount, str(unshared)]
     worker += [RAY, "start", "--block", f"--address=127.0.0.1:{gcs}", "--num-cpus=2"]
     worker.append(f"--num-gpus={declared_gpus()}")  # tests/gpus.py: none, or fake ones
-    worker += [f"--metrics-export-port={m2}"]
+    worker += [f"--metrics-export-port={m2}", f"--dashboard-agent-listen-port={free_port()}"]
     nodes = TwoNodes(env, f"http://127.0.0.1:{dash}", token, (m1, m2), unshared, s3)
     started: list[subprocess.Popen[bytes]] = []
     try:

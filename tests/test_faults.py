@@ -44,7 +44,7 @@ def _alive_pids(class_name: str) -> list[int]:
         (1, TRIAL_PROCESS, "tune/round_1", None, 2),
         # Ray Train registers reports a few seconds behind the workers: a third fold leaves
         # time to kill a worker before the trial ends.
-        pytest.param(2, TRAIN_WORKER, "train", "trial_0", 3, marks=pytest.mark.alone),
+        pytest.param(2, TRAIN_WORKER, "train", "trial_0", 3, marks=pytest.mark.heavy),
     ],
     ids=["trial-process", "ddp-train-worker"],
 )
