@@ -38,20 +38,17 @@ browser:
 
 # Tests that need the demo data, the demo model or the browser fail (instead of skipping) when
 # it is missing. The tests run in TEST_WORKERS pytest-xdist processes, a module per process at a
-# time (its Ray cluster fixture is the module's): first all but those marked `heavy`, then those
-# (`ray start` nodes, a 2-worker DDP group, the chaos run), collected from their own modules
-# only. On 2 cores 2 workers kept both cores busy (1.86 of 2, one process: 1.28; 3 workers were
-# slower: 98% busy, 724 s for a third of the tests). --no-loadscope-reorder keeps the order
-# tests/conftest.py gives the modules (the longest first); xdist's own order (most tests first)
-# left the one-test demo module last. The heavy tests one by one left 30% of the cores idle
-# (waiting on nodes, kills and restarts: 441 s); two at a time 348 s (95% busy). mypy beside
-# them made them slower than it saved (534 s against 461 s).
+# time (its Ray cluster fixture is the module's). On 2 cores 2 workers kept both cores busy
+# (1.86 of 2, one process: 1.28; 3 workers were slower: 98% busy, 724 s for a third of the
+# tests). --no-loadscope-reorder keeps the order tests/conftest.py gives the modules (the
+# longest first, the two-node and chaos tests at the head); xdist's own order (most tests
+# first) left the one-test demo module last. The tests that start `ray start` nodes, a 2-worker
+# DDP group or the chaos run used to run after the others one by one: that left 30% of the
+# cores idle (441 s for those 9; two at a time: 348 s, 95% busy). mypy beside them made them
+# slower than it saved (534 s against 461 s).
 TEST_WORKERS ?= 2
-XDIST = -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
-HEAVY_MODULES = $(shell grep -l "mark.heavy" tests/test_*.py)
 test: lint demo-data browser
-	RAY_PIPELINE_REQUIRE_DEMO=1 $(BIN)/pytest $(XDIST) -m "not heavy" --durations=15
-	RAY_PIPELINE_REQUIRE_DEMO=1 $(BIN)/pytest $(XDIST) -m heavy --durations=6 $(HEAVY_MODULES)
+	RAY_PIPELINE_REQUIRE_DEMO=1 $(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=20
 
 # The whole pipeline on the embedded demo (6-12 min on 2 CPU cores), then the report.
 demo: install demo-data

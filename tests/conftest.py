@@ -188,9 +188,7 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 
 LONGEST_FIRST = (
-    # The `heavy` phase's modules (no other slow test of theirs runs in the first phase): in two
-    # xdist processes, a process with two tests or fewer left takes the next module, so in this
-    # order each ends with about half (cluster_job, faults, ddp / chaos, node_loss, final).
+    # `ray start` nodes, the chaos run: the longest single tests (182 s and 153 s in CI).
     "test_cluster_job.py",
     "test_chaos.py",
     "test_node_loss.py",

@@ -28,7 +28,6 @@ CHAOS = REPO / "benchmarks" / "chaos.py"
 
 
 @pytest.mark.slow
-@pytest.mark.heavy
 def test_three_kills_at_random_moments_keep_every_invariant(tmp_path: Path) -> None:
     report_file, log = tmp_path / "chaos.json", tmp_path / "chaos.log"
     argv = [sys.executable, str(CHAOS), "--kills", "3", "--seed", "1", "--no-baseline"]

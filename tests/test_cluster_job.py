@@ -47,7 +47,7 @@ from tests.processes import (
 from tests.run_outputs import assert_model_classifies, mlflow_runs, study_states
 from tests.waits import poll_until, showing_log, wait_for
 
-pytestmark = [pytest.mark.slow, pytest.mark.heavy]
+pytestmark = pytest.mark.slow
 
 
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")

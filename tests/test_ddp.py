@@ -18,7 +18,7 @@ from tests.conftest import SMOKE
 from tests.run_outputs import assert_model_classifies
 from tests.waits import InThread
 
-pytestmark = [pytest.mark.slow, pytest.mark.heavy]
+pytestmark = pytest.mark.slow
 
 
 def test_two_workers_on_uneven_rows_complete_every_training_stage(

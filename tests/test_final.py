@@ -152,7 +152,6 @@ def test_a_source_variant_typo_fails_before_any_stage_trains(
     check_final(config, ("hpo", "benchmark", "select", "final"))
 
 
-@pytest.mark.heavy
 def test_a_refit_killed_on_two_workers_resumes_on_one_from_its_last_epoch(
     smoke_experiment: MakeExp, tmp_path: Path
 ) -> None:

@@ -42,7 +42,7 @@ from tests.processes import (
 from tests.run_outputs import embedded_store, mlflow_runs
 from tests.waits import wait_for
 
-pytestmark = [pytest.mark.slow, pytest.mark.heavy]
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
