@@ -1,4 +1,5 @@
-"""Task metrics: scikit-learn for classification, seqeval (entity level) for NER, and the
+"""Task metrics: accuracy and F1 for classification (scikit-learn's definitions, in NumPy:
+``tests/test_draws.py`` checks them against it), seqeval (entity level) for NER, and the
 records of per-class scores and of a confusion matrix (final training's ``metrics.json``).
 
 The names each task reports are ``schema.TASK_METRICS``; objectives are checked against them
@@ -10,24 +11,48 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 
+import numpy as np
+from numpy.typing import NDArray
+
 from ray_pipeline.artifacts import Record
 from ray_pipeline.schema import TASK_METRICS, Task
 
+FloatArray = NDArray[np.float64]
+
+
+def _label_counts(
+    gold: Sequence[str], predicted: Sequence[str], labels: Sequence[str]
+) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """Per label of ``labels``: (examples rightly predicted as it, predicted as it, of it)."""
+    index = {label: i for i, label in enumerate(labels)}
+    counts = np.zeros((3, len(labels)))
+    for g, p in zip(gold, predicted, strict=True):
+        if p in index:
+            counts[1, index[p]] += 1
+        if g in index:
+            counts[2, index[g]] += 1
+            counts[0, index[g]] += g == p
+    return counts[0], counts[1], counts[2]
+
+
+def _ratio(numerator: FloatArray, denominator: FloatArray) -> FloatArray:
+    """Elementwise, 0 where the denominator is (scikit-learn's ``zero_division=0``)."""
+    out = np.zeros_like(numerator)
+    return np.divide(numerator, denominator, out=out, where=denominator != 0)
+
 
 def classification_metrics(gold: Sequence[str], predicted: Sequence[str]) -> dict[str, float]:
-    """Accuracy and macro / micro / weighted F1 over one label per example."""
-    from sklearn.metrics import accuracy_score, f1_score
-
+    """Accuracy and macro / micro / weighted F1 over one label per example (over the labels
+    that occur in either; a label never predicted scores F1 0)."""
     labels = sorted(set(gold) | set(predicted))
-
-    def f1(average: str) -> float:
-        return float(f1_score(gold, predicted, labels=labels, average=average, zero_division=0))
-
+    hits, guessed, actual = _label_counts(gold, predicted, labels)
+    f1 = _ratio(2 * hits, guessed + actual)
+    micro = _ratio(2 * hits.sum(keepdims=True), (guessed.sum() + actual.sum()).reshape(1))
     return {
-        "accuracy": float(accuracy_score(gold, predicted)),
-        "macro_f1": f1("macro"),
-        "micro_f1": f1("micro"),
-        "weighted_f1": f1("weighted"),
+        "accuracy": float(np.average(np.asarray(gold) == np.asarray(predicted))),
+        "macro_f1": float(np.average(f1)),
+        "micro_f1": float(micro[0]),
+        "weighted_f1": float(np.average(f1, weights=actual)),
     }
 
 
@@ -102,15 +127,12 @@ def class_scores(
     (sequence classification), or per entity type that the gold or predicted tags hold
     (token classification, seqeval; its micro / macro / weighted averages left out)."""
     if task == "sequence_classification":
-        from sklearn.metrics import precision_recall_fscore_support
-
-        precision, recall, f1, support = precision_recall_fscore_support(
-            [str(g) for g in gold],
-            [str(p) for p in predicted],
-            labels=list(labels),
-            zero_division=0,
+        hits, guessed, actual = _label_counts(
+            [str(g) for g in gold], [str(p) for p in predicted], labels
         )
-        rows = zip(labels, precision, recall, f1, support, strict=True)
+        precision, recall = _ratio(hits, guessed), _ratio(hits, actual)
+        f1 = _ratio(2 * hits, guessed + actual)
+        rows = zip(labels, precision, recall, f1, actual, strict=True)
         return {
             label: ClassScores(precision=float(p), recall=float(r), f1=float(f), support=int(s))
             for label, p, r, f, s in rows

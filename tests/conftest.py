@@ -46,6 +46,10 @@ from tests import gpus
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault(DASHBOARD_ENV, "0")
+# Hypothesis caches its Unicode tables and the constants it finds in test modules in
+# .hypothesis/ of the working directory, the checkout: in the temp dir instead.
+HYPOTHESIS_HOME = Path(tempfile.gettempdir()) / f"ray-pipeline-hypothesis-{os.getuid()}"
+os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", str(HYPOTHESIS_HOME))
 gpus.hide()  # before any test starts a cluster or a process: see the module's docstring
 
 REPO = Path(__file__).resolve().parent.parent

@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import yaml
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from hypothesis.configuration import set_hypothesis_home_dir
 
 from ray_pipeline.cli import main
 from ray_pipeline.schema import PipelineConfig
@@ -123,17 +122,8 @@ def _names(line: str, files: list[Path], overrides: list[str]) -> bool:
     return any(n in line for n in [*named, *overrides, *map(repr, overrides)])
 
 
-@pytest.fixture(scope="module")
-def hypothesis_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """Hypothesis caches its Unicode tables in ``.hypothesis/`` of the working directory (the
-    checkout): send them to a temporary directory instead."""
-    set_hypothesis_home_dir(tmp_path_factory.mktemp("hypothesis"))
-    yield
-    set_hypothesis_home_dir(None)
-
-
 @pytest.fixture
-def front_door(tmp_path: Path, capsys: Capsys, hypothesis_home: None) -> FrontDoor:
+def front_door(tmp_path: Path, capsys: Capsys) -> FrontDoor:
     return FrontDoor(tmp_path, capsys)
 
 

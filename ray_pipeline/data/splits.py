@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ray_pipeline.data.draws import fold_of_each_row, held_out
 from ray_pipeline.data.examples import DatasetSplits, Examples
 from ray_pipeline.data.readers import read_file
 from ray_pipeline.errors import ConfigError, Problem
@@ -138,17 +139,14 @@ def _check_known_labels(split: Examples, labels: tuple[str, ...], column: str) -
 
 def _split_indices(examples: Examples, size: int | float, seed: int) -> tuple[list[int], list[int]]:
     """(kept, taken) indices with ``size`` examples taken, stratified by label where possible."""
-    from sklearn.model_selection import train_test_split
-
-    indices = np.arange(len(examples))
     try:
-        kept, taken = train_test_split(
-            indices, test_size=size, random_state=seed, stratify=examples.strata
-        )
+        kept, taken = held_out(len(examples), examples.strata, size, seed)
     except ValueError:
+        if examples.strata is None:
+            raise
         log.warning("a label is too rare to stratify; drawing %s examples at random", size)
-        kept, taken = train_test_split(indices, test_size=size, random_state=seed)
-    return sorted(int(i) for i in kept), sorted(int(i) for i in taken)
+        kept, taken = held_out(len(examples), None, size, seed)
+    return kept.tolist(), taken.tolist()
 
 
 def carve_test(train: Examples, test_size: float, seed: int) -> tuple[Examples, Examples]:
@@ -175,21 +173,10 @@ def fold_indices(
     n: int, strata: Sequence[str] | None, k: int, seed: int, fold: int
 ) -> tuple[list[int], list[int]]:
     """(train, validation) indices of fold ``fold`` of ``k``, stratified when ``strata`` is set."""
-    from sklearn.model_selection import KFold, StratifiedKFold
-
     if not 0 <= fold < k:
         raise ValueError(f"fold must be in [0, {k}), but got {fold}")
-    positions = np.arange(n)
-    if strata is not None:
-        splits = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(
-            positions, strata
-        )
-    else:
-        splits = KFold(n_splits=k, shuffle=True, random_state=seed).split(positions)
-    for index, (train, val) in enumerate(splits):
-        if index == fold:
-            return [int(i) for i in train], [int(i) for i in val]
-    raise AssertionError("unreachable: KFold yields k folds")
+    folds = fold_of_each_row(n, strata, k, seed)
+    return np.flatnonzero(folds != fold).tolist(), np.flatnonzero(folds == fold).tolist()
 
 
 def check_foldable(examples: Examples, k: int) -> None:

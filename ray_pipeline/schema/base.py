@@ -24,7 +24,7 @@ SEED_LIMIT = 2**32
 def _check_seed(value: int) -> int:
     if not 0 <= value < SEED_LIMIT:
         raise ValueError(
-            "a seed must lie in [0, 2**32) (NumPy and scikit-learn take no other); "
+            "a seed must lie in [0, 2**32) (NumPy's RandomState takes no other); "
             "use a whole number such as 42"
         )
     return value
