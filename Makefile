@@ -44,8 +44,8 @@ browser:
 # longest first, the two-node and chaos tests at the head); xdist's own order (most tests
 # first) left the one-test demo module last. The tests that start `ray start` nodes, a 2-worker
 # DDP group or the chaos run used to run after the others one by one: that left 30% of the
-# cores idle (441 s for those 9; two at a time: 348 s, 95% busy). mypy beside them made them
-# slower than it saved (534 s against 461 s).
+# cores idle (441 s for those 9; two at a time: 348 s, 95% busy). mypy run beside those tests
+# made them slower than it saved (534 s against 461 s).
 TEST_WORKERS ?= 2
 test: lint demo-data browser
 	RAY_PIPELINE_REQUIRE_DEMO=1 $(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=20

@@ -173,12 +173,12 @@ def _split(
     indices: list[int], strata: list[str] | None, size: int, seed: int
 ) -> tuple[list[int], list[int]]:
     """(rest, taken): ``size`` of ``indices`` taken, stratified by ``strata`` when given."""
-    from sklearn.model_selection import train_test_split
+    from ray_pipeline.data.draws import held_out
 
     if size >= len(indices):
         return [], sorted(indices)
-    rest, taken = train_test_split(indices, test_size=size, random_state=seed, stratify=strata)
-    return sorted(int(i) for i in rest), sorted(int(i) for i in taken)
+    rest, taken = held_out(len(indices), strata, size, seed)
+    return sorted(indices[i] for i in rest), sorted(indices[i] for i in taken)
 
 
 def prepare_demo(out: Path, sizes: tuple[int, int, int]) -> DataSet:

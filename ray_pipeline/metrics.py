@@ -1,5 +1,5 @@
 """Task metrics: accuracy and F1 for classification (scikit-learn's definitions, in NumPy:
-``tests/test_draws.py`` checks them against it), seqeval (entity level) for NER, and the
+``tests/test_sklearn_parity.py`` checks them against it), seqeval (entity level) for NER, and the
 records of per-class scores and of a confusion matrix (final training's ``metrics.json``).
 
 The names each task reports are ``schema.TASK_METRICS``; objectives are checked against them
@@ -47,6 +47,7 @@ def classification_metrics(gold: Sequence[str], predicted: Sequence[str]) -> dic
     labels = sorted(set(gold) | set(predicted))
     hits, guessed, actual = _label_counts(gold, predicted, labels)
     f1 = _ratio(2 * hits, guessed + actual)
+    # Over all the labels that occur, micro F1 is the accuracy; computed as scikit-learn does.
     micro = _ratio(2 * hits.sum(keepdims=True), (guessed.sum() + actual.sum()).reshape(1))
     return {
         "accuracy": float(np.average(np.asarray(gold) == np.asarray(predicted))),

@@ -192,7 +192,8 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 
 LONGEST_FIRST = (
-    # `ray start` nodes, the chaos run: the longest single tests (182 s and 153 s in CI).
+    # Two-node clusters and the chaos run: the job test took 182 s in CI, the chaos run 146 s,
+    # the two node-loss tests 85 s (41839b4).
     "test_cluster_job.py",
     "test_chaos.py",
     "test_node_loss.py",
@@ -210,10 +211,11 @@ LONGEST_FIRST = (
     "test_gpu_planning.py",
     "test_init.py",
 )
-"""The modules whose tests took longest in CI (``--durations`` of a fresh clone, cc307b6), the
-longest first: started first, so that no long one is left for the end while the other xdist
-process has nothing to do (``make test`` passes ``--no-loadscope-reorder``: xdist's default
-order, most tests first, put the one-test modules such as the demo's last)."""
+"""The modules whose tests took longest in CI (``--durations`` of fresh clones: cc307b6, the
+first three 41839b4), the longest first: started first, so that no long one is left for the
+end while the other xdist process has nothing to do (``make test`` passes
+``--no-loadscope-reorder``: xdist's default order, most tests first, put the one-test modules
+such as the demo's last)."""
 
 
 @pytest.hookimpl(trylast=True)  # after -k and -m have deselected

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from ray_pipeline.data.draws import held_out
 from ray_pipeline.data.examples import TextExamples
 from ray_pipeline.data.splits import check_foldable, fold_indices, load_splits, take
 from ray_pipeline.errors import ConfigError
@@ -51,6 +52,21 @@ def test_subsetting_is_stratified_and_in_file_order() -> None:
     assert len(sub) == 20 and sub.label_counts() == {"great": 14, "other": 6}
     assert list(sub.origins) == sorted(sub.origins, key=lambda o: int(o.split(":")[1]))
     assert take(ex, 20, seed=1) == sub and take(ex, 500, seed=1) is ex
+
+
+def test_a_label_too_rare_to_stratify_gives_a_seeded_random_draw_and_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """One "rare" row cannot be split between kept and taken: the draw is a plain seeded one
+    (every row equally likely), said in a warning, the same on every call."""
+    ex = _texts(30, 0.5)
+    ex = TextExamples(ex.texts, (*ex.labels[:-1], "rare"), ex.origins)
+    with caplog.at_level("WARNING", logger="ray_pipeline.data.splits"):
+        sub = take(ex, 10, seed=3)
+    assert "a label is too rare to stratify; drawing 10 examples at random" in caplog.text
+    assert len(sub) == 10 and take(ex, 10, seed=3) == sub
+    _, drawn = held_out(30, None, 10, seed=3)
+    assert sub.origins == tuple(f"f:{i}" for i in drawn)
 
 
 def test_unknown_label_in_test_names_file_and_line(

@@ -22,7 +22,7 @@ from tests.builders import add_hpo_variant
 from tests.checkpoints import fold_histories, inside_fold, resumed_at
 from tests.conftest import MakeExp, this_cluster
 from tests.run_outputs import assert_model_classifies
-from tests.waits import InThread, wait_for
+from tests.waits import InThread, poll_until, wait_for
 
 pytestmark = pytest.mark.slow
 TRIAL_PROCESS = "ImplicitFunc"  # the actor class Ray Tune runs a function trainable in
@@ -126,14 +126,17 @@ def test_killed_benchmark_actor_is_restarted_and_every_benchmark_lands(
     assert found == ["hpo_tiny-bert", "hpo_tiny-bert_v2", "hpo_tiny-bert_v3"]
 
     # The measurement the kill cut off failed and was measured again (a retry of the task).
-    # The state API hears of a task's end later than the stage does (task events are reported
-    # in batches; in a full run it still saw the retry RUNNING): wait until every attempt ended.
+    # The state API hears of a task's attempts later than the stage does (task events are
+    # reported in batches; in a full run it still saw the retry RUNNING): wait until it knows
+    # of two attempts or more, all ended.
     def ended_attempts() -> list[tuple[int, str]] | None:
         found = list_tasks(this_cluster(), filters=[("task_id", "=", task.task_id)], detail=True)
         states = sorted((t.attempt_number, str(t.state)) for t in found)
-        return states if all(s in ("FAILED", "FINISHED") for _, s in states) else None
+        ended = len(states) >= 2 and all(s in ("FAILED", "FINISHED") for _, s in states)
+        return states if ended else None
 
-    states = wait_for(ended_attempts, "the cut-off measurement's attempts to end", 60)
+    what = "two ended attempts of the cut-off measurement"
+    states = poll_until(ended_attempts, what, 60, interval=0.5)
     assert states == [(0, "FAILED"), (1, "FINISHED")], states
     (after,) = list_actors(this_cluster(), filters=[("name", "=", actor.name)], detail=True)
     assert after.num_restarts == 1  # restarted once after the kill, then ended by the stage

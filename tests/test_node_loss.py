@@ -36,6 +36,7 @@ from tests.processes import (
     alive_nodes,
     kill_started,
     ray_node_env,
+    short_temp_dir,
     start_logged,
     two_node_cluster,
 )
@@ -46,15 +47,18 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+def cluster() -> Iterator[Cluster]:
     env = {
         **ray_node_env(secrets.token_hex(16)),
         # The head declares a lost node dead after ~2 s instead of ~15 s.
         "RAY_health_check_period_ms": "500",
         "RAY_health_check_failure_threshold": "4",
     }
-    head_dir, node_dir = tmp_path_factory.mktemp("head"), tmp_path_factory.mktemp("node")
-    with two_node_cluster(head_dir, node_dir, env) as started:
+    with (
+        short_temp_dir("head-") as head_dir,
+        short_temp_dir("node-") as node_dir,
+        two_node_cluster(head_dir, node_dir, env) as started,
+    ):
         yield started
 
 

@@ -3,14 +3,15 @@ by label where asked.
 
 They are the rows scikit-learn's ``KFold`` / ``StratifiedKFold`` (``shuffle=True``) and
 ``train_test_split`` give for the same seed: the same draws from NumPy's ``RandomState`` in the
-same order (``tests/test_draws.py`` compares them on random inputs), so splits made before this
-module existed are made again the same. In NumPy alone: importing scikit-learn's
+same order (``tests/test_sklearn_parity.py`` compares them on random inputs), so splits made
+before this module existed are made again the same. In NumPy alone: importing scikit-learn's
 ``model_selection`` cost every driver, trial process and refit worker 0.4-0.65 CPU-seconds.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 
 import numpy as np
@@ -18,12 +19,16 @@ from numpy.typing import NDArray
 
 Rows = NDArray[np.intp]
 """Row positions, ascending."""
+Folds = NDArray[np.intp]
+"""A fold number per row."""
 
 
-def fold_of_each_row(n: int, strata: Sequence[str] | None, k: int, seed: int) -> Rows:
+def fold_of_each_row(n: int, strata: Sequence[str] | None, k: int, seed: int) -> Folds:
     """The fold (``0 .. k-1``) whose validation part each of ``n`` rows is in: rows shuffled
     and dealt into ``k`` folds of near-equal size (the first ``n % k`` one row larger), or, with
-    ``strata`` (a label per row), each label's rows spread evenly over the folds."""
+    ``strata`` (a label per row), each label's rows spread evenly over the folds. ValueError
+    unless ``2 <= k <= n`` and some label has ``k`` rows; a label with fewer is dealt to fewer
+    folds (``splits.check_foldable`` refuses such data before a run starts)."""
     if not 2 <= k <= n:
         raise ValueError(f"{k} folds of {n} rows: need 2 <= k <= rows")
     rng = np.random.RandomState(seed)
@@ -61,10 +66,10 @@ def held_out(
     or, with ``strata``, in proportion to each label's rows. ValueError when that cannot be
     done: ``size`` out of range, or (stratified) a label with one row, or fewer rows kept or
     taken than there are labels."""
-    if isinstance(size, int):
+    if isinstance(size, numbers.Integral):
         if not 0 < size < n:
             raise ValueError(f"taking {size} of {n} rows")
-        n_taken = size
+        n_taken = int(size)
     else:
         if not 0 < size < 1:
             raise ValueError(f"taking a share of {size} of the rows")
@@ -72,6 +77,8 @@ def held_out(
     n_kept = n - n_taken
     if n_kept == 0:
         raise ValueError(f"taking {size} of {n} rows keeps none")
+    if strata is not None and len(strata) != n:
+        raise ValueError(f"{len(strata)} labels for {n} rows")
     rng = np.random.RandomState(seed)
     if strata is None:
         order = rng.permutation(n)
@@ -87,7 +94,7 @@ def held_out(
     kept: list[int] = []
     taken: list[int] = []
     for rows, n_k, n_t in zip(members, kept_of, taken_of, strict=True):
-        drawn = rows.take(rng.permutation(len(rows)), mode="clip")
+        drawn = rows[rng.permutation(len(rows))]
         kept.extend(drawn[:n_k])
         taken.extend(drawn[n_k : n_k + n_t])
     return np.sort(np.asarray(kept, dtype=np.intp)), np.sort(np.asarray(taken, dtype=np.intp))

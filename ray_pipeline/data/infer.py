@@ -195,7 +195,8 @@ def carved_test(labels: int | None, rows: int, source: str) -> tuple[float, str]
     more when there are so many labels that a stratified share would miss some (it needs an
     example of each). ``labels`` None: token classification (not stratified)."""
     default: float = DataConfig.model_fields["test_size"].default
-    # sklearn holds out ceil(share x rows): exactly one row per label at most, not one more
+    # draws.held_out (as train_test_split) holds out ceil(share x rows): exactly one row per
+    # label at most, not one more
     needed = math.ceil(1e4 * (labels - 0.5) / rows) / 1e4 if labels and rows else 0.0
     share = max(default, needed)
     if share > 0.5:

@@ -18,7 +18,7 @@ ConfigPath = Annotated[Path, PathMarker()]
 PositiveInt = Annotated[int, Field(ge=1)]
 
 SEED_LIMIT = 2**32
-"""Seeds lie in [0, 2**32): what NumPy's and scikit-learn's ``random_state`` accept."""
+"""Seeds lie in [0, 2**32): what NumPy's ``RandomState`` accepts."""
 
 
 def _check_seed(value: int) -> int:
